@@ -1,0 +1,140 @@
+//! Config parsing and validation: valid and invalid YAML, inline.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+listeners: [{ name: public, address: "127.0.0.1:8080" }]
+clusters:
+  primary: { endpoints: ["http://127.0.0.1:9000"] }
+routes:
+  - name: all
+    primary: primary
+"#;
+
+fn err(yaml: &str) -> String {
+    Config::from_yaml(yaml)
+        .expect_err("config must be rejected")
+        .to_string()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.admin_addr().to_string(), "127.0.0.1:9901");
+    assert_eq!(c.limits.max_header_bytes.value, Size::kib(64));
+    assert_eq!(c.limits.max_headers.value, 100);
+    assert_eq!(c.limits.max_uri_bytes.value, Size::kib(8));
+    assert_eq!(c.limits.request_head_timeout.value, Dur::secs(10));
+    assert_eq!(c.drain_timeout, Dur::secs(30));
+    let p = &c.clusters["primary"];
+    assert_eq!(p.connect_timeout.value, Dur::secs(5));
+    assert_eq!(p.timeout.value, Dur::secs(30));
+    assert_eq!(p.host, HostMode::Keep);
+    assert_eq!(c.routes[0].match_.path_prefix.value, "/");
+    assert!(c.access_log.enabled);
+    assert_eq!(c.x_forwarded_for, ForwardedMode::Append);
+}
+
+#[test]
+fn full_config_parses() {
+    let yaml = r#"
+listeners: [{ name: public, address: "0.0.0.0:8080" }, { name: other, address: "[::1]:8081" }]
+admin: { address: "127.0.0.1:9901" }
+clusters:
+  primary:   { endpoints: ["http://10.0.0.1:8080", "https://10.0.0.2:8443"], connect_timeout: 250ms, timeout: 30s, host: rewrite }
+  candidate: { endpoints: ["http://10.0.1.1:8080"], timeout: 5s }
+routes:
+  - name: api
+    match: { path_prefix: "/api/", host: "api.example.com", methods: [GET, POST] }
+    primary: primary
+limits: { max_header_bytes: 32KiB, max_headers: 50, max_uri_bytes: 4KiB, request_head_timeout: 3s }
+drain_timeout: 5s
+access_log: { enabled: false }
+x_forwarded_for: replace
+"#;
+    let c = Config::from_yaml(yaml).unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(
+        c.clusters["primary"].connect_timeout.value,
+        Dur::millis(250)
+    );
+    assert_eq!(c.clusters["primary"].host, HostMode::Rewrite);
+    assert_eq!(c.limits.max_header_bytes.value.bytes(), 32 * 1024);
+    assert_eq!(c.routes[0].match_.methods.as_ref().unwrap().len(), 2);
+    assert!(!c.access_log.enabled);
+    assert_eq!(c.x_forwarded_for, ForwardedMode::Replace);
+}
+
+#[test]
+fn unknown_key_is_named_with_its_place() {
+    let e = err(
+        "listeners: [{ name: a, address: \"127.0.0.1:1\" }]\nclusters:\n  p: { endpoints: [\"http://a:1\"], timeuot: 5s }\nroutes: [{ name: r, primary: p }]\n",
+    );
+    assert!(e.starts_with("<config>:3:"), "{e}");
+    assert!(e.contains("timeuot"), "{e}");
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let e = err("listeners: [\nclusters: {\n");
+    assert!(e.starts_with("<config>:"), "{e}");
+    let place: Vec<&str> = e.splitn(4, ':').collect();
+    assert!(place[1].parse::<u64>().unwrap() >= 1, "{e}");
+}
+
+#[test]
+fn bad_duration_and_size_are_refused() {
+    let e = err(&MINIMAL.replace("endpoints:", "timeout: 5 days, endpoints:"));
+    assert!(e.contains("invalid duration"), "{e}");
+    let e = err(&format!("{MINIMAL}limits: {{ max_header_bytes: 64 XB }}\n"));
+    assert!(e.contains("invalid size"), "{e}");
+}
+
+#[test]
+fn every_validation_error_names_its_key() {
+    let table: Vec<(String, &str, &str)> = vec![
+        (MINIMAL.replace("primary: primary", "primary: nope"), "routes[0].primary", "unknown cluster \"nope\""),
+        (MINIMAL.replace("http://127.0.0.1:9000", "ftp://127.0.0.1:9000"), "clusters.primary.endpoints[0]", "scheme"),
+        (MINIMAL.replace("http://127.0.0.1:9000", "127.0.0.1:9000"), "clusters.primary.endpoints[0]", "http"),
+        (MINIMAL.replace("http://127.0.0.1:9000", "http://127.0.0.1:9000/base"), "clusters.primary.endpoints[0]", "no path"),
+        (MINIMAL.replace("[\"http://127.0.0.1:9000\"]", "[]"), "clusters.primary.endpoints", "at least one"),
+        (MINIMAL.replace("127.0.0.1:8080", "localhost"), "listeners[0].address", "invalid address"),
+        (format!("{MINIMAL}  - name: all\n    primary: primary\n"), "routes[1].name", "duplicate route name"),
+        (format!("{MINIMAL}  - name: \"bad name\"\n    primary: primary\n"), "routes[1].name", "invalid name"),
+        (format!("{MINIMAL}  - name: x\n    match: {{ path_prefix: api }}\n    primary: primary\n"), "routes[1].match.path_prefix", "must start with '/'"),
+        (format!("{MINIMAL}  - name: x\n    match: {{ methods: [\"G T\"] }}\n    primary: primary\n"), "routes[1].match.methods[0]", "invalid method"),
+        (format!("{MINIMAL}limits: {{ max_header_bytes: 1KiB }}\n"), "limits.max_header_bytes", "between"),
+        (format!("{MINIMAL}limits: {{ max_headers: 0 }}\n"), "limits.max_headers", "between"),
+        (format!("{MINIMAL}limits: {{ max_uri_bytes: 1MiB }}\n"), "limits.max_uri_bytes", "between"),
+        (format!("{MINIMAL}limits: {{ request_head_timeout: 0s }}\n"), "limits.request_head_timeout", "greater than 0"),
+        (MINIMAL.replace("endpoints:", "timeout: 0s, endpoints:"), "clusters.primary.timeout", "greater than 0"),
+        ("listeners: []\nclusters: { p: { endpoints: [\"http://a:1\"] } }\nroutes: [{ name: r, primary: p }]\n".to_string(), "listeners", "at least one"),
+        ("listeners: [{ name: a, address: \"127.0.0.1:1\" }]\nclusters: { p: { endpoints: [\"http://a:1\"] } }\nroutes: []\n".to_string(), "routes", "at least one"),
+    ];
+    for (yaml, key, msg) in table {
+        let e = err(&yaml);
+        assert!(e.contains(&format!(": {key}: ")), "want key {key} in {e}");
+        assert!(e.contains(msg), "want {msg:?} in {e}");
+    }
+}
+
+#[test]
+fn validation_error_points_at_the_line() {
+    let e = err(&MINIMAL.replace("primary: primary", "primary: nope"));
+    // `primary: nope` is on line 7 of MINIMAL (which starts with a newline).
+    assert!(e.starts_with("<config>:7:"), "{e}");
+}
+
+#[test]
+fn strict_booleans_refuse_yes() {
+    let e = err(&format!("{MINIMAL}access_log: {{ enabled: yes }}\n"));
+    assert!(e.contains("<config>:"), "{e}");
+}
+
+#[test]
+fn endpoints_parse() {
+    let e = parse_endpoint("https://example.com:8443").unwrap();
+    assert_eq!(e.to_string(), "https://example.com:8443");
+    assert!(parse_endpoint("http://user@h:1").is_err());
+    assert!(parse_endpoint("http://h:1?x=1").is_err());
+}

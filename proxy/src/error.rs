@@ -1,0 +1,144 @@
+//! The one place where failures become responses: every error the handler can meet maps
+//! to a status and a short plain-text body here.
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::metrics::RejectReason;
+use crate::upstream::UpstreamError;
+
+/// The body of every response the proxy sends: the upstream's, streamed, or its own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Why a request was not served by an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request URI too long")]
+    UriTooLong,
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The reason counted for requests refused before forwarding.
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        Some(match self {
+            ProxyError::NoRoute => RejectReason::no_route,
+            ProxyError::MethodNotAllowed(_) => RejectReason::method_not_allowed,
+            ProxyError::BadRequest(_) => RejectReason::bad_request,
+            ProxyError::UriTooLong => RejectReason::uri_too_long,
+            ProxyError::HeadersTooLarge => RejectReason::headers_too_large,
+            ProxyError::Upstream(_) => return None,
+        })
+    }
+
+    /// The client-facing response. Upstream details stay in the logs; the client learns
+    /// only the class of failure. Malformed requests close the connection.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = match self {
+            ProxyError::Upstream(UpstreamError::Connect { .. }) => {
+                "upstream connect error\n".to_string()
+            }
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => {
+                "upstream timed out\n".to_string()
+            }
+            ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
+                "upstream protocol error\n".to_string()
+            }
+            other => format!("{other}\n"),
+        };
+        let mut resp = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Either::Right(Full::new(Bytes::from(text))))
+            .expect("static parts are valid");
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge | ProxyError::UriTooLong
+        ) {
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        if matches!(self, ProxyError::MethodNotAllowed(_)) {
+            resp.headers_mut().insert(
+                header::ALLOW,
+                header::HeaderValue::from_static(
+                    "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE",
+                ),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn statuses() {
+        let up = |e| ProxyError::Upstream(e);
+        let table = [
+            (ProxyError::NoRoute, 404),
+            (ProxyError::MethodNotAllowed("CONNECT"), 405),
+            (ProxyError::BadRequest("x"), 400),
+            (ProxyError::UriTooLong, 414),
+            (ProxyError::HeadersTooLarge, 431),
+            (
+                up(UpstreamError::Connect {
+                    endpoint: "e".into(),
+                    reason: "r".into(),
+                }),
+                502,
+            ),
+            (
+                up(UpstreamError::Protocol {
+                    endpoint: "e".into(),
+                    reason: "r".into(),
+                }),
+                502,
+            ),
+            (
+                up(UpstreamError::Timeout {
+                    endpoint: "e".into(),
+                    timeout: Duration::from_secs(1),
+                }),
+                504,
+            ),
+        ];
+        for (e, want) in table {
+            let r = e.to_response();
+            assert_eq!(r.status().as_u16(), want, "{e}");
+            assert_eq!(
+                r.headers()[header::CONTENT_TYPE],
+                "text/plain; charset=utf-8"
+            );
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Header rewriting for both directions: hop-by-hop removal (RFC 9110 7.6.1), framing
+//! headers, `X-Forwarded-*`, and the request id.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::ForwardedMode;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Hop-by-hop headers removed in both directions, besides those named in `Connection`.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Headers a `Connection` option can never remove: losing them would change who the
+/// request is for or where it came from (`Connection: close, Host` keeps `Host`).
+const PROTECTED: [&str; 6] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "content-type",
+];
+
+/// Removes hop-by-hop headers: the fixed list and every header named in `Connection`
+/// (except the protected ones).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            let token = token.trim();
+            if token.is_empty() {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && !PROTECTED.contains(&name.as_str())
+            {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a client request's headers for an upstream: hop-by-hop and framing headers
+/// removed (the client side re-frames from the body), `Expect` removed (the proxy answers
+/// `100 Continue` itself), `X-Forwarded-*` set.
+pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, mode: ForwardedMode) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+
+    let ip = fwd.client_ip.to_string();
+    let xff = match mode {
+        ForwardedMode::Append => {
+            let prior: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            if prior.is_empty() {
+                ip
+            } else {
+                format!("{}, {ip}", prior.join(", "))
+            }
+        }
+        ForwardedMode::Replace => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(fwd.proto),
+    );
+    match fwd.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+/// Prepares an upstream response's headers for the client.
+pub fn rewrite_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+/// What the proxy knows about the client side of a request.
+pub struct Forwarded<'a> {
+    pub client_ip: IpAddr,
+    /// `http` (or `https` once TLS listeners exist).
+    pub proto: &'static str,
+    /// The host the client asked for.
+    pub host: Option<&'a str>,
+}
+
+/// Makes request ids: 32 hex digits, a random per-process prefix and a counter.
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.write_u32(std::process::id());
+        RequestIds {
+            prefix: h.finish(),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    pub fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let s = format!("{:016x}{:016x}", self.prefix, n);
+        HeaderValue::from_str(&s).expect("hex is a valid header value")
+    }
+
+    /// The request id to use: the client's if it is sane (1-200 visible ASCII characters),
+    /// else a new one. The chosen id is written into `headers`.
+    pub fn ensure(&self, headers: &mut HeaderMap) -> HeaderValue {
+        let mut all = headers.get_all(&X_REQUEST_ID).iter();
+        let existing = match (all.next(), all.next()) {
+            (Some(v), None) if is_sane_id(v) => Some(v.clone()),
+            _ => None,
+        };
+        let id = existing.unwrap_or_else(|| self.next());
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
+        id
+    }
+}
+
+fn is_sane_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_table() {
+        let table: [(&[(&str, &str)], &[&str]); 6] = [
+            (
+                &[("connection", "close"), ("host", "a"), ("x-a", "1")],
+                &["host", "x-a"],
+            ),
+            (
+                &[
+                    ("connection", "close, Host, x-forwarded-for"),
+                    ("host", "a"),
+                    ("x-forwarded-for", "1.1.1.1"),
+                ],
+                &["host", "x-forwarded-for"],
+            ),
+            (
+                &[
+                    ("connection", "x-secret , X-Other"),
+                    ("x-secret", "s"),
+                    ("x-other", "o"),
+                    ("x-keep", "k"),
+                ],
+                &["x-keep"],
+            ),
+            (
+                &[
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "keep-alive"),
+                    ("te", "trailers"),
+                    ("upgrade", "h2c"),
+                    ("http2-settings", "AAA"),
+                    ("accept", "*/*"),
+                ],
+                &["accept"],
+            ),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("content-type", "text/plain"),
+                ],
+                &["content-type"],
+            ),
+            (
+                &[
+                    ("connection", "x-a"),
+                    ("connection", "x-b"),
+                    ("x-a", "1"),
+                    ("x-b", "2"),
+                    ("x-c", "3"),
+                ],
+                &["x-c"],
+            ),
+        ];
+        for (input, want) in table {
+            let mut h = map(input);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(
+                names(&h),
+                want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_rewrite_sets_forwarded_and_drops_framing() {
+        let fwd = Forwarded {
+            client_ip: "10.1.2.3".parse().unwrap(),
+            proto: "http",
+            host: Some("api.example.com"),
+        };
+        let mut h = map(&[
+            ("content-length", "5"),
+            ("expect", "100-continue"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        rewrite_request(&mut h, &fwd, ForwardedMode::Append);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert!(!h.contains_key("content-length"));
+        assert!(!h.contains_key("expect"));
+
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1")]);
+        rewrite_request(&mut h, &fwd, ForwardedMode::Replace);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+
+        let mut h = HeaderMap::new();
+        rewrite_request(&mut h, &fwd, ForwardedMode::Append);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+    }
+
+    #[test]
+    fn request_ids() {
+        let ids = RequestIds::default();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+
+        let mut h = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(ids.ensure(&mut h), "abc-123");
+        let mut h = map(&[("x-request-id", "has space")]);
+        assert_ne!(ids.ensure(&mut h), "has space");
+        let mut h = map(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        let id = ids.ensure(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+        let mut h = HeaderMap::new();
+        let id = ids.ensure(&mut h);
+        assert_eq!(h["x-request-id"], id);
+    }
+}

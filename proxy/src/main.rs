@@ -1,0 +1,230 @@
+//! `teeproxy`: parses the command line, sets up logging, loads the config (exit 64 when it
+//! is invalid) and hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use prometheus_client::registry::Registry;
+use teeproxy::config::Config;
+use teeproxy::demo::{DemoUpstream, UpstreamStats, demo_config, serve_upstream};
+use teeproxy::logging::{self, LogFormat};
+use teeproxy::{Listeners, run};
+
+/// Exit status for a configuration error (EX_CONFIG would be 78; 64 is EX_USAGE, which
+/// the project uses for every bad-input case).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "teeproxy",
+    version,
+    about = "Shadow-traffic tee proxy: the primary serves, shadows get a copy"
+)]
+struct Cli {
+    /// The YAML config to serve with.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a config and print a summary; exit 0 when valid, 64 when not.
+    Check,
+    /// Run a self-contained demo: in-process upstreams on loopback and the proxy in front.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the admin endpoint listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(cli.config),
+        Some(Command::Demo { listen, admin }) => {
+            logging::init(cli.log_format);
+            report(runtime().and_then(|rt| rt.block_on(demo(listen, admin))))
+        }
+        None => {
+            let Some(path) = cli.config else {
+                eprintln!("teeproxy: --config FILE is required (or try `teeproxy demo`)");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("teeproxy: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            logging::init(cli.log_format);
+            report(runtime().and_then(|rt| rt.block_on(serve(config))))
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("teeproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("TEEPROXY_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("starting the runtime")
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("teeproxy check: --config FILE is required");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("teeproxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!("{}: ok", path.display());
+    println!("listeners:");
+    for l in &config.listeners {
+        println!("  {:<12} {}", l.name.value, l.address.value);
+    }
+    println!("admin:        {}", config.admin.address.value);
+    println!("clusters:");
+    for (name, c) in &config.clusters {
+        let eps: Vec<&str> = c.endpoints.iter().map(|e| e.value.as_str()).collect();
+        println!(
+            "  {:<12} {} (connect {}, timeout {}, host {:?})",
+            name,
+            eps.join(", "),
+            c.connect_timeout.value,
+            c.timeout.value,
+            c.host
+        );
+    }
+    println!("routes (first match wins):");
+    for r in &config.routes {
+        let m = &r.match_;
+        let host = m.host.as_ref().map_or("*".to_string(), |h| h.value.clone());
+        let methods = m.methods.as_ref().map_or("any".to_string(), |ms| {
+            ms.iter()
+                .map(|m| m.value.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        println!(
+            "  {:<12} prefix {} host {} methods {} -> {}",
+            r.name.value, m.path_prefix.value, host, methods, r.primary.value
+        );
+    }
+    let l = &config.limits;
+    println!(
+        "limits:       headers {} / {} fields, uri {}, head timeout {}; drain {}",
+        l.max_header_bytes.value,
+        l.max_headers.value,
+        l.max_uri_bytes.value,
+        l.request_head_timeout.value,
+        config.drain_timeout
+    );
+    ExitCode::SUCCESS
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&config).await?;
+    run(config, listeners, Registry::default(), shutdown_signal()).await;
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let primary_l = tokio::net::TcpListener::bind(loopback(0)).await?;
+    let candidate_l = tokio::net::TcpListener::bind(loopback(0)).await?;
+    let primary = primary_l.local_addr()?;
+    let candidate = candidate_l.local_addr()?;
+    let config = demo_config(listen, admin, primary, candidate).context("demo config")?;
+    let listeners = Listeners::bind(&config).await?;
+    let stats = Arc::new(UpstreamStats::default());
+    let mut upstreams = tokio::task::JoinSet::new();
+    upstreams.spawn(serve_upstream(
+        primary_l,
+        DemoUpstream {
+            name: "primary".into(),
+            latency: Duration::from_millis(2),
+        },
+        stats.clone(),
+        stop_rx.clone(),
+    ));
+    upstreams.spawn(serve_upstream(
+        candidate_l,
+        DemoUpstream {
+            name: "candidate".into(),
+            latency: Duration::from_millis(5),
+        },
+        stats,
+        stop_rx,
+    ));
+    let proxy = listeners.proxy_addrs()[0];
+    let admin = listeners.admin_addr().unwrap_or(admin);
+    println!("teeproxy demo: proxy on http://{proxy}, admin on http://{admin}");
+    println!("  primary upstream   http://{primary}");
+    println!("  candidate upstream http://{candidate} (the shadow leg comes with the tee)");
+    println!("try:");
+    println!("  curl -i http://{proxy}/api/users/42");
+    println!("  curl -i -X POST --data-binary @Cargo.toml http://{proxy}/api/echo");
+    println!("  curl --http2-prior-knowledge http://{proxy}/api/orders");
+    println!("  curl http://{admin}/metrics");
+    println!("Ctrl-C stops it.");
+    run(config, listeners, Registry::default(), shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    while upstreams.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

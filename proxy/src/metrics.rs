@@ -1,0 +1,281 @@
+//! Prometheus metrics. One `Registry` is built by the caller and passed in (no global
+//! state); label sets are bounded (route and cluster names from the config, fixed kinds).
+//! Per-route and per-cluster handles are cached when the config is loaded, so the request
+//! path never builds label sets or takes the family lock.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets_range};
+use prometheus_client::registry::Registry;
+
+/// The route label for requests that matched no route (route names cannot contain `(`).
+pub const NO_ROUTE: &str = "(none)";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatusLabels {
+    pub route: String,
+    pub status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterErrorLabels {
+    pub cluster: String,
+    pub kind: UpstreamErrorKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StatusClass {
+    C1xx,
+    C2xx,
+    C3xx,
+    C4xx,
+    C5xx,
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(["1xx", "2xx", "3xx", "4xx", "5xx"][*self as usize])
+    }
+}
+
+impl StatusClass {
+    pub const ALL: [StatusClass; 5] = [Self::C1xx, Self::C2xx, Self::C3xx, Self::C4xx, Self::C5xx];
+
+    pub fn of(status: http::StatusCode) -> Self {
+        match status.as_u16() {
+            0..=199 => Self::C1xx,
+            200..=299 => Self::C2xx,
+            300..=399 => Self::C3xx,
+            400..=499 => Self::C4xx,
+            _ => Self::C5xx,
+        }
+    }
+}
+
+/// Why an upstream call failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UpstreamErrorKind {
+    connect,
+    timeout,
+    protocol,
+}
+
+/// Why a request was refused before it was forwarded.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RejectReason {
+    no_route,
+    method_not_allowed,
+    bad_request,
+    uri_too_long,
+    headers_too_large,
+}
+
+/// All metric families.
+pub struct Metrics {
+    requests: Family<RouteStatusLabels, Counter>,
+    duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    upstream_errors: Family<ClusterErrorLabels, Counter>,
+    upstream_requests: Family<ClusterLabels, Counter>,
+    ejections: Family<ClusterLabels, Counter>,
+    open_connections: Family<ListenerLabels, Gauge>,
+    connections: Family<ListenerLabels, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+    pub in_flight: Gauge,
+}
+
+/// Latency buckets: 100 us to 30 s, shared by every latency histogram.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets_range(0.0001, 30.0, 20))
+}
+
+impl Metrics {
+    /// Registers every family under the `teeproxy` prefix.
+    pub fn new(registry: &mut Registry) -> Arc<Self> {
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            upstream_errors: Family::default(),
+            upstream_requests: Family::default(),
+            ejections: Family::default(),
+            open_connections: Family::default(),
+            connections: Family::default(),
+            rejected: Family::default(),
+            in_flight: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("teeproxy");
+        r.register(
+            "requests",
+            "Requests answered, by route and status class",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response head, by route",
+            m.duration.clone(),
+        );
+        r.register(
+            "upstream_requests",
+            "Requests sent to a cluster",
+            m.upstream_requests.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Upstream failures by cluster and kind (connect, timeout, protocol)",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "upstream_ejections",
+            "Endpoints set aside after refusing a connection",
+            m.ejections.clone(),
+        );
+        r.register(
+            "open_connections",
+            "Client connections open, by listener",
+            m.open_connections.clone(),
+        );
+        r.register(
+            "connections",
+            "Client connections accepted, by listener",
+            m.connections.clone(),
+        );
+        r.register(
+            "rejected_requests",
+            "Requests refused before forwarding, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Requests being handled",
+            m.in_flight.clone(),
+        );
+        Arc::new(m)
+    }
+
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let by_class = StatusClass::ALL.map(|status_class| {
+            self.requests.get_or_create_owned(&RouteStatusLabels {
+                route: route.to_string(),
+                status_class,
+            })
+        });
+        RouteMetrics {
+            by_class,
+            duration: self.duration.get_or_create_owned(&RouteLabels {
+                route: route.to_string(),
+            }),
+        }
+    }
+
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let label = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        let err = |kind| {
+            self.upstream_errors
+                .get_or_create_owned(&ClusterErrorLabels {
+                    cluster: cluster.to_string(),
+                    kind,
+                })
+        };
+        ClusterMetrics {
+            requests: self.upstream_requests.get_or_create_owned(&label),
+            ejections: self.ejections.get_or_create_owned(&label),
+            connect_errors: err(UpstreamErrorKind::connect),
+            timeout_errors: err(UpstreamErrorKind::timeout),
+            protocol_errors: err(UpstreamErrorKind::protocol),
+        }
+    }
+
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let label = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        ListenerMetrics {
+            open: self.open_connections.get_or_create_owned(&label),
+            accepted: self.connections.get_or_create_owned(&label),
+        }
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&RejectLabels { reason }).inc();
+    }
+}
+
+/// Cached handles for one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        self.by_class[StatusClass::of(status) as usize].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Cached handles for one cluster.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    pub requests: Counter,
+    pub ejections: Counter,
+    connect_errors: Counter,
+    timeout_errors: Counter,
+    protocol_errors: Counter,
+}
+
+impl ClusterMetrics {
+    pub fn error(&self, kind: UpstreamErrorKind) {
+        match kind {
+            UpstreamErrorKind::connect => self.connect_errors.inc(),
+            UpstreamErrorKind::timeout => self.timeout_errors.inc(),
+            UpstreamErrorKind::protocol => self.protocol_errors.inc(),
+        };
+    }
+}
+
+/// Cached handles for one listener.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub open: Gauge,
+    pub accepted: Counter,
+}
+
+/// Renders the registry as OpenMetrics text.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// The content type Prometheus expects for OpenMetrics text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -1,0 +1,186 @@
+//! The proxy handler: validate, route, rewrite, forward to the primary, stream the answer
+//! back. It never returns an error to hyper: every failure becomes a response in `error`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::config::{Config, ForwardedMode, HostMode};
+use crate::error::{ProxyBody, ProxyError};
+use crate::headers::{self, Forwarded, RequestIds, X_REQUEST_ID};
+use crate::metrics::{Metrics, NO_ROUTE, RouteMetrics};
+use crate::route::Router;
+use crate::upstream::{Cluster, build_clusters};
+use crate::validate::{RequestLimits, check_request, request_host};
+
+/// Everything the handler reads from the config, swapped whole.
+pub struct Snapshot {
+    pub router: Router,
+    limits: RequestLimits,
+    forwarded: ForwardedMode,
+    access_log: bool,
+}
+
+impl Snapshot {
+    pub fn new(config: &Config, metrics: &Metrics) -> Self {
+        let clusters = build_clusters(config, metrics);
+        Snapshot {
+            router: Router::new(config, &clusters, metrics),
+            limits: RequestLimits::from(&config.limits),
+            forwarded: config.x_forwarded_for,
+            access_log: config.access_log.enabled,
+        }
+    }
+}
+
+/// The shared handler state.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    metrics: Arc<Metrics>,
+    /// Metrics of requests refused before routing (or matching no route).
+    no_route: RouteMetrics,
+    ids: RequestIds,
+}
+
+/// What the handler knows about the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `http`, or `https` for TLS listeners.
+    pub proto: &'static str,
+}
+
+/// Decrements the in-flight gauge when the request ends, however it ends.
+struct InFlight<'a>(&'a Gauge);
+
+impl<'a> InFlight<'a> {
+    fn new(g: &'a Gauge) -> Self {
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Proxy {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        Proxy {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics)),
+            no_route: metrics.route(NO_ROUTE),
+            metrics,
+            ids: RequestIds::default(),
+        }
+    }
+
+    /// Handles one request. Never fails: errors are answered by `ProxyError::to_response`.
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let _in_flight = InFlight::new(&self.metrics.in_flight);
+        let snap = self.snapshot.load_full();
+        let request_id = self.ids.ensure(req.headers_mut());
+        let log = snap
+            .access_log
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
+
+        let routed = check_request(&req, &snap.limits).and_then(|()| {
+            snap.router
+                .route(req.method(), request_host(&req), req.uri().path())
+                .ok_or(ProxyError::NoRoute)
+        });
+        let (route, mut endpoint, result) = match routed {
+            Err(e) => (None, None, Err(e)),
+            Ok(route) => {
+                let cluster = &route.primary;
+                let ep = cluster.pick();
+                let upstream_req = prepare(req, cluster, ep, conn, snap.forwarded);
+                let result = cluster
+                    .send(ep, upstream_req)
+                    .await
+                    .map_err(ProxyError::from);
+                (Some(route), Some(ep.label.as_str()), result)
+            }
+        };
+        let route_name = route.map_or(NO_ROUTE, |r| r.name.as_str());
+
+        let mut resp = match result {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                headers::rewrite_response(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(e) => {
+                match e.reject_reason() {
+                    Some(reason) => self.metrics.rejected(reason),
+                    None => {
+                        tracing::warn!(request_id = ?request_id, route = route_name, error = %e, "upstream failure")
+                    }
+                }
+                if !matches!(e, ProxyError::Upstream(_)) {
+                    endpoint = None;
+                }
+                e.to_response()
+            }
+        };
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+
+        let elapsed = start.elapsed();
+        route
+            .map_or(&self.no_route, |r| &r.metrics)
+            .record(resp.status(), elapsed);
+        if let Some((method, path)) = log {
+            tracing::info!(
+                target: "teeproxy::access",
+                request_id = request_id.to_str().unwrap_or("-"),
+                route = route_name,
+                method = %method,
+                path = %path,
+                status = resp.status().as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                endpoint = endpoint.unwrap_or("-"),
+                client = %conn.peer.ip(),
+            );
+        }
+        resp
+    }
+}
+
+/// Rewrites a client request into the request for endpoint `ep` of `cluster`.
+fn prepare(
+    req: Request<Incoming>,
+    cluster: &Cluster,
+    ep: &crate::upstream::EndpointState,
+    conn: ConnInfo,
+    mode: ForwardedMode,
+) -> Request<Incoming> {
+    let host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
+    let (mut parts, body) = req.into_parts();
+    let fwd = Forwarded {
+        client_ip: conn.peer.ip(),
+        proto: conn.proto,
+        host: host.as_ref().and_then(|h| h.to_str().ok()),
+    };
+    headers::rewrite_request(&mut parts.headers, &fwd, mode);
+    let upstream_host = match cluster.host_mode {
+        HostMode::Keep => host,
+        HostMode::Rewrite => HeaderValue::from_str(ep.endpoint.authority.as_str()).ok(),
+    };
+    match upstream_host {
+        Some(h) => parts.headers.insert(header::HOST, h),
+        None => parts.headers.remove(header::HOST),
+    };
+    parts.uri = Cluster::upstream_uri(ep, &parts.uri);
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body)
+}

@@ -1,0 +1,164 @@
+//! Route matching: ordered routes, first match wins (path prefix, optional exact host,
+//! optional methods).
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::upstream::Cluster;
+
+/// A route, ready to serve.
+pub struct Route {
+    pub name: String,
+    path_prefix: String,
+    /// Lower-case host without port.
+    host: Option<String>,
+    methods: Option<Vec<Method>>,
+    pub primary: Arc<Cluster>,
+    pub metrics: RouteMetrics,
+}
+
+/// The ordered route table.
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Builds the table; `clusters` must hold every cluster the config names (validated).
+    pub fn new(
+        config: &Config,
+        clusters: &std::collections::HashMap<String, Arc<Cluster>>,
+        metrics: &Metrics,
+    ) -> Self {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.value.clone(),
+                path_prefix: r.match_.path_prefix.value.clone(),
+                host: r
+                    .match_
+                    .host
+                    .as_ref()
+                    .map(|h| strip_port(&h.value).to_ascii_lowercase()),
+                methods: r.match_.methods.as_ref().map(|ms| {
+                    ms.iter()
+                        .map(|m| Method::from_bytes(m.value.as_bytes()).expect("validated"))
+                        .collect()
+                }),
+                primary: clusters[&r.primary.value].clone(),
+                metrics: metrics.route(&r.name.value),
+            })
+            .collect();
+        Router { routes }
+    }
+
+    /// The first route matching the request, if any. `host` is the host the client asked
+    /// for (port allowed).
+    pub fn route(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Route> {
+        let host = host.map(strip_port);
+        self.routes.iter().find(|r| {
+            path.starts_with(r.path_prefix.as_str())
+                && r.host
+                    .as_deref()
+                    .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
+                && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
+        })
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+/// `host:port` -> `host`; `[::1]:80` -> `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn router(yaml_routes: &str) -> Router {
+        let yaml = format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:1\" }}]\nclusters:\n  a: {{ endpoints: [\"http://127.0.0.1:2\"] }}\n  b: {{ endpoints: [\"http://127.0.0.1:3\"] }}\nroutes:\n{yaml_routes}"
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let metrics = Metrics::new(&mut Registry::default());
+        let clusters = crate::upstream::build_clusters(&config, &metrics);
+        Router::new(&config, &clusters, &metrics)
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let r = router(
+            "  - { name: api-host, match: { path_prefix: /api/, host: api.example.com }, primary: a }\n  - { name: api-post, match: { path_prefix: /api/, methods: [POST, PUT] }, primary: b }\n  - { name: api, match: { path_prefix: /api/ }, primary: a }\n  - { name: rest, primary: b }\n",
+        );
+        let table = [
+            (
+                Method::GET,
+                Some("api.example.com"),
+                "/api/x",
+                Some("api-host"),
+            ),
+            (
+                Method::GET,
+                Some("API.Example.com:8080"),
+                "/api/x",
+                Some("api-host"),
+            ),
+            (Method::POST, Some("other"), "/api/x", Some("api-post")),
+            (Method::GET, Some("other"), "/api/x", Some("api")),
+            (Method::GET, None, "/api/x", Some("api")),
+            (Method::GET, Some("api.example.com"), "/apix", Some("rest")),
+            (Method::DELETE, Some("x"), "/", Some("rest")),
+        ];
+        for (m, host, path, want) in table {
+            assert_eq!(
+                r.route(&m, host, path).map(|r| r.name.as_str()),
+                want,
+                "{m} {host:?} {path}"
+            );
+        }
+        assert_eq!(r.routes()[3].primary.name, "b");
+    }
+
+    #[test]
+    fn no_match() {
+        let r = router(
+            "  - { name: only, match: { path_prefix: /only, host: h.example, methods: [GET] }, primary: a }\n",
+        );
+        assert!(
+            r.route(&Method::GET, Some("other.example"), "/only")
+                .is_none()
+        );
+        assert!(r.route(&Method::POST, Some("h.example"), "/only").is_none());
+        assert!(r.route(&Method::GET, Some("h.example"), "/else").is_none());
+        assert!(r.route(&Method::GET, None, "/only").is_none());
+        assert!(
+            r.route(&Method::GET, Some("h.example"), "/only/x")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.example:8080"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

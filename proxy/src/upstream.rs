@@ -1,0 +1,209 @@
+//! Upstream clusters: one pooled client per cluster, round-robin over its endpoints, and
+//! passive ejection of endpoints that refuse connections.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{ClusterConfig, Config, Endpoint, HostMode, parse_endpoint};
+use crate::metrics::{ClusterMetrics, Metrics, UpstreamErrorKind};
+
+/// Why an upstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {endpoint} failed: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("no response head from {endpoint} within {timeout:?}")]
+    Timeout { endpoint: String, timeout: Duration },
+    #[error("upstream {endpoint} protocol error: {reason}")]
+    Protocol { endpoint: String, reason: String },
+}
+
+impl UpstreamError {
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            UpstreamError::Connect { .. } => UpstreamErrorKind::connect,
+            UpstreamError::Timeout { .. } => UpstreamErrorKind::timeout,
+            UpstreamError::Protocol { .. } => UpstreamErrorKind::protocol,
+        }
+    }
+}
+
+type Connector = HttpsConnector<HttpConnector>;
+
+/// One endpoint of a cluster and its ejection state.
+pub struct EndpointState {
+    pub endpoint: Endpoint,
+    /// The endpoint as text (`http://10.0.0.1:8080`), for logs.
+    pub label: String,
+    /// Milliseconds since the cluster's epoch until which the endpoint is skipped.
+    ejected_until_ms: AtomicU64,
+}
+
+/// A cluster, ready to send requests.
+pub struct Cluster {
+    pub name: String,
+    endpoints: Vec<EndpointState>,
+    next: AtomicUsize,
+    client: Client<Connector, Incoming>,
+    timeout: Duration,
+    pub host_mode: HostMode,
+    ejection_time: Duration,
+    epoch: Instant,
+    metrics: ClusterMetrics,
+}
+
+/// Builds every cluster of the config.
+pub fn build_clusters(config: &Config, metrics: &Metrics) -> HashMap<String, Arc<Cluster>> {
+    config
+        .clusters
+        .iter()
+        .map(|(name, c)| {
+            (
+                name.clone(),
+                Arc::new(Cluster::new(name, c, metrics.cluster(name))),
+            )
+        })
+        .collect()
+}
+
+fn tls_config() -> rustls::ClientConfig {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+impl Cluster {
+    pub fn new(name: &str, c: &ClusterConfig, metrics: ClusterMetrics) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(c.connect_timeout.value.get()));
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(c.idle_timeout.value.get())
+            .pool_max_idle_per_host(c.max_idle_per_endpoint)
+            .build(https);
+        let endpoints = c
+            .endpoints
+            .iter()
+            .map(|e| {
+                let endpoint = parse_endpoint(&e.value).expect("validated");
+                EndpointState {
+                    label: endpoint.to_string(),
+                    endpoint,
+                    ejected_until_ms: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        Cluster {
+            name: name.to_string(),
+            endpoints,
+            next: AtomicUsize::new(0),
+            client,
+            timeout: c.timeout.value.get(),
+            host_mode: c.host,
+            ejection_time: c.ejection_time.value.get(),
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The next endpoint round-robin, skipping ejected ones while any other is available.
+    pub fn pick(&self) -> &EndpointState {
+        let n = self.endpoints.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
+            .unwrap_or(&self.endpoints[start % n])
+    }
+
+    /// The URI to send to `ep` for a request whose target is `uri` (origin-form).
+    pub fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        Uri::builder()
+            .scheme(ep.endpoint.scheme.clone())
+            .authority(ep.endpoint.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .expect("scheme, authority and path were valid parts")
+    }
+
+    /// Sends a request to `ep` and waits for the response head, up to the cluster's timeout.
+    pub async fn send(
+        &self,
+        ep: &EndpointState,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.metrics.requests.inc();
+        let result = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => {
+                self.eject(ep);
+                Err(UpstreamError::Connect {
+                    endpoint: ep.label.clone(),
+                    reason: error_chain(&e),
+                })
+            }
+            Ok(Err(e)) => Err(UpstreamError::Protocol {
+                endpoint: ep.label.clone(),
+                reason: error_chain(&e),
+            }),
+            Err(_) => Err(UpstreamError::Timeout {
+                endpoint: ep.label.clone(),
+                timeout: self.timeout,
+            }),
+        };
+        if let Err(e) = &result {
+            self.metrics.error(e.kind());
+        }
+        result
+    }
+
+    fn eject(&self, ep: &EndpointState) {
+        if self.endpoints.len() > 1 {
+            let until = self.now_ms()
+                + u64::try_from(self.ejection_time.as_millis()).unwrap_or(u64::MAX / 2);
+            ep.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.metrics.ejections.inc();
+            tracing::warn!(cluster = %self.name, endpoint = %ep.label, for_ms = self.ejection_time.as_millis() as u64, "endpoint ejected after a connect failure");
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}

@@ -1,0 +1,228 @@
+//! Request validation before anything is forwarded (framing, Host, size limits, methods).
+//! hyper enforces the HTTP/1 head size and header count itself (431) and the HTTP/1
+//! `Content-Length` + `Transfer-Encoding` case is caught by `server::guard`; the checks
+//! here hold for both HTTP/1 and HTTP/2.
+
+use http::{HeaderMap, Method, Request, Version, header};
+
+use crate::config::Limits;
+use crate::error::ProxyError;
+
+/// The limits the handler enforces, taken from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+}
+
+impl From<&Limits> for RequestLimits {
+    fn from(l: &Limits) -> Self {
+        RequestLimits {
+            max_header_bytes: l.max_header_bytes.value.as_usize(),
+            max_headers: l.max_headers.value,
+            max_uri_bytes: l.max_uri_bytes.value.as_usize(),
+        }
+    }
+}
+
+/// Rejects requests that must not be forwarded.
+pub fn check_request<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed("CONNECT"));
+    }
+    let uri = req.uri();
+    let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 3)
+        + uri.scheme_str().map_or(0, str::len);
+    if uri_len > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    check_header_size(req.headers(), limits)?;
+    let headers = req.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => {
+            if let (Some(host), Some(authority)) = (headers.get(header::HOST), uri.authority())
+                && host.as_bytes() != authority.as_str().as_bytes()
+            {
+                return Err(ProxyError::BadRequest(
+                    "host header differs from :authority",
+                ));
+            }
+        }
+        version => {
+            if hosts > 1 {
+                return Err(ProxyError::BadRequest("more than one Host header"));
+            }
+            if hosts == 0 && version == Version::HTTP_11 {
+                return Err(ProxyError::BadRequest("missing Host header"));
+            }
+            check_transfer_encoding(headers)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_header_size(headers: &HeaderMap, limits: &RequestLimits) -> Result<(), ProxyError> {
+    if headers.len() > limits.max_headers {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// HTTP/1: `Transfer-Encoding` is a single `chunked`, or absent. hyper accepts a repeated
+/// header and other codings before `chunked`; a proxy that re-frames should not.
+fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("duplicate Transfer-Encoding header")),
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
+        (Some(_), None) => Err(ProxyError::BadRequest("unsupported Transfer-Encoding")),
+    }
+}
+
+/// The host the client asked for: the authority of an absolute-form or HTTP/2 request,
+/// else the `Host` header.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_header_bytes: 1024,
+        max_headers: 10,
+        max_uri_bytes: 64,
+    };
+
+    fn req(version: Version, method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().version(version).method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn validation_table() {
+        const HTTP_10: Version = Version::HTTP_10;
+        const HTTP_11: Version = Version::HTTP_11;
+        const HTTP_2: Version = Version::HTTP_2;
+        let long = format!("/{}", "a".repeat(64));
+        let big = "v".repeat(1024);
+        let many: Vec<(&str, &str)> = (0..11).map(|_| ("x-a", "1")).collect();
+        let table: Vec<(Request<()>, Option<u16>)> = vec![
+            (req(HTTP_11, "GET", "/", &[("host", "a")]), None),
+            (req(HTTP_10, "GET", "/", &[]), None),
+            (req(HTTP_11, "GET", "/", &[]), Some(400)),
+            (
+                req(HTTP_11, "GET", "/", &[("host", "a"), ("host", "b")]),
+                Some(400),
+            ),
+            (
+                req(HTTP_10, "GET", "/", &[("host", "a"), ("host", "a")]),
+                Some(400),
+            ),
+            (
+                req(HTTP_11, "CONNECT", "a.example:443", &[("host", "a")]),
+                Some(405),
+            ),
+            (req(HTTP_11, "GET", &long, &[("host", "a")]), Some(414)),
+            (
+                req(HTTP_11, "GET", "/", &[("host", "a"), ("x-big", &big)]),
+                Some(431),
+            ),
+            (
+                req(HTTP_11, "GET", "/", &[&[("host", "a")][..], &many].concat()),
+                Some(431),
+            ),
+            (
+                req(
+                    HTTP_11,
+                    "POST",
+                    "/",
+                    &[("host", "a"), ("transfer-encoding", "chunked")],
+                ),
+                None,
+            ),
+            (
+                req(
+                    HTTP_11,
+                    "POST",
+                    "/",
+                    &[
+                        ("host", "a"),
+                        ("transfer-encoding", "chunked"),
+                        ("transfer-encoding", "chunked"),
+                    ],
+                ),
+                Some(400),
+            ),
+            (
+                req(
+                    HTTP_11,
+                    "POST",
+                    "/",
+                    &[("host", "a"), ("transfer-encoding", "gzip, chunked")],
+                ),
+                Some(400),
+            ),
+            (req(HTTP_2, "GET", "http://a.example/", &[]), None),
+            (
+                req(HTTP_2, "GET", "http://a.example/", &[("host", "a.example")]),
+                None,
+            ),
+            (
+                req(HTTP_2, "GET", "http://a.example/", &[("host", "b.example")]),
+                Some(400),
+            ),
+        ];
+        for (r, want) in table {
+            let got = check_request(&r, &LIMITS)
+                .err()
+                .map(|e| e.status().as_u16());
+            assert_eq!(
+                got,
+                want,
+                "{} {} {:?} {:?}",
+                r.method(),
+                r.uri(),
+                r.version(),
+                r.headers()
+            );
+        }
+    }
+
+    #[test]
+    fn host_comes_from_the_authority_first() {
+        assert_eq!(
+            request_host(&req(
+                Version::HTTP_11,
+                "GET",
+                "http://abs.example/p",
+                &[("host", "h")]
+            )),
+            Some("abs.example")
+        );
+        assert_eq!(
+            request_host(&req(Version::HTTP_11, "GET", "/p", &[("host", "h:1")])),
+            Some("h:1")
+        );
+        assert_eq!(request_host(&req(Version::HTTP_10, "GET", "/p", &[])), None);
+    }
+}
