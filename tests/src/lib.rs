@@ -1,1 +1,381 @@
+//! Test support: fake upstreams that record exactly what they received, a proxy spawner
+//! on `127.0.0.1:0`, HTTP/1, HTTP/2 and raw-socket clients, and `assert_eventually!`.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
+use teeproxy::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Polls a condition until it holds or 5 s pass (then panics with the message).
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr $(, $($msg:tt)+)?) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(concat!("condition never held: ", stringify!($cond)) $(, $($msg)+)?);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }};
+}
+
+/// One request as a fake upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// False when the body ended in an error (the sender aborted).
+    pub complete: bool,
+}
+
+#[derive(Clone)]
+struct Behaviour {
+    status: StatusCode,
+    delay: Duration,
+    body: Bytes,
+    headers: Vec<(String, String)>,
+    name: String,
+}
+
+/// Builds a fake upstream.
+pub struct FakeUpstreamBuilder {
+    b: Behaviour,
+}
+
+impl FakeUpstreamBuilder {
+    pub fn status(mut self, s: u16) -> Self {
+        self.b.status = StatusCode::from_u16(s).expect("valid status");
+        self
+    }
+    /// Wait this long (after reading the request body) before answering.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.b.delay = d;
+        self
+    }
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.b.body = body.into();
+        self
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.b.headers.push((k.to_string(), v.to_string()));
+        self
+    }
+    pub fn name(mut self, n: &str) -> Self {
+        self.b.name = n.to_string();
+        self
+    }
+
+    pub async fn start(self) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let behaviour = Arc::new(self.b);
+        let rec = received.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let stream = tokio::select! {
+                    _ = stop_rx.wait_for(|s| *s) => break,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let behaviour = behaviour.clone();
+                let rec = rec.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let behaviour = behaviour.clone();
+                        let rec = rec.clone();
+                        async move { Ok::<_, Infallible>(answer(&behaviour, &rec, req).await) }
+                    });
+                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    b.http1().timer(TokioTimer::new());
+                    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+            conns.shutdown().await;
+        });
+        FakeUpstream {
+            addr,
+            received,
+            stop: stop_tx,
+            task,
+        }
+    }
+}
+
+async fn answer(
+    b: &Behaviour,
+    rec: &Mutex<Vec<Received>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, mut body) = req.into_parts();
+    let mut buf = BytesMut::new();
+    let mut complete = true;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Err(_) => {
+                complete = false;
+                break;
+            }
+        }
+    }
+    rec.lock().expect("lock").push(Received {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        body: buf.freeze(),
+        complete,
+    });
+    if !b.delay.is_zero() {
+        tokio::time::sleep(b.delay).await;
+    }
+    let mut resp = Response::builder()
+        .status(b.status)
+        .header("x-upstream", b.name.as_str());
+    for (k, v) in &b.headers {
+        resp = resp.header(k.as_str(), v.as_str());
+    }
+    resp.body(Full::new(b.body.clone()))
+        .expect("valid response")
+}
+
+/// An in-process HTTP/1.1 upstream that records every request.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    pub fn builder() -> FakeUpstreamBuilder {
+        FakeUpstreamBuilder {
+            b: Behaviour {
+                status: StatusCode::OK,
+                delay: Duration::ZERO,
+                body: Bytes::from_static(b"hello from upstream"),
+                headers: Vec::new(),
+                name: "upstream".to_string(),
+            },
+        }
+    }
+
+    /// An upstream answering 200 with a fixed body.
+    pub async fn start() -> FakeUpstream {
+        Self::builder().start().await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("lock").len()
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// A port on 127.0.0.1 with nothing listening (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Prefixes a config body (clusters, routes, ...) with listeners and admin on port 0.
+pub fn yaml(body: &str) -> String {
+    format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\n{body}"
+    )
+}
+
+/// A config with one cluster `primary` at `endpoints` and one catch-all route `all`.
+pub fn simple_yaml(endpoints: &[String], cluster_extra: &str) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    yaml(&format!(
+        "clusters:\n  primary: {{ endpoints: [{}]{} }}\nroutes:\n  - name: all\n    primary: primary\n",
+        eps.join(", "),
+        if cluster_extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {cluster_extra}")
+        }
+    ))
+}
+
+/// A proxy running in this process on 127.0.0.1:0.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestProxy {
+    pub async fn start(yaml: &str) -> TestProxy {
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
+        let listeners = teeproxy::Listeners::bind(&config).await.expect("bind");
+        let addr = listeners.proxy_addrs()[0];
+        let admin = listeners.admin_addr().expect("admin addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(teeproxy::run(
+            config,
+            listeners,
+            Registry::default(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        TestProxy {
+            addr,
+            admin,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Starts the graceful shutdown; `stopped` waits for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits (up to 10 s) for `run` to return.
+    pub async fn stopped(&mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("proxy stops within 10 s")
+                .expect("proxy task did not panic");
+        }
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, _, body) = get(&format!("http://{}/metrics", self.admin)).await;
+        assert_eq!(status, StatusCode::OK);
+        String::from_utf8(body.to_vec()).expect("utf-8 metrics")
+    }
+
+    /// The value of one sample line (`name{labels}`) in `/metrics`, or 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+}
+
+/// The value of the sample whose name and labels start with `sample` (labels in any
+/// order are not supported: write them as the proxy prints them).
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// An HTTP/1.1 client (no pooling between tests).
+pub fn h1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends a request with a client and collects the response.
+pub async fn send(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("response within 10 s")
+        .expect("request succeeded");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// GET over HTTP/1.1.
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let req = Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send(&h1_client(), req).await
+}
+
+/// Writes raw bytes and reads until the server closes (or 5 s pass). Returns what was read.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    read_until_close(&mut s, Duration::from_secs(5)).await.0
+}
+
+/// Reads until EOF or `limit`; returns the text and whether EOF was seen.
+pub async fn read_until_close(s: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// The status code of the first response in raw HTTP/1 text (0 when none).
+pub fn raw_status(text: &str) -> u16 {
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
