@@ -97,6 +97,16 @@ pub enum RejectReason {
     headers_too_large,
 }
 
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        Self::no_route,
+        Self::method_not_allowed,
+        Self::bad_request,
+        Self::uri_too_long,
+        Self::headers_too_large,
+    ];
+}
+
 /// All metric families.
 pub struct Metrics {
     requests: Family<RouteStatusLabels, Counter>,
@@ -106,7 +116,8 @@ pub struct Metrics {
     ejections: Family<ClusterLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
-    rejected: Family<RejectLabels, Counter>,
+    /// One counter per `RejectReason`, created up front so every reason shows at 0.
+    rejected: [Counter; 5],
     pub in_flight: Gauge,
 }
 
@@ -118,6 +129,7 @@ pub fn latency_histogram() -> Histogram {
 impl Metrics {
     /// Registers every family under the `teeproxy` prefix.
     pub fn new(registry: &mut Registry) -> Arc<Self> {
+        let rejected = Family::<RejectLabels, Counter>::default();
         let m = Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -126,7 +138,7 @@ impl Metrics {
             ejections: Family::default(),
             open_connections: Family::default(),
             connections: Family::default(),
-            rejected: Family::default(),
+            rejected: RejectReason::ALL.map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
             in_flight: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
@@ -168,7 +180,7 @@ impl Metrics {
         r.register(
             "rejected_requests",
             "Requests refused before forwarding, by reason",
-            m.rejected.clone(),
+            rejected,
         );
         r.register(
             "requests_in_flight",
@@ -224,7 +236,7 @@ impl Metrics {
     }
 
     pub fn rejected(&self, reason: RejectReason) {
-        self.rejected.get_or_create(&RejectLabels { reason }).inc();
+        self.rejected[reason as usize].inc();
     }
 }
 

@@ -25,14 +25,17 @@ use tokio::task::JoinHandle;
 /// Polls a condition until it holds or 5 s pass (then panics with the message).
 #[macro_export]
 macro_rules! assert_eventually {
-    ($cond:expr $(, $($msg:tt)+)?) => {{
+    ($cond:expr) => {
+        $crate::assert_eventually!($cond, "")
+    };
+    ($cond:expr, $($msg:tt)+) => {{
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             if $cond {
                 break;
             }
             if std::time::Instant::now() > deadline {
-                panic!(concat!("condition never held: ", stringify!($cond)) $(, $($msg)+)?);
+                panic!("condition never held within 5 s: {} {}", stringify!($cond), format!($($msg)+));
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
