@@ -77,7 +77,10 @@ impl ProxyError {
             .expect("static parts are valid");
         if matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::HeadersTooLarge | ProxyError::UriTooLong
+            ProxyError::BadRequest(_)
+                | ProxyError::HeadersTooLarge
+                | ProxyError::UriTooLong
+                | ProxyError::MethodNotAllowed(_)
         ) {
             resp.headers_mut().insert(
                 header::CONNECTION,
