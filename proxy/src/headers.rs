@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_table() {
-        let table: [(&[(&str, &str)], &[&str]); 6] = [
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let table: [Case; 6] = [
             (
                 &[("connection", "close"), ("host", "a"), ("x-a", "1")],
                 &["host", "x-a"],

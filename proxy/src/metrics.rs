@@ -138,7 +138,8 @@ impl Metrics {
             ejections: Family::default(),
             open_connections: Family::default(),
             connections: Family::default(),
-            rejected: RejectReason::ALL.map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
+            rejected: RejectReason::ALL
+                .map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
             in_flight: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");

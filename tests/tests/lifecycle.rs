@@ -23,13 +23,31 @@ async fn admin_serves_live_ready_and_metrics() {
     }
     let (status, headers, body) = get(&admin("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert_eq!(
+        headers["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let m = String::from_utf8(body.to_vec()).unwrap();
     assert!(m.ends_with("# EOF\n"));
-    assert_eq!(metric_value(&m, "teeproxy_requests_total{route=\"all\",status_class=\"2xx\"}"), 3.0);
-    assert_eq!(metric_value(&m, "teeproxy_request_duration_seconds_count{route=\"all\"}"), 3.0);
-    assert_eq!(metric_value(&m, "teeproxy_upstream_requests_total{cluster=\"primary\"}"), 3.0);
-    assert_eq!(metric_value(&m, "teeproxy_connections_total{listener=\"public\"}"), 3.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            "teeproxy_requests_total{route=\"all\",status_class=\"2xx\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric_value(&m, "teeproxy_request_duration_seconds_count{route=\"all\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric_value(&m, "teeproxy_upstream_requests_total{cluster=\"primary\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric_value(&m, "teeproxy_connections_total{listener=\"public\"}"),
+        3.0
+    );
     for family in [
         "teeproxy_requests_in_flight gauge",
         "teeproxy_open_connections gauge",
@@ -38,47 +56,87 @@ async fn admin_serves_live_ready_and_metrics() {
         "teeproxy_rejected_requests counter",
         "teeproxy_request_duration_seconds histogram",
     ] {
-        assert!(m.contains(&format!("# TYPE {family}\n")), "{family} missing from\n{m}");
+        assert!(
+            m.contains(&format!("# TYPE {family}\n")),
+            "{family} missing from\n{m}"
+        );
     }
     assert_eq!(metric_value(&m, "teeproxy_requests_in_flight"), 0.0);
 }
 
 #[tokio::test]
 async fn in_flight_and_open_connection_gauges_follow_requests_and_return_to_zero() {
-    let up = FakeUpstream::builder().delay(Duration::from_secs(30)).start().await;
+    let up = FakeUpstream::builder()
+        .delay(Duration::from_secs(30))
+        .start()
+        .await;
     let proxy = TestProxy::start(&simple_yaml(&[up.url()], "")).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /wait HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /wait HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
     assert_eventually!(proxy.metric("teeproxy_requests_in_flight").await == 1.0);
-    assert_eq!(proxy.metric("teeproxy_open_connections{listener=\"public\"}").await, 1.0);
+    assert_eq!(
+        proxy
+            .metric("teeproxy_open_connections{listener=\"public\"}")
+            .await,
+        1.0
+    );
     // The client gives up while waiting: the upstream call is cancelled, gauges go back.
     drop(s);
     assert_eventually!(proxy.metric("teeproxy_requests_in_flight").await == 0.0);
-    assert_eventually!(proxy.metric("teeproxy_open_connections{listener=\"public\"}").await == 0.0);
+    assert_eventually!(
+        proxy
+            .metric("teeproxy_open_connections{listener=\"public\"}")
+            .await
+            == 0.0
+    );
 }
 
 #[tokio::test]
 async fn graceful_shutdown_lets_a_slow_in_flight_request_finish() {
-    let up = FakeUpstream::builder().delay(Duration::from_millis(700)).body("finished").start().await;
-    let mut proxy = TestProxy::start(&format!("{}drain_timeout: 10s\n", simple_yaml(&[up.url()], ""))).await;
+    let up = FakeUpstream::builder()
+        .delay(Duration::from_millis(700))
+        .body("finished")
+        .start()
+        .await;
+    let mut proxy = TestProxy::start(&format!(
+        "{}drain_timeout: 10s\n",
+        simple_yaml(&[up.url()], "")
+    ))
+    .await;
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     assert_eventually!(up.count() == 1, "request reached the upstream");
 
     proxy.begin_shutdown();
     // Not ready any more while draining; new connections are refused once accept stops.
-    assert_eventually!(TcpStream::connect(proxy.addr).await.is_err(), "listener closed");
+    assert_eventually!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "listener closed"
+    );
     let (status, headers, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "finished");
-    assert_eq!(headers.get("connection").map(|v| v.to_str().unwrap()), Some("close"), "HTTP/1 told to close");
+    assert_eq!(
+        headers.get("connection").map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "HTTP/1 told to close"
+    );
     proxy.stopped().await;
 }
 
 #[tokio::test]
 async fn graceful_shutdown_gives_up_at_the_drain_deadline() {
-    let up = FakeUpstream::builder().delay(Duration::from_secs(30)).start().await;
-    let mut proxy = TestProxy::start(&format!("{}drain_timeout: 300ms\n", simple_yaml(&[up.url()], ""))).await;
+    let up = FakeUpstream::builder()
+        .delay(Duration::from_secs(30))
+        .start()
+        .await;
+    let mut proxy = TestProxy::start(&format!(
+        "{}drain_timeout: 300ms\n",
+        simple_yaml(&[up.url()], "")
+    ))
+    .await;
     let url = proxy.url("/forever");
     let client_call = tokio::spawn(async move {
         let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
@@ -88,18 +146,34 @@ async fn graceful_shutdown_gives_up_at_the_drain_deadline() {
     let started = std::time::Instant::now();
     proxy.begin_shutdown();
     proxy.stopped().await;
-    assert!(started.elapsed() < Duration::from_secs(3), "stopped at the deadline, not after the upstream");
-    assert!(client_call.await.unwrap().is_err(), "the unfinished request's connection is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopped at the deadline, not after the upstream"
+    );
+    assert!(
+        client_call.await.unwrap().is_err(),
+        "the unfinished request's connection is closed"
+    );
 }
 
 #[tokio::test]
 async fn h2_connections_get_goaway_and_finish_their_stream() {
-    let up = FakeUpstream::builder().delay(Duration::from_millis(500)).body("h2 done").start().await;
-    let mut proxy = TestProxy::start(&format!("{}drain_timeout: 10s\n", simple_yaml(&[up.url()], ""))).await;
+    let up = FakeUpstream::builder()
+        .delay(Duration::from_millis(500))
+        .body("h2 done")
+        .start()
+        .await;
+    let mut proxy = TestProxy::start(&format!(
+        "{}drain_timeout: 10s\n",
+        simple_yaml(&[up.url()], "")
+    ))
+    .await;
     let client = h2_client();
     let url = proxy.url("/h2slow");
     let c = client.clone();
-    let call = tokio::spawn(async move { send(&c, Request::get(url).body(Full::new(Bytes::new())).unwrap()).await });
+    let call = tokio::spawn(async move {
+        send(&c, Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+    });
     assert_eventually!(up.count() == 1);
     proxy.begin_shutdown();
     let (status, _, body) = call.await.unwrap();

@@ -17,8 +17,18 @@ async fn setup(extra: &str) -> (FakeUpstream, TestProxy) {
 async fn refused(request: &[u8], want: u16) {
     let (up, proxy) = setup("").await;
     let text = raw(proxy.addr, request).await;
-    assert_eq!(raw_status(&text), want, "request {:?} answered {text:?}", String::from_utf8_lossy(request));
-    assert_eq!(up.count(), 0, "nothing reaches the upstream for {:?}", String::from_utf8_lossy(request));
+    assert_eq!(
+        raw_status(&text),
+        want,
+        "request {:?} answered {text:?}",
+        String::from_utf8_lossy(request)
+    );
+    assert_eq!(
+        up.count(),
+        0,
+        "nothing reaches the upstream for {:?}",
+        String::from_utf8_lossy(request)
+    );
     // The proxy is still serving.
     assert_eq!(get(&proxy.url("/after")).await.0, 200);
 }
@@ -63,7 +73,11 @@ async fn bad_framing_is_400() {
 
 #[tokio::test]
 async fn transfer_encoding_with_another_coding_first_is_400() {
-    refused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400).await;
+    refused(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        400,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -74,21 +88,32 @@ async fn host_rules_are_enforced() {
 
 #[tokio::test]
 async fn obs_fold_and_bad_header_bytes_are_400() {
-    refused(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n", 400).await;
+    refused(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n",
+        400,
+    )
+    .await;
     refused(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: 1\r\n\r\n", 400).await;
     refused(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", 400).await;
 }
 
 #[tokio::test]
 async fn connect_is_405() {
-    refused(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405).await;
+    refused(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        405,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn limits_answer_414_and_431() {
     let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9 * 1024));
     refused(long_uri.as_bytes(), 414).await;
-    let big_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(70 * 1024));
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(70 * 1024)
+    );
     refused(big_header.as_bytes(), 431).await;
     let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many_headers = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
@@ -97,18 +122,49 @@ async fn limits_answer_414_and_431() {
 
 #[tokio::test]
 async fn configured_limits_apply() {
-    let (up, proxy) = setup("limits: { max_uri_bytes: 100, max_headers: 5, max_header_bytes: 8KiB }\n").await;
-    let t = raw(proxy.addr, format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(120)).as_bytes()).await;
+    let (up, proxy) =
+        setup("limits: { max_uri_bytes: 100, max_headers: 5, max_header_bytes: 8KiB }\n").await;
+    let t = raw(
+        proxy.addr,
+        format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(120)).as_bytes(),
+    )
+    .await;
     assert_eq!(raw_status(&t), 414);
-    let t = raw(proxy.addr, b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\nF: 1\r\n\r\n").await;
+    let t = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\nF: 1\r\n\r\n",
+    )
+    .await;
     assert_eq!(raw_status(&t), 431);
-    let t = raw(proxy.addr, format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "v".repeat(9000)).as_bytes()).await;
+    let t = raw(
+        proxy.addr,
+        format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "v".repeat(9000)
+        )
+        .as_bytes(),
+    )
+    .await;
     assert_eq!(raw_status(&t), 431);
-    let t = raw(proxy.addr, format!("GET /{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "u".repeat(50)).as_bytes()).await;
+    let t = raw(
+        proxy.addr,
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            "u".repeat(50)
+        )
+        .as_bytes(),
+    )
+    .await;
     assert_eq!(raw_status(&t), 200);
     assert_eq!(up.count(), 1);
     let m = proxy.metrics().await;
-    assert_eq!(metric_value(&m, "teeproxy_rejected_requests_total{reason=\"uri_too_long\"}"), 1.0);
+    assert_eq!(
+        metric_value(
+            &m,
+            "teeproxy_rejected_requests_total{reason=\"uri_too_long\"}"
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -131,7 +187,11 @@ async fn upgrade_h2c_is_stripped_and_never_answered_with_101() {
     .await;
     assert_eq!(raw_status(&t), 200, "{t}");
     let h = &up.received()[0].headers;
-    assert!(!h.contains_key("upgrade") && !h.contains_key("http2-settings") && !h.contains_key("connection"));
+    assert!(
+        !h.contains_key("upgrade")
+            && !h.contains_key("http2-settings")
+            && !h.contains_key("connection")
+    );
 }
 
 #[tokio::test]
@@ -157,7 +217,10 @@ async fn silent_connection_is_closed_at_the_head_timeout() {
     assert!(closed, "closed by the proxy");
     assert!(text.is_empty());
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -170,14 +233,20 @@ async fn slowloris_head_is_closed_at_the_head_timeout() {
     let trickle = async {
         for i in 0..40 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if s.write_all(format!("X-{i}: v\r\n").as_bytes()).await.is_err() {
+            if s.write_all(format!("X-{i}: v\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return Instant::now();
             }
         }
         Instant::now()
     };
     let writes_failed_at = trickle.await - started;
-    assert!(writes_failed_at < Duration::from_millis(2500), "closed near the 400 ms limit, not after {writes_failed_at:?}");
+    assert!(
+        writes_failed_at < Duration::from_millis(2500),
+        "closed near the 400 ms limit, not after {writes_failed_at:?}"
+    );
     let (_, closed) = read_until_close(&mut s, Duration::from_secs(2)).await;
     assert!(closed);
     assert_eq!(up.count(), 0);
