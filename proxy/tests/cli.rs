@@ -172,3 +172,80 @@ fn demo_serves_on_its_own_and_exits_0_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// Runs `teeproxy --config` with JSON logs, sends one request, stops it with SIGTERM and
+/// returns everything it logged.
+fn serve_one_request_and_collect_logs(access_log: bool) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = write_temp(
+        &format!("serve-{access_log}.yaml"),
+        &format!(
+            "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\nclusters:\n  p: {{ endpoints: [\"http://{dead}\"] }}\nroutes:\n  - {{ name: r, primary: p }}\naccess_log: {{ enabled: {access_log} }}\n"
+        ),
+    );
+    let mut child = bin()
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start teeproxy");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut logs = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "teeproxy exited early: {logs}"
+        );
+        logs.push_str(&line);
+        if line.contains("\"listening\"") {
+            let at = line.find("\"addr\":\"").expect("addr field") + 8;
+            break line[at..].split('"').next().unwrap().to_string();
+        }
+    };
+    let resp = http_get(&addr, "/logged?x=1");
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    stderr.read_to_string(&mut logs).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    logs
+}
+
+#[test]
+fn access_log_lines_are_json_and_can_be_switched_off() {
+    let logs = serve_one_request_and_collect_logs(true);
+    let access: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"target\":\"teeproxy::access\""))
+        .collect();
+    assert_eq!(access.len(), 1, "{logs}");
+    for field in [
+        "\"route\":\"r\"",
+        "\"method\":\"GET\"",
+        "\"path\":\"/logged\"",
+        "\"status\":502",
+        "\"request_id\":\"",
+        "\"duration_ms\":",
+        "\"endpoint\":\"http://",
+    ] {
+        assert!(
+            access[0].contains(field),
+            "{field} missing in {}",
+            access[0]
+        );
+    }
+    let logs = serve_one_request_and_collect_logs(false);
+    assert!(!logs.contains("teeproxy::access"), "{logs}");
+    assert!(
+        logs.contains("upstream failure"),
+        "errors are still logged: {logs}"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -56,6 +56,8 @@ pub struct Received {
 
 #[derive(Clone)]
 struct Behaviour {
+    /// Stream the request body straight back as the response body.
+    echo: bool,
     status: StatusCode,
     delay: Duration,
     body: Bytes,
@@ -86,6 +88,11 @@ impl FakeUpstreamBuilder {
         self.b.headers.push((k.to_string(), v.to_string()));
         self
     }
+    /// Answer at once with the request body streamed back (the recorded body is empty).
+    pub fn echo(mut self) -> Self {
+        self.b.echo = true;
+        self
+    }
     pub fn name(mut self, n: &str) -> Self {
         self.b.name = n.to_string();
         self
@@ -111,7 +118,14 @@ impl FakeUpstreamBuilder {
                     let svc = service_fn(move |req| {
                         let behaviour = behaviour.clone();
                         let rec = rec.clone();
-                        async move { Ok::<_, Infallible>(answer(&behaviour, &rec, req).await) }
+                        async move {
+                            let resp = if behaviour.echo {
+                                echo(&rec, req).map(Either::Left)
+                            } else {
+                                answer(&behaviour, &rec, req).await.map(Either::Right)
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let mut b = auto::Builder::new(TokioExecutor::new());
                     b.http1().timer(TokioTimer::new());
@@ -127,6 +141,19 @@ impl FakeUpstreamBuilder {
             task,
         }
     }
+}
+
+fn echo(rec: &Mutex<Vec<Received>>, req: Request<Incoming>) -> Response<Incoming> {
+    let (parts, body) = req.into_parts();
+    rec.lock().expect("lock").push(Received {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        body: Bytes::new(),
+        complete: true,
+    });
+    Response::new(body)
 }
 
 async fn answer(
@@ -183,6 +210,7 @@ impl FakeUpstream {
     pub fn builder() -> FakeUpstreamBuilder {
         FakeUpstreamBuilder {
             b: Behaviour {
+                echo: false,
                 status: StatusCode::OK,
                 delay: Duration::ZERO,
                 body: Bytes::from_static(b"hello from upstream"),

@@ -399,3 +399,121 @@ async fn response_body_streams_back() {
     assert_eq!(headers["content-length"], big.len().to_string());
     assert!(body == big);
 }
+
+#[tokio::test]
+async fn bodies_stream_both_ways_without_waiting_for_the_end() {
+    let up = FakeUpstream::builder().echo().start().await;
+    let proxy = TestProxy::start(&simple_yaml(&[up.url()], "")).await;
+    let (mut tx, body) = Channel::<Bytes>::new(1);
+    let client: Client<_, Channel<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(proxy.url("/echo")).body(body).unwrap();
+    let call = tokio::spawn(async move { client.request(req).await });
+    tx.send_data(Bytes::from_static(b"first chunk"))
+        .await
+        .unwrap();
+    // The response head and the first chunk come back while the request body is still open.
+    let resp = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("head before the body ended")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut resp_body = resp.into_body();
+    let frame = tokio::time::timeout(Duration::from_secs(5), resp_body.frame())
+        .await
+        .expect("first chunk echoed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "first chunk");
+    tx.send_data(Bytes::from_static(b"second")).await.unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(5), resp_body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "second");
+    drop(tx);
+    assert!(resp_body.collect().await.unwrap().to_bytes().is_empty());
+}
+
+#[tokio::test]
+async fn back_pressure_holds_when_the_upstream_does_not_read() {
+    use tokio::io::AsyncWriteExt;
+    // An upstream that accepts and never reads.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = sink.accept().await {
+            conns.push(s);
+        }
+    });
+    let proxy = TestProxy::start(&simple_yaml(
+        &[format!("http://{sink_addr}")],
+        "timeout: 60s",
+    ))
+    .await;
+    let total: u64 = 256 * 1024 * 1024;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let w = written.clone();
+    let addr = proxy.addr;
+    let writer = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let chunk = vec![b'z'; 64 * 1024];
+        while w.load(std::sync::atomic::Ordering::Relaxed) < total {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+            w.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Wait until the writer stalls: no progress across 300 ms.
+    let mut last = u64::MAX;
+    assert_eventually!(
+        {
+            let now = written.load(std::sync::atomic::Ordering::Relaxed);
+            let stalled = now == last;
+            last = now;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stalled
+        },
+        "the client's upload stalls"
+    );
+    let sent = written.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 64 * 1024 * 1024,
+        "the proxy buffered {sent} bytes for an upstream that reads nothing"
+    );
+    writer.abort();
+    held.abort();
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_and_not_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = FakeUpstream::start().await;
+    let proxy = TestProxy::start(&simple_yaml(&[up.url()], "")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .expect("100 Continue comes")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let (rest, _) = read_until_close(&mut s, Duration::from_millis(500)).await;
+    assert_eq!(raw_status(&rest), 200, "{rest}");
+    let got = &up.received()[0];
+    assert_eq!(got.body, "hello");
+    assert!(!got.headers.contains_key("expect"));
+}
