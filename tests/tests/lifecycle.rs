@@ -93,18 +93,27 @@ async fn in_flight_and_open_connection_gauges_follow_requests_and_return_to_zero
     );
 }
 
-#[tokio::test]
-async fn graceful_shutdown_lets_a_slow_in_flight_request_finish() {
+/// An upstream answering `body` after `delay_ms`, behind a proxy with a 10 s drain.
+async fn slow_upstream_behind_proxy(
+    delay_ms: u64,
+    body: &'static str,
+) -> (FakeUpstream, TestProxy) {
     let up = FakeUpstream::builder()
-        .delay(Duration::from_millis(700))
-        .body("finished")
+        .delay(Duration::from_millis(delay_ms))
+        .body(body)
         .start()
         .await;
-    let mut proxy = TestProxy::start(&format!(
+    let proxy = TestProxy::start(&format!(
         "{}drain_timeout: 10s\n",
         simple_yaml(&[up.url()], "")
     ))
     .await;
+    (up, proxy)
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_slow_in_flight_request_finish() {
+    let (up, mut proxy) = slow_upstream_behind_proxy(700, "finished").await;
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     assert_eventually!(up.count() == 1, "request reached the upstream");
@@ -158,16 +167,7 @@ async fn graceful_shutdown_gives_up_at_the_drain_deadline() {
 
 #[tokio::test]
 async fn h2_connections_get_goaway_and_finish_their_stream() {
-    let up = FakeUpstream::builder()
-        .delay(Duration::from_millis(500))
-        .body("h2 done")
-        .start()
-        .await;
-    let mut proxy = TestProxy::start(&format!(
-        "{}drain_timeout: 10s\n",
-        simple_yaml(&[up.url()], "")
-    ))
-    .await;
+    let (up, mut proxy) = slow_upstream_behind_proxy(500, "h2 done").await;
     let client = h2_client();
     let url = proxy.url("/h2slow");
     let c = client.clone();
