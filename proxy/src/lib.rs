@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod shadow;
 pub mod upstream;
 pub mod validate;
 
@@ -33,6 +34,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Server;
+use crate::shadow::dispatch::Dispatchers;
 
 /// A listener that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ pub async fn run(
 ) {
     let metrics = Metrics::new(&mut registry);
     let proxy = Arc::new(Proxy::new(&config, metrics.clone()));
+    let dispatchers = Dispatchers::start(&proxy.shadow_clusters());
     let server = Arc::new(Server::new(proxy, &config.limits));
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -152,6 +155,12 @@ pub async fn run(
     for mut set in conns {
         set.shutdown().await;
     }
+    let shadow_drain = config.shadow_drain.get();
+    tracing::info!(
+        shadow_drain_ms = shadow_drain.as_millis() as u64,
+        "draining shadow queues"
+    );
+    dispatchers.drain(shadow_drain).await;
     let _ = admin_stop_tx.send(true);
     let _ = admin.await;
     tracing::info!("stopped");

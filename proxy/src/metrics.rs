@@ -107,8 +107,121 @@ impl RejectReason {
     ];
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteShadowLabels {
+    pub route: String,
+    pub shadow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowDropLabels {
+    pub route: String,
+    pub shadow: String,
+    pub reason: DropReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowOutcomeLabels {
+    pub route: String,
+    pub shadow: String,
+    pub outcome: ShadowOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowStatusLabels {
+    pub route: String,
+    pub shadow: String,
+    pub status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowPhaseLabels {
+    pub route: String,
+    pub shadow: String,
+    pub phase: Phase,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub shadow: String,
+}
+
+/// Why a shadow copy was not sent.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DropReason {
+    /// Not selected by `percent` / `sample_key`.
+    sampled_out,
+    /// The method is not in the shadow's `methods`.
+    method_filtered,
+    /// An upgrade (WebSocket) request: never mirrored.
+    upgrade,
+    /// The body is over the shadow's `max_body`.
+    body_too_large,
+    /// The client's body ended in an error or was abandoned.
+    body_incomplete,
+    /// The shadow's queue was full.
+    queue_full,
+    /// Still queued (or offered) when the shadow drain ended.
+    shutdown,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        Self::sampled_out,
+        Self::method_filtered,
+        Self::upgrade,
+        Self::body_too_large,
+        Self::body_incomplete,
+        Self::queue_full,
+        Self::shutdown,
+    ];
+}
+
+/// How a sent shadow request ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ShadowOutcome {
+    /// A response came back (any status).
+    ok,
+    connect_error,
+    protocol_error,
+    /// The response body failed mid-way.
+    body_error,
+    /// No complete answer within the shadow's `timeout`.
+    timeout,
+}
+
+impl ShadowOutcome {
+    pub const ALL: [ShadowOutcome; 5] = [
+        Self::ok,
+        Self::connect_error,
+        Self::protocol_error,
+        Self::body_error,
+        Self::timeout,
+    ];
+}
+
+/// Which part of an exchange a latency covers.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Phase {
+    /// From sending to the response head.
+    headers,
+    /// From sending to the end of the response body.
+    body,
+}
+
 /// All metric families.
 pub struct Metrics {
+    shadow_offered: Family<RouteShadowLabels, Counter>,
+    shadow_sent: Family<RouteShadowLabels, Counter>,
+    shadow_dropped: Family<ShadowDropLabels, Counter>,
+    shadow_outcomes: Family<ShadowOutcomeLabels, Counter>,
+    shadow_responses: Family<ShadowStatusLabels, Counter>,
+    shadow_latency: Family<ShadowPhaseLabels, Histogram, fn() -> Histogram>,
+    shadow_queue_depth: Family<ShadowLabels, Gauge>,
+    shadow_in_flight: Family<ShadowLabels, Gauge>,
     requests: Family<RouteStatusLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<ClusterErrorLabels, Counter>,
@@ -141,8 +254,52 @@ impl Metrics {
             rejected: RejectReason::ALL
                 .map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
             in_flight: Gauge::default(),
+            shadow_offered: Family::default(),
+            shadow_sent: Family::default(),
+            shadow_dropped: Family::default(),
+            shadow_outcomes: Family::default(),
+            shadow_responses: Family::default(),
+            shadow_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            shadow_queue_depth: Family::default(),
+            shadow_in_flight: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
+        r.register(
+            "shadow_offered",
+            "Requests a route's shadow policy looked at (offered = sent + dropped)",
+            m.shadow_offered.clone(),
+        );
+        r.register("shadow_sent", "Shadow copies sent", m.shadow_sent.clone());
+        r.register(
+            "shadow_dropped",
+            "Shadow copies not sent, by reason",
+            m.shadow_dropped.clone(),
+        );
+        r.register(
+            "shadow_outcomes",
+            "How sent shadow copies ended (ok, connect_error, protocol_error, body_error, timeout)",
+            m.shadow_outcomes.clone(),
+        );
+        r.register(
+            "shadow_responses",
+            "Shadow responses by status class",
+            m.shadow_responses.clone(),
+        );
+        r.register(
+            "shadow_latency_seconds",
+            "Shadow latency from sending, to the response head (phase=headers) and to the end of the body (phase=body)",
+            m.shadow_latency.clone(),
+        );
+        r.register(
+            "shadow_queue_depth",
+            "Shadow copies waiting in a shadow cluster's queue",
+            m.shadow_queue_depth.clone(),
+        );
+        r.register(
+            "shadow_in_flight",
+            "Shadow requests in flight per shadow cluster",
+            m.shadow_in_flight.clone(),
+        );
         r.register(
             "requests",
             "Requests answered, by route and status class",
@@ -236,6 +393,59 @@ impl Metrics {
         }
     }
 
+    /// Cached handles for one (route, shadow cluster) policy.
+    pub fn shadow_policy(&self, route: &str, shadow: &str) -> ShadowPolicyMetrics {
+        let rs = RouteShadowLabels {
+            route: route.to_string(),
+            shadow: shadow.to_string(),
+        };
+        ShadowPolicyMetrics {
+            offered: self.shadow_offered.get_or_create_owned(&rs),
+            sent: self.shadow_sent.get_or_create_owned(&rs),
+            dropped: DropReason::ALL.map(|reason| {
+                self.shadow_dropped.get_or_create_owned(&ShadowDropLabels {
+                    route: route.to_string(),
+                    shadow: shadow.to_string(),
+                    reason,
+                })
+            }),
+            outcomes: ShadowOutcome::ALL.map(|outcome| {
+                self.shadow_outcomes
+                    .get_or_create_owned(&ShadowOutcomeLabels {
+                        route: route.to_string(),
+                        shadow: shadow.to_string(),
+                        outcome,
+                    })
+            }),
+            statuses: StatusClass::ALL.map(|status_class| {
+                self.shadow_responses
+                    .get_or_create_owned(&ShadowStatusLabels {
+                        route: route.to_string(),
+                        shadow: shadow.to_string(),
+                        status_class,
+                    })
+            }),
+            latency: [Phase::headers, Phase::body].map(|phase| {
+                self.shadow_latency.get_or_create_owned(&ShadowPhaseLabels {
+                    route: route.to_string(),
+                    shadow: shadow.to_string(),
+                    phase,
+                })
+            }),
+        }
+    }
+
+    /// Cached gauges for one shadow cluster.
+    pub fn shadow_cluster(&self, shadow: &str) -> ShadowClusterMetrics {
+        let l = ShadowLabels {
+            shadow: shadow.to_string(),
+        };
+        ShadowClusterMetrics {
+            queue_depth: self.shadow_queue_depth.get_or_create_owned(&l),
+            in_flight: self.shadow_in_flight.get_or_create_owned(&l),
+        }
+    }
+
     pub fn rejected(&self, reason: RejectReason) {
         self.rejected[reason as usize].inc();
     }
@@ -253,6 +463,55 @@ impl RouteMetrics {
         self.by_class[StatusClass::of(status) as usize].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
+}
+
+/// Cached handles for one (route, shadow) policy.
+#[derive(Clone)]
+pub struct ShadowPolicyMetrics {
+    pub offered: Counter,
+    pub sent: Counter,
+    dropped: [Counter; 7],
+    outcomes: [Counter; 5],
+    statuses: [Counter; 5],
+    latency: [Histogram; 2],
+}
+
+impl ShadowPolicyMetrics {
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped[reason as usize].inc();
+    }
+
+    /// Counts a finished shadow exchange.
+    pub fn outcome(
+        &self,
+        outcome: ShadowOutcome,
+        status: Option<http::StatusCode>,
+        headers: Option<std::time::Duration>,
+        body: Option<std::time::Duration>,
+    ) {
+        self.outcomes[outcome as usize].inc();
+        if let Some(s) = status {
+            self.statuses[StatusClass::of(s) as usize].inc();
+        }
+        if let Some(d) = headers {
+            self.latency[Phase::headers as usize].observe(d.as_secs_f64());
+        }
+        if let Some(d) = body {
+            self.latency[Phase::body as usize].observe(d.as_secs_f64());
+        }
+    }
+
+    /// Total drops over every reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().map(Counter::get).sum()
+    }
+}
+
+/// Cached gauges for one shadow cluster.
+#[derive(Clone)]
+pub struct ShadowClusterMetrics {
+    pub queue_depth: Gauge,
+    pub in_flight: Gauge,
 }
 
 /// Cached handles for one cluster.

@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Version};
+use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,12 +19,18 @@ use crate::error::{ProxyBody, ProxyError};
 use crate::headers::{self, Forwarded, RequestIds, X_REQUEST_ID};
 use crate::metrics::{Metrics, NO_ROUTE, RouteMetrics};
 use crate::route::Router;
-use crate::upstream::{Cluster, build_clusters};
+use crate::route::{PrimaryBody, Route};
+use crate::shadow::{
+    Mirror, MirrorPlan, PrimaryOutcome, ShadowCluster, TeeBody, build_shadow_clusters,
+};
+use crate::upstream::{EndpointState, UpstreamError, build_clusters, upstream_uri};
 use crate::validate::{RequestLimits, check_request, request_host};
 
 /// Everything the handler reads from the config, swapped whole.
 pub struct Snapshot {
     pub router: Router,
+    /// Every shadow cluster the routes use.
+    pub shadow_clusters: Vec<Arc<ShadowCluster>>,
     limits: RequestLimits,
     forwarded: ForwardedMode,
     access_log: bool,
@@ -31,8 +39,10 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(config: &Config, metrics: &Metrics) -> Self {
         let clusters = build_clusters(config, metrics);
+        let shadows = build_shadow_clusters(config, metrics);
         Snapshot {
-            router: Router::new(config, &clusters, metrics),
+            router: Router::new(config, &clusters, &shadows, metrics),
+            shadow_clusters: shadows.into_values().collect(),
             limits: RequestLimits::from(&config.limits),
             forwarded: config.x_forwarded_for,
             access_log: config.access_log.enabled,
@@ -83,6 +93,11 @@ impl Proxy {
         }
     }
 
+    /// The shadow clusters of the current config (their dispatchers run beside the proxy).
+    pub fn shadow_clusters(&self) -> Vec<Arc<ShadowCluster>> {
+        self.snapshot.load().shadow_clusters.clone()
+    }
+
     /// Handles one request. Never fails: errors are answered by `ProxyError::to_response`.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
@@ -103,12 +118,21 @@ impl Proxy {
             Ok(route) => {
                 let cluster = &route.primary;
                 let ep = cluster.pick();
-                let upstream_req = prepare(req, cluster, ep, conn, snap.forwarded);
-                let result = cluster
-                    .send(ep, upstream_req)
-                    .await
-                    .map_err(ProxyError::from);
-                (Some(route), Some(ep.label.as_str()), result)
+                let (upstream_req, mirror) =
+                    prepare(req, route, ep, conn, snap.forwarded, &request_id);
+                let mut report = PrimaryReport(mirror);
+                let sent = Instant::now();
+                let result = cluster.send(ep, upstream_req).await;
+                report.done(PrimaryOutcome {
+                    status: result.as_ref().ok().map(|r| r.status()),
+                    elapsed: sent.elapsed(),
+                    error: result.as_ref().err().map(UpstreamError::kind_str),
+                });
+                (
+                    Some(route),
+                    Some(ep.label.as_str()),
+                    result.map_err(ProxyError::from),
+                )
             }
         };
         let route_name = route.map_or(NO_ROUTE, |r| r.name.as_str());
@@ -156,15 +180,40 @@ impl Proxy {
     }
 }
 
-/// Rewrites a client request into the request for endpoint `ep` of `cluster`.
+/// Hands the primary's outcome to the mirror once; if the handler is dropped first (the
+/// client left), the outcome is `cancelled`.
+struct PrimaryReport(Option<Arc<Mirror>>);
+
+impl PrimaryReport {
+    fn done(&mut self, outcome: PrimaryOutcome) {
+        if let Some(m) = self.0.take() {
+            m.primary_done(outcome);
+        }
+    }
+}
+
+impl Drop for PrimaryReport {
+    fn drop(&mut self) {
+        self.done(PrimaryOutcome {
+            status: None,
+            elapsed: Duration::ZERO,
+            error: Some("cancelled"),
+        });
+    }
+}
+
+/// Rewrites a client request into the request for endpoint `ep` of the route's primary,
+/// and plans its shadow copies.
 fn prepare(
     req: Request<Incoming>,
-    cluster: &Cluster,
-    ep: &crate::upstream::EndpointState,
+    route: &Route,
+    ep: &EndpointState,
     conn: ConnInfo,
     mode: ForwardedMode,
-) -> Request<Incoming> {
+    request_id: &HeaderValue,
+) -> (Request<PrimaryBody>, Option<Arc<Mirror>>) {
     let host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
+    let upgrade = req.headers().contains_key(header::UPGRADE);
     let (mut parts, body) = req.into_parts();
     let fwd = Forwarded {
         client_ip: conn.peer.ip(),
@@ -172,7 +221,31 @@ fn prepare(
         host: host.as_ref().and_then(|h| h.to_str().ok()),
     };
     headers::rewrite_request(&mut parts.headers, &fwd, mode);
-    let upstream_host = match cluster.host_mode {
+
+    let declared_len = body.size_hint().exact();
+    let targets: Vec<_> = route
+        .shadows
+        .iter()
+        .filter(|p| p.admit(&parts, upgrade, declared_len))
+        .cloned()
+        .collect();
+    let mirror = (!targets.is_empty()).then(|| {
+        Arc::new(Mirror::new(MirrorPlan {
+            targets,
+            method: parts.method.clone(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers: parts.headers.clone(),
+            host: host.clone(),
+            request_id: request_id.clone(),
+        }))
+    });
+    let body = TeeBody::new(body, mirror.clone());
+
+    let upstream_host = match route.primary.host_mode {
         HostMode::Keep => host,
         HostMode::Rewrite => HeaderValue::from_str(ep.endpoint.authority.as_str()).ok(),
     };
@@ -180,7 +253,7 @@ fn prepare(
         Some(h) => parts.headers.insert(header::HOST, h),
         None => parts.headers.remove(header::HOST),
     };
-    parts.uri = Cluster::upstream_uri(ep, &parts.uri);
+    parts.uri = upstream_uri(ep, &parts.uri);
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, body)
+    (Request::from_parts(parts, body), mirror)
 }

@@ -1,13 +1,18 @@
 //! Route matching: ordered routes, first match wins (path prefix, optional exact host,
 //! optional methods).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Method;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::shadow::{ShadowCluster, ShadowPolicy, route_policies};
 use crate::upstream::Cluster;
+
+/// The body type primary clusters send: the client's body, teed for the shadows.
+pub type PrimaryBody = crate::shadow::TeeBody<hyper::body::Incoming>;
 
 /// A route, ready to serve.
 pub struct Route {
@@ -16,7 +21,9 @@ pub struct Route {
     /// Lower-case host without port.
     host: Option<String>,
     methods: Option<Vec<Method>>,
-    pub primary: Arc<Cluster>,
+    pub primary: Arc<Cluster<PrimaryBody>>,
+    /// Shadow policies, in config order.
+    pub shadows: Vec<Arc<ShadowPolicy>>,
     pub metrics: RouteMetrics,
 }
 
@@ -29,7 +36,8 @@ impl Router {
     /// Builds the table; `clusters` must hold every cluster the config names (validated).
     pub fn new(
         config: &Config,
-        clusters: &std::collections::HashMap<String, Arc<Cluster>>,
+        clusters: &HashMap<String, Arc<Cluster<PrimaryBody>>>,
+        shadows: &HashMap<String, Arc<ShadowCluster>>,
         metrics: &Metrics,
     ) -> Self {
         let routes = config
@@ -49,6 +57,7 @@ impl Router {
                         .collect()
                 }),
                 primary: clusters[&r.primary.value].clone(),
+                shadows: route_policies(config, r, shadows, metrics),
                 metrics: metrics.route(&r.name.value),
             })
             .collect();
@@ -99,7 +108,8 @@ mod tests {
         let config = Config::from_yaml(&yaml).unwrap();
         let metrics = Metrics::new(&mut Registry::default());
         let clusters = crate::upstream::build_clusters(&config, &metrics);
-        Router::new(&config, &clusters, &metrics)
+        let shadows = crate::shadow::build_shadow_clusters(&config, &metrics);
+        Router::new(&config, &clusters, &shadows, &metrics)
     }
 
     #[test]

@@ -28,6 +28,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The kind as a word: `connect`, `timeout` or `protocol`.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Protocol { .. } => "protocol",
+        }
+    }
+
     pub fn kind(&self) -> UpstreamErrorKind {
         match self {
             UpstreamError::Connect { .. } => UpstreamErrorKind::connect,
@@ -48,12 +57,29 @@ pub struct EndpointState {
     ejected_until_ms: AtomicU64,
 }
 
-/// A cluster, ready to send requests.
-pub struct Cluster {
+impl EndpointState {
+    pub fn new(endpoint: Endpoint) -> Self {
+        EndpointState {
+            label: endpoint.to_string(),
+            endpoint,
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(url: &str) -> Self {
+        Self::new(parse_endpoint(url).expect("valid test endpoint"))
+    }
+}
+
+/// A cluster, ready to send requests with bodies of type `B`. Each `Cluster` value has its
+/// own connection pool: the primary and shadow roles of one configured cluster never share
+/// connections.
+pub struct Cluster<B = Incoming> {
     pub name: String,
     endpoints: Vec<EndpointState>,
     next: AtomicUsize,
-    client: Client<Connector, Incoming>,
+    client: Client<Connector, B>,
     timeout: Duration,
     pub host_mode: HostMode,
     ejection_time: Duration,
@@ -61,8 +87,13 @@ pub struct Cluster {
     metrics: ClusterMetrics,
 }
 
-/// Builds every cluster of the config.
-pub fn build_clusters(config: &Config, metrics: &Metrics) -> HashMap<String, Arc<Cluster>> {
+/// Builds every cluster of the config for the primary role.
+pub fn build_clusters<B>(config: &Config, metrics: &Metrics) -> HashMap<String, Arc<Cluster<B>>>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     config
         .clusters
         .iter()
@@ -86,7 +117,12 @@ fn tls_config() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
-impl Cluster {
+impl<B> Cluster<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     pub fn new(name: &str, c: &ClusterConfig, metrics: ClusterMetrics) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -106,14 +142,7 @@ impl Cluster {
         let endpoints = c
             .endpoints
             .iter()
-            .map(|e| {
-                let endpoint = parse_endpoint(&e.value).expect("validated");
-                EndpointState {
-                    label: endpoint.to_string(),
-                    endpoint,
-                    ejected_until_ms: AtomicU64::new(0),
-                }
-            })
+            .map(|e| EndpointState::new(parse_endpoint(&e.value).expect("validated")))
             .collect();
         Cluster {
             name: name.to_string(),
@@ -143,25 +172,24 @@ impl Cluster {
             .unwrap_or(&self.endpoints[start % n])
     }
 
-    /// The URI to send to `ep` for a request whose target is `uri` (origin-form).
-    pub fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
-        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        Uri::builder()
-            .scheme(ep.endpoint.scheme.clone())
-            .authority(ep.endpoint.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .expect("scheme, authority and path were valid parts")
-    }
-
     /// Sends a request to `ep` and waits for the response head, up to the cluster's timeout.
     pub async fn send(
         &self,
         ep: &EndpointState,
-        req: Request<Incoming>,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_within(ep, req, self.timeout).await
+    }
+
+    /// Sends a request to `ep` and waits for the response head, up to `timeout`.
+    pub async fn send_within(
+        &self,
+        ep: &EndpointState,
+        req: Request<B>,
+        timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         self.metrics.requests.inc();
-        let result = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let result = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
                 self.eject(ep);
@@ -176,7 +204,7 @@ impl Cluster {
             }),
             Err(_) => Err(UpstreamError::Timeout {
                 endpoint: ep.label.clone(),
-                timeout: self.timeout,
+                timeout,
             }),
         };
         if let Err(e) = &result {
@@ -194,6 +222,17 @@ impl Cluster {
             tracing::warn!(cluster = %self.name, endpoint = %ep.label, for_ms = self.ejection_time.as_millis() as u64, "endpoint ejected after a connect failure");
         }
     }
+}
+
+/// The URI to send to `ep` for a request whose target is `uri` (origin-form).
+pub fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme(ep.endpoint.scheme.clone())
+        .authority(ep.endpoint.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .expect("scheme, authority and path were valid parts")
 }
 
 /// An error and its sources on one line.

@@ -64,6 +64,14 @@ pub struct Config {
     /// What to do with a client's `X-Forwarded-For`: `append` (default) or `replace`.
     #[serde(default)]
     pub x_forwarded_for: ForwardedMode,
+    /// After the primary drain, how long shadow queues get to empty before the rest is
+    /// abandoned (counted `shutdown`).
+    #[serde(default = "default_shadow_drain")]
+    pub shadow_drain: Dur,
+    /// Header added to every shadow request, with the shadow cluster's name as value.
+    /// An empty string adds nothing.
+    #[serde(default = "default_shadow_header")]
+    pub shadow_header: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +139,12 @@ pub struct ClusterConfig {
     /// An endpoint that refuses a connection is skipped for this long while others remain.
     #[serde(default = "default_ejection_time")]
     pub ejection_time: Spanned<Dur>,
+    /// As a shadow: jobs waiting to be sent; when full, new copies are dropped `queue_full`.
+    #[serde(default = "default_shadow_queue")]
+    pub shadow_queue: Spanned<usize>,
+    /// As a shadow: requests in flight at once.
+    #[serde(default = "default_shadow_in_flight")]
+    pub shadow_max_in_flight: Spanned<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +155,99 @@ pub struct RouteConfig {
     pub match_: MatchConfig,
     /// The cluster that serves the route.
     pub primary: Spanned<String>,
+    /// Clusters that get a fire-and-forget copy of the route's requests.
+    #[serde(default)]
+    pub shadows: Vec<ShadowConfig>,
+}
+
+/// One shadow policy of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    pub cluster: Spanned<String>,
+    /// Share of the route's (eligible) requests copied, 0 to 100, decimals allowed.
+    #[serde(default = "default_percent")]
+    pub percent: Spanned<f64>,
+    /// Decide per key (a header or cookie value) instead of per request: the same key is
+    /// always in or always out. Requests without the key are sampled at random.
+    #[serde(default)]
+    pub sample_key: Option<SampleKey>,
+    /// Methods copied: a list, or `any`. Default: GET, HEAD, OPTIONS.
+    #[serde(default)]
+    pub methods: ShadowMethods,
+    /// Larger bodies: the primary is served in full, the copy dropped `body_too_large`.
+    #[serde(default = "default_shadow_max_body")]
+    pub max_body: Spanned<Size>,
+    /// The shadow request's own limit, to the end of its response.
+    #[serde(default = "default_shadow_timeout")]
+    pub timeout: Spanned<Dur>,
+    /// `keep` (default), `rewrite` (the endpoint's host:port), a literal host, or
+    /// `{ suffix: "-shadow" }` (appended to the client's host name).
+    #[serde(default)]
+    pub host: ShadowHost,
+    /// Header changes for the shadow only.
+    #[serde(default)]
+    pub headers: HeaderOps,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SampleKey {
+    Header(String),
+    Cookie(String),
+}
+
+/// `any`, or a list of methods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ShadowMethods {
+    Keyword(String),
+    List(Vec<String>),
+}
+
+impl Default for ShadowMethods {
+    fn default() -> Self {
+        ShadowMethods::List(vec!["GET".into(), "HEAD".into(), "OPTIONS".into()])
+    }
+}
+
+impl ShadowMethods {
+    /// `None` for any method, else the list.
+    pub fn methods(&self) -> Option<Vec<http::Method>> {
+        match self {
+            ShadowMethods::Keyword(_) => None,
+            ShadowMethods::List(l) => Some(
+                l.iter()
+                    .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The shadow's Host: `keep`, `rewrite`, a literal, or `{ suffix: ... }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ShadowHost {
+    Word(String),
+    Suffix { suffix: String },
+}
+
+impl Default for ShadowHost {
+    fn default() -> Self {
+        ShadowHost::Word("keep".into())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Headers set (replacing any the client sent).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +341,27 @@ fn default_max_idle() -> usize {
     256
 }
 fn default_ejection_time() -> Spanned<Dur> {
+    unspanned(Dur::secs(5))
+}
+fn default_shadow_drain() -> Dur {
+    Dur::secs(5)
+}
+fn default_shadow_header() -> Spanned<String> {
+    unspanned("x-teeproxy-shadow".to_string())
+}
+fn default_shadow_queue() -> Spanned<usize> {
+    unspanned(1024)
+}
+fn default_shadow_in_flight() -> Spanned<usize> {
+    unspanned(256)
+}
+fn default_percent() -> Spanned<f64> {
+    unspanned(100.0)
+}
+fn default_shadow_max_body() -> Spanned<Size> {
+    unspanned(Size::mib(1))
+}
+fn default_shadow_timeout() -> Spanned<Dur> {
     unspanned(Dur::secs(5))
 }
 fn default_prefix() -> Spanned<String> {
@@ -378,6 +506,36 @@ impl Config {
                 ));
             }
             r.match_.validate(&format!("{key}.match"))?;
+            let mut seen = HashSet::new();
+            for (j, sh) in r.shadows.iter().enumerate() {
+                let skey = format!("{key}.shadows[{j}]");
+                if !self.clusters.contains_key(&sh.cluster.value) {
+                    return Err(Invalid::at(
+                        Some(&sh.cluster.referenced),
+                        &format!("{skey}.cluster"),
+                        format!("unknown cluster {:?}", sh.cluster.value),
+                    ));
+                }
+                if !seen.insert(sh.cluster.value.as_str()) {
+                    return Err(Invalid::at(
+                        Some(&sh.cluster.referenced),
+                        &format!("{skey}.cluster"),
+                        format!(
+                            "cluster {:?} is already a shadow of this route",
+                            sh.cluster.value
+                        ),
+                    ));
+                }
+                sh.validate(&skey)?;
+            }
+        }
+        let sh = &self.shadow_header;
+        if !sh.value.is_empty() && http::HeaderName::from_bytes(sh.value.as_bytes()).is_err() {
+            return Err(Invalid::at(
+                Some(&sh.referenced),
+                "shadow_header",
+                format!("invalid header name {:?}", sh.value),
+            ));
         }
         self.limits.validate()
     }
@@ -397,6 +555,20 @@ impl ClusterConfig {
                 Invalid::at(Some(&e.referenced), &format!("{key}.endpoints[{i}]"), m)
             })?;
         }
+        if self.shadow_queue.value == 0 || self.shadow_queue.value > 1_000_000 {
+            return Err(Invalid::at(
+                Some(&self.shadow_queue.referenced),
+                &format!("{key}.shadow_queue"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.shadow_max_in_flight.value == 0 || self.shadow_max_in_flight.value > 100_000 {
+            return Err(Invalid::at(
+                Some(&self.shadow_max_in_flight.referenced),
+                &format!("{key}.shadow_max_in_flight"),
+                "must be between 1 and 100000",
+            ));
+        }
         for (field, d) in [
             ("connect_timeout", &self.connect_timeout),
             ("timeout", &self.timeout),
@@ -407,6 +579,116 @@ impl ClusterConfig {
                     Some(&d.referenced),
                     &format!("{key}.{field}"),
                     "must be greater than 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShadowConfig {
+    fn validate(&self, key: &str) -> Result<(), Invalid> {
+        let p = &self.percent;
+        if !(0.0..=100.0).contains(&p.value) {
+            return Err(Invalid::at(
+                Some(&p.referenced),
+                &format!("{key}.percent"),
+                "must be between 0 and 100",
+            ));
+        }
+        if let Some(SampleKey::Header(n) | SampleKey::Cookie(n)) = &self.sample_key
+            && (n.is_empty() || http::HeaderName::from_bytes(n.as_bytes()).is_err())
+        {
+            return Err(Invalid::at(
+                None,
+                &format!("{key}.sample_key"),
+                format!("invalid name {n:?}"),
+            ));
+        }
+        match &self.methods {
+            ShadowMethods::Keyword(k) if k != "any" => {
+                return Err(Invalid::at(
+                    None,
+                    &format!("{key}.methods"),
+                    format!("expected a list of methods or `any`, not {k:?}"),
+                ));
+            }
+            ShadowMethods::List(l) if l.is_empty() => {
+                return Err(Invalid::at(
+                    None,
+                    &format!("{key}.methods"),
+                    "an empty list copies nothing; use percent: 0 to pause a shadow",
+                ));
+            }
+            ShadowMethods::List(l) => {
+                for m in l {
+                    if m.is_empty() || http::Method::from_bytes(m.as_bytes()).is_err() {
+                        return Err(Invalid::at(
+                            None,
+                            &format!("{key}.methods"),
+                            format!("invalid method {m:?}"),
+                        ));
+                    }
+                    if m.eq_ignore_ascii_case("CONNECT") {
+                        return Err(Invalid::at(
+                            None,
+                            &format!("{key}.methods"),
+                            "CONNECT is never mirrored",
+                        ));
+                    }
+                }
+            }
+            ShadowMethods::Keyword(_) => {}
+        }
+        let mb = &self.max_body;
+        if mb.value.bytes() > 64 * 1024 * 1024 {
+            return Err(Invalid::at(
+                Some(&mb.referenced),
+                &format!("{key}.max_body"),
+                "at most 64MiB (copies are held in memory)",
+            ));
+        }
+        if self.timeout.value.get().is_zero() {
+            return Err(Invalid::at(
+                Some(&self.timeout.referenced),
+                &format!("{key}.timeout"),
+                "must be greater than 0",
+            ));
+        }
+        match &self.host {
+            ShadowHost::Word(w) if w == "keep" || w == "rewrite" => {}
+            ShadowHost::Word(w) | ShadowHost::Suffix { suffix: w } => {
+                if w.is_empty()
+                    || http::HeaderValue::from_str(w).is_err()
+                    || w.contains(['/', ' ', '@'])
+                {
+                    return Err(Invalid::at(
+                        None,
+                        &format!("{key}.host"),
+                        format!(
+                            "invalid host {w:?}: keep, rewrite, a host name, or {{ suffix: ... }}"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, value) in &self.headers.set {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return Err(Invalid::at(
+                    None,
+                    &format!("{key}.headers.set.{name}"),
+                    "invalid header name or value",
+                ));
+            }
+        }
+        for name in &self.headers.remove {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(Invalid::at(
+                    None,
+                    &format!("{key}.headers.remove"),
+                    format!("invalid header name {name:?}"),
                 ));
             }
         }

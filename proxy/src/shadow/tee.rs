@@ -1,0 +1,264 @@
+//! The zero-copy body tee: the client's body streams to the primary frame by frame, and
+//! while the running total stays within the limit the mirror keeps `Bytes` clones of the
+//! same chunks (a reference count, not a copy). Past the limit the clones are released at
+//! once. The end of the body (complete, too large, or broken off) is reported to the
+//! `Mirror` exactly once, also when the body is dropped unfinished.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::mirror::{Captured, Mirror};
+
+pin_project! {
+    /// A request body that tees its chunks to a mirror.
+    pub struct TeeBody<B> {
+        #[pin]
+        inner: B,
+        tap: Option<Tap>,
+    }
+
+    impl<B> PinnedDrop for TeeBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(tap) = this.project().tap.take() {
+                tap.mirror.body_done(Captured::Incomplete);
+            }
+        }
+    }
+}
+
+struct Tap {
+    mirror: Arc<Mirror>,
+    chunks: Vec<Bytes>,
+    len: u64,
+    max: u64,
+    trailers: Option<HeaderMap>,
+}
+
+impl<B: Body<Data = Bytes>> TeeBody<B> {
+    /// Wraps `inner`; with no mirror it only passes frames through.
+    pub fn new(inner: B, mirror: Option<Arc<Mirror>>) -> Self {
+        let tap = mirror.map(|mirror| Tap {
+            max: mirror.max_body(),
+            mirror,
+            chunks: Vec::new(),
+            len: 0,
+            trailers: None,
+        });
+        let mut body = TeeBody { inner, tap };
+        if body.inner.is_end_stream() {
+            // An empty body may never be polled: report it complete now.
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(tap) = self.tap.take() {
+            tap.mirror.body_done(Captured::Complete {
+                chunks: tap.chunks,
+                trailers: tap.trailers,
+                len: tap.len,
+            });
+        }
+    }
+}
+
+fn finish_tap(tap: &mut Option<Tap>, outcome: impl FnOnce(Tap) -> Captured) {
+    if let Some(t) = tap.take() {
+        let mirror = t.mirror.clone();
+        mirror.body_done(outcome(t));
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for TeeBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(tap) = this.tap.as_mut() {
+                    if let Some(data) = f.data_ref() {
+                        tap.len += data.len() as u64;
+                        if tap.len > tap.max {
+                            // Over every shadow's limit: release the clones now.
+                            finish_tap(this.tap, |_| Captured::TooLarge);
+                        } else if !data.is_empty() {
+                            tap.chunks.push(data.clone());
+                        }
+                    } else if let Some(t) = f.trailers_ref() {
+                        tap.trailers = Some(t.clone());
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    finish_tap(this.tap, |t| Captured::Complete {
+                        chunks: t.chunks,
+                        trailers: t.trailers,
+                        len: t.len,
+                    });
+                }
+            }
+            Some(Err(_)) => finish_tap(this.tap, |_| Captured::Incomplete),
+            None => finish_tap(this.tap, |t| Captured::Complete {
+                chunks: t.chunks,
+                trailers: t.trailers,
+                len: t.len,
+            }),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shadow::mirror::tests::recording_mirror;
+    use http_body_util::BodyExt;
+    use http_body_util::channel::Channel;
+
+    #[tokio::test]
+    async fn captured_chunks_are_the_same_memory_as_the_forwarded_ones() {
+        let (mirror, seen) = recording_mirror(1024 * 1024);
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let mut tee = TeeBody::new(body, Some(mirror));
+        let chunks: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+        let sender = {
+            let chunks = chunks.clone();
+            tokio::spawn(async move {
+                for c in chunks {
+                    tx.send_data(c).await.unwrap();
+                }
+            })
+        };
+        let mut forwarded = Vec::new();
+        while let Some(frame) = tee.frame().await {
+            forwarded.push(frame.unwrap().into_data().unwrap());
+        }
+        sender.await.unwrap();
+        drop(tee);
+        let captured = seen.lock().unwrap().take().expect("reported once");
+        let Captured::Complete {
+            chunks: kept, len, ..
+        } = captured
+        else {
+            panic!("complete body expected")
+        };
+        assert_eq!(len, 3000);
+        assert_eq!(kept.len(), 3);
+        for ((k, f), original) in kept.iter().zip(&forwarded).zip(&chunks) {
+            assert_eq!(
+                k.as_ptr(),
+                f.as_ptr(),
+                "the shadow keeps the forwarded chunk itself"
+            );
+            assert_eq!(k.as_ptr(), original.as_ptr(), "no copy anywhere on the way");
+        }
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_the_clones_are_released_and_the_body_still_flows() {
+        let (mirror, seen) = recording_mirror(1500);
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let mut tee = TeeBody::new(body, Some(mirror));
+        let big = Bytes::from(vec![1u8; 1000]);
+        tokio::spawn({
+            let big = big.clone();
+            async move {
+                for _ in 0..3 {
+                    tx.send_data(big.clone()).await.unwrap();
+                }
+            }
+        });
+        let first = tee.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), 1000);
+        assert!(
+            seen.lock().unwrap().is_none(),
+            "within the limit: nothing decided yet"
+        );
+        let _second = tee.frame().await.unwrap().unwrap();
+        assert!(
+            matches!(*seen.lock().unwrap(), Some(Captured::TooLarge)),
+            "decided the moment the limit is passed"
+        );
+        // The clones are gone: only the sender's and our handles remain.
+        drop(first);
+        let _third = tee.frame().await.unwrap().unwrap();
+        assert!(
+            tee.frame().await.is_none(),
+            "the primary still gets the whole body"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_or_abandoned_body_is_incomplete() {
+        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let mut tee = TeeBody::new(body, Some(mirror));
+        tx.send_data(Bytes::from_static(b"part")).await.unwrap();
+        tx.abort(std::io::Error::other("client went away"));
+        let first = tee.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "part");
+        assert!(
+            tee.frame().await.unwrap().is_err(),
+            "the error reaches the primary"
+        );
+        assert!(matches!(*seen.lock().unwrap(), Some(Captured::Incomplete)));
+
+        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let mut tee = TeeBody::new(body, Some(mirror));
+        tx.send_data(Bytes::from_static(b"part")).await.unwrap();
+        let _ = tee.frame().await;
+        drop(tee);
+        assert!(
+            matches!(*seen.lock().unwrap(), Some(Captured::Incomplete)),
+            "dropped unfinished"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_complete_at_once_and_trailers_are_kept() {
+        let (mirror, seen) = recording_mirror(1 << 20);
+        let _tee = TeeBody::new(http_body_util::Empty::<Bytes>::new(), Some(mirror));
+        assert!(matches!(
+            *seen.lock().unwrap(),
+            Some(Captured::Complete { len: 0, .. })
+        ));
+
+        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let tee = TeeBody::new(body, Some(mirror));
+        tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(b"x")).await.unwrap();
+            let mut t = HeaderMap::new();
+            t.insert("x-checksum", "abc".parse().unwrap());
+            tx.send_trailers(t).await.unwrap();
+        });
+        let collected = tee.collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
+        let captured = seen.lock().unwrap().take().unwrap();
+        let Captured::Complete { trailers, .. } = captured else {
+            panic!()
+        };
+        assert_eq!(trailers.unwrap()["x-checksum"], "abc");
+    }
+}
