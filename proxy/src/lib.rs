@@ -93,13 +93,14 @@ impl Listeners {
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
 /// up to the config's `drain_timeout` (HTTP/1 answers carry `Connection: close`, HTTP/2
-/// connections get GOAWAY), closes what is left and returns.
+/// connections get GOAWAY), closes what is left, gives the shadow queues `shadow_drain`,
+/// and returns the final metrics text.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     mut registry: Registry,
     shutdown: impl Future<Output = ()>,
-) {
+) -> String {
     let metrics = Metrics::new(&mut registry);
     let proxy = Arc::new(Proxy::new(&config, metrics.clone()));
     let dispatchers = Dispatchers::start(&proxy.shadow_clusters());
@@ -164,6 +165,7 @@ pub async fn run(
     let _ = admin_stop_tx.send(true);
     let _ = admin.await;
     tracing::info!("stopped");
+    metrics::encode(&admin_state.registry)
 }
 
 /// Completes once `rx` holds `true` (or its sender is gone).

@@ -275,7 +275,7 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<String>>,
 }
 
 impl TestProxy {
@@ -312,14 +312,13 @@ impl TestProxy {
         }
     }
 
-    /// Waits (up to 10 s) for `run` to return.
-    pub async fn stopped(&mut self) {
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("proxy stops within 10 s")
-                .expect("proxy task did not panic");
-        }
+    /// Waits (up to 10 s) for `run` to return; returns the final metrics text.
+    pub async fn stopped(&mut self) -> String {
+        let task = self.task.take().expect("stopped once");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("proxy stops within 10 s")
+            .expect("proxy task did not panic")
     }
 
     /// The admin `/metrics` text.
@@ -409,4 +408,154 @@ pub fn raw_status(text: &str) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
+}
+
+/// A shadow that accepts connections, reads what it is sent and never answers. Counts
+/// the connections open at once.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    max_open: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start() -> BlackHole {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let open = Arc::new(AtomicUsize::new(0));
+        let max_open = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (o, m, a) = (open.clone(), max_open.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let o = o.clone();
+                conns.spawn(async move {
+                    let mut buf = [0u8; 16 * 1024];
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        BlackHole {
+            addr,
+            open,
+            max_open,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    pub fn max_open(&self) -> usize {
+        self.max_open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A server that answers every connection with bytes that are not HTTP, then closes.
+pub async fn garbage_server() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"\x16\x03\x01 this is not http\r\n\r\n").await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Shadow accounting for one (route, shadow) pair, read from `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowCounts {
+    pub offered: f64,
+    pub sent: f64,
+    pub dropped: f64,
+}
+
+impl ShadowCounts {
+    pub fn from_metrics(m: &str, route: &str, shadow: &str) -> ShadowCounts {
+        let labels = format!("route=\"{route}\",shadow=\"{shadow}\"");
+        let dropped = m
+            .lines()
+            .filter(|l| l.starts_with("teeproxy_shadow_dropped_total{") && l.contains(&labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        ShadowCounts {
+            offered: metric_value(m, &format!("teeproxy_shadow_offered_total{{{labels}}}")),
+            sent: metric_value(m, &format!("teeproxy_shadow_sent_total{{{labels}}}")),
+            dropped,
+        }
+    }
+
+    /// The accounting invariant: every offered copy is sent or dropped, exactly once.
+    pub fn balanced(&self) -> bool {
+        self.offered == self.sent + self.dropped
+    }
+}
+
+/// The value of `teeproxy_shadow_dropped_total` for one reason.
+pub fn dropped(m: &str, route: &str, shadow: &str, reason: &str) -> f64 {
+    metric_value(
+        m,
+        &format!(
+            "teeproxy_shadow_dropped_total{{route=\"{route}\",shadow=\"{shadow}\",reason=\"{reason}\"}}"
+        ),
+    )
+}
+
+/// The value of `teeproxy_shadow_outcomes_total` for one outcome.
+pub fn outcome(m: &str, route: &str, shadow: &str, outcome: &str) -> f64 {
+    metric_value(
+        m,
+        &format!(
+            "teeproxy_shadow_outcomes_total{{route=\"{route}\",shadow=\"{shadow}\",outcome=\"{outcome}\"}}"
+        ),
+    )
+}
+
+/// A config with a `primary` cluster, a `candidate` shadow cluster and one route `all`
+/// that mirrors to it with the given shadow options (YAML flow-map entries).
+pub fn shadow_yaml(
+    primary: &str,
+    candidate: &str,
+    candidate_extra: &str,
+    shadow_opts: &str,
+) -> String {
+    let extra = if candidate_extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {candidate_extra}")
+    };
+    let opts = if shadow_opts.is_empty() {
+        String::new()
+    } else {
+        format!(", {shadow_opts}")
+    };
+    yaml(&format!(
+        "clusters:\n  primary: {{ endpoints: [\"{primary}\"] }}\n  candidate: {{ endpoints: [\"{candidate}\"]{extra} }}\nroutes:\n  - name: all\n    primary: primary\n    shadows: [{{ cluster: candidate{opts} }}]\n"
+    ))
 }

@@ -157,12 +157,7 @@ impl ShadowCluster {
             }
             let next = tokio::select! {
                 changed = phase.changed(), if deadline.is_none() => {
-                    let now_phase = *phase.borrow();
-                    match (changed, now_phase) {
-                        (Ok(()), Phase::Draining(at)) => deadline = Some(at),
-                        (Ok(()), Phase::Running) => {}
-                        (Err(_), _) => deadline = Some(tokio::time::Instant::now()),
-                    }
+                    deadline = draining_deadline(changed, &phase);
                     if deadline.is_some() {
                         rx.close();
                     }
@@ -173,12 +168,21 @@ impl ShadowCluster {
             };
             let Some(job) = next else { break };
             self.metrics.queue_depth.dec();
-            let permit = tokio::select! {
-                p = self.in_flight.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-                _ = sleep_until(deadline) => {
-                    job.policy.metrics.dropped(DropReason::shutdown);
-                    break;
+            let permit = loop {
+                tokio::select! {
+                    p = self.in_flight.clone().acquire_owned() => break Some(p.expect("the semaphore is never closed")),
+                    changed = phase.changed(), if deadline.is_none() => {
+                        deadline = draining_deadline(changed, &phase);
+                        if deadline.is_some() {
+                            rx.close();
+                        }
+                    }
+                    _ = sleep_until(deadline) => break None,
                 }
+            };
+            let Some(permit) = permit else {
+                job.policy.metrics.dropped(DropReason::shutdown);
+                break;
             };
             job.policy.metrics.sent.inc();
             let me = self.clone();
@@ -293,6 +297,18 @@ async fn read_capped(mut body: hyper::body::Incoming) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// The drain deadline once the phase says draining (now, if the sender is gone).
+fn draining_deadline(
+    changed: Result<(), watch::error::RecvError>,
+    phase: &watch::Receiver<Phase>,
+) -> Option<tokio::time::Instant> {
+    match (changed, *phase.borrow()) {
+        (Ok(()), Phase::Draining(at)) => Some(at),
+        (Ok(()), Phase::Running) => None,
+        (Err(_), _) => Some(tokio::time::Instant::now()),
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

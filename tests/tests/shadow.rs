@@ -1,0 +1,625 @@
+//! The tee end to end: what shadows receive, sampling, limits, pressure, faults, shutdown,
+//! and the accounting invariant offered = sent + dropped.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::channel::Channel;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use teeproxy_tests::*;
+use tokio::io::AsyncWriteExt;
+
+async fn pair() -> (FakeUpstream, FakeUpstream) {
+    (
+        FakeUpstream::builder()
+            .name("primary")
+            .body("from primary")
+            .start()
+            .await,
+        FakeUpstream::builder()
+            .name("candidate")
+            .body("from candidate")
+            .start()
+            .await,
+    )
+}
+
+async fn counts(proxy: &TestProxy) -> ShadowCounts {
+    ShadowCounts::from_metrics(&proxy.metrics().await, "all", "candidate")
+}
+
+#[tokio::test]
+async fn small_get_reaches_the_shadow_identically_with_shadow_headers() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(
+        &p.url(),
+        &c.url(),
+        "",
+        "headers: { set: { x-env: shadow }, remove: [authorization, cookie] }",
+    ))
+    .await;
+    let req = Request::get(proxy.url("/api/users/7?expand=orders&x=%20y"))
+        .header("host", "app.example")
+        .header("authorization", "Bearer secret")
+        .header("cookie", "session=abc")
+        .header("x-custom", "kept")
+        .header("connection", "x-hop")
+        .header("x-hop", "gone")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, body) = send(&h1_client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "from primary", "the client sees the primary only");
+    let id = headers["x-request-id"].clone();
+
+    assert_eventually!(c.count() == 1, "shadow got the copy");
+    let (pr, sr) = (&p.received()[0], &c.received()[0]);
+    assert_eq!(sr.method, pr.method);
+    assert_eq!(sr.uri, "/api/users/7?expand=orders&x=%20y");
+    assert_eq!(sr.uri, pr.uri);
+    assert_eq!(sr.body, pr.body);
+    assert_eq!(
+        sr.headers["x-request-id"], id,
+        "same request id on both legs"
+    );
+    assert_eq!(pr.headers["x-request-id"], id);
+    assert_eq!(sr.headers["x-teeproxy-shadow"], "candidate");
+    assert!(
+        !pr.headers.contains_key("x-teeproxy-shadow"),
+        "the primary is not tagged"
+    );
+    assert_eq!(sr.headers["x-env"], "shadow");
+    assert!(
+        !sr.headers.contains_key("authorization") && !sr.headers.contains_key("cookie"),
+        "scrubbed on the shadow"
+    );
+    assert_eq!(
+        pr.headers["authorization"], "Bearer secret",
+        "the primary keeps credentials"
+    );
+    assert_eq!(sr.headers["x-custom"], "kept");
+    assert!(!sr.headers.contains_key("x-hop") && !sr.headers.contains_key("connection"));
+    assert_eq!(sr.headers["host"], "app.example", "Host kept by default");
+    assert_eq!(sr.headers["x-forwarded-for"], pr.headers["x-forwarded-for"]);
+
+    let n = counts(&proxy).await;
+    assert_eq!((n.offered, n.sent, n.dropped), (1.0, 1.0, 0.0));
+    let m = proxy.metrics().await;
+    assert_eventually!(outcome(&proxy.metrics().await, "all", "candidate", "ok") == 1.0);
+    assert!(m.contains("teeproxy_shadow_latency_seconds_count{route=\"all\",shadow=\"candidate\",phase=\"headers\"}"));
+}
+
+#[tokio::test]
+async fn post_bodies_reach_the_shadow_byte_for_byte() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+
+    // 512 KiB with Content-Length.
+    let body: Bytes = (0..512 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let req = Request::post(proxy.url("/upload?kind=cl"))
+        .body(Full::new(body.clone()))
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.0, StatusCode::OK);
+    assert_eventually!(c.count() == 1);
+    let s = &c.received()[0];
+    assert_eq!(s.method, "POST");
+    assert_eq!(s.uri, "/upload?kind=cl");
+    assert!(s.body == body, "identical bytes");
+    assert!(s.complete);
+
+    // A chunked upload of 1 MiB in 16 chunks.
+    let (mut tx, chunked) = Channel::<Bytes>::new(2);
+    let parts: Vec<Bytes> = (0..16u8).map(|i| Bytes::from(vec![i; 64 * 1024])).collect();
+    let expected: Vec<u8> = parts.iter().flat_map(|b| b.iter().copied()).collect();
+    tokio::spawn(async move {
+        for part in parts {
+            tx.send_data(part).await.unwrap();
+        }
+    });
+    let client: Client<_, Channel<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .request(
+            Request::put(proxy.url("/upload?kind=chunked"))
+                .body(chunked)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let _ = resp.into_body().collect().await;
+    assert_eventually!(c.count() == 2);
+    let s = &c.received()[1];
+    assert_eq!(s.method, "PUT");
+    assert!(s.body == expected);
+    assert!(p.received()[1].body == expected);
+    let n = counts(&proxy).await;
+    assert!(n.balanced() && n.sent == 2.0, "{n:?}");
+}
+
+#[tokio::test]
+async fn expect_is_removed_from_the_shadow_copy() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: [POST]")).await;
+    let t = raw(
+        proxy.addr,
+        b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert!(t.contains("200 OK"), "{t}");
+    assert_eventually!(c.count() == 1);
+    assert!(!c.received()[0].headers.contains_key("expect"));
+    assert_eq!(c.received()[0].body, "abc");
+}
+
+#[tokio::test]
+async fn host_modes_on_the_shadow() {
+    for (mode, want) in [
+        ("host: rewrite", None),
+        (
+            "host: shadow.internal.example",
+            Some("shadow.internal.example"),
+        ),
+        (
+            "host: { suffix: \"-shadow\" }",
+            Some("app.example-shadow:8443"),
+        ),
+    ] {
+        let (p, c) = pair().await;
+        let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", mode)).await;
+        let req = Request::get(proxy.url("/h"))
+            .header("host", "app.example:8443")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&h1_client(), req).await;
+        assert_eventually!(c.count() == 1, "{mode}");
+        let want = want
+            .map(str::to_string)
+            .unwrap_or_else(|| c.addr.to_string());
+        assert_eq!(c.received()[0].headers["host"], want.as_str(), "{mode}");
+        assert_eq!(
+            p.received()[0].headers["host"],
+            "app.example:8443",
+            "the primary keeps the client's Host"
+        );
+    }
+}
+
+#[tokio::test]
+async fn several_shadows_each_get_their_copy() {
+    let (p, c) = pair().await;
+    let d = FakeUpstream::builder().name("canary").start().await;
+    let proxy = TestProxy::start(&yaml(&format!(
+        "clusters:\n  primary: {{ endpoints: [\"{}\"] }}\n  candidate: {{ endpoints: [\"{}\"] }}\n  canary: {{ endpoints: [\"{}\"] }}\nroutes:\n  - name: all\n    primary: primary\n    shadows: [{{ cluster: candidate }}, {{ cluster: canary, percent: 0 }}]\n",
+        p.url(),
+        c.url(),
+        d.url()
+    )))
+    .await;
+    for i in 0..20 {
+        assert_eq!(get(&proxy.url(&format!("/m/{i}"))).await.0, StatusCode::OK);
+    }
+    assert_eventually!(c.count() == 20);
+    let m = proxy.metrics().await;
+    assert_eq!(d.count(), 0, "percent 0 sends nothing");
+    assert_eq!(dropped(&m, "all", "canary", "sampled_out"), 20.0);
+    assert!(ShadowCounts::from_metrics(&m, "all", "canary").balanced());
+}
+
+#[tokio::test]
+async fn fifty_percent_is_about_half_and_sample_key_is_consistent() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "percent: 50")).await;
+    let client = h1_client();
+    for i in 0..2000 {
+        let req = Request::get(proxy.url(&format!("/s/{i}")))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&client, req).await.0, StatusCode::OK);
+    }
+    assert_eq!(p.count(), 2000);
+    assert_eventually!(counts(&proxy).await.balanced());
+    let n = counts(&proxy).await;
+    assert!(
+        (800.0..=1200.0).contains(&n.sent),
+        "50 % of 2000 within 40-60 %: {n:?}"
+    );
+    assert_eventually!(c.count() as f64 == n.sent);
+
+    // Keyed: every request of one user is in, or every one is out.
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(
+        &p.url(),
+        &c.url(),
+        "",
+        "percent: 50, sample_key: { header: x-user-id }",
+    ))
+    .await;
+    let mut decided_in = 0;
+    for user in 0..40 {
+        let before = counts(&proxy).await.sent;
+        for _ in 0..5 {
+            let req = Request::get(proxy.url("/k"))
+                .header("x-user-id", format!("user-{user}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send(&client, req).await;
+        }
+        let sent = counts(&proxy).await.sent - before;
+        assert!(
+            sent == 0.0 || sent == 5.0,
+            "user-{user}: {sent} of 5 mirrored"
+        );
+        decided_in += usize::from(sent == 5.0);
+    }
+    assert!(
+        (8..=32).contains(&decided_in),
+        "about half the users are in: {decided_in}/40"
+    );
+}
+
+#[tokio::test]
+async fn percent_zero_and_hundred_are_exact() {
+    for (percent, want) in [(0, 0.0), (100, 300.0)] {
+        let (p, c) = pair().await;
+        let proxy = TestProxy::start(&shadow_yaml(
+            &p.url(),
+            &c.url(),
+            "",
+            &format!("percent: {percent}"),
+        ))
+        .await;
+        let client = h1_client();
+        for i in 0..300 {
+            let req = Request::get(proxy.url(&format!("/p/{i}")))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send(&client, req).await;
+        }
+        assert_eventually!(counts(&proxy).await.balanced());
+        assert_eq!(counts(&proxy).await.sent, want, "percent {percent}");
+        assert_eventually!(c.count() as f64 == want);
+    }
+}
+
+#[tokio::test]
+async fn methods_outside_the_list_are_not_mirrored() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    let client = h1_client();
+    for method in ["POST", "PUT", "DELETE", "PATCH", "GET", "HEAD", "OPTIONS"] {
+        let req = Request::builder()
+            .method(method)
+            .uri(proxy.url("/m"))
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        assert_eq!(send(&client, req).await.0, StatusCode::OK, "{method}");
+    }
+    assert_eventually!(c.count() == 3, "GET, HEAD and OPTIONS by default");
+    let methods: Vec<String> = c.received().iter().map(|r| r.method.to_string()).collect();
+    assert!(
+        methods
+            .iter()
+            .all(|m| ["GET", "HEAD", "OPTIONS"].contains(&m.as_str())),
+        "{methods:?}"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(dropped(&m, "all", "candidate", "method_filtered"), 4.0);
+    assert_eq!(p.count(), 7);
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_reaches_the_primary_whole_and_the_shadow_not_at_all() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(
+        &p.url(),
+        &c.url(),
+        "",
+        "methods: any, max_body: 64KiB",
+    ))
+    .await;
+    // Declared length over the limit: decided up front.
+    let big = Bytes::from(vec![b'a'; 100 * 1024]);
+    let req = Request::post(proxy.url("/big"))
+        .body(Full::new(big.clone()))
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.0, StatusCode::OK);
+    // Chunked, discovered while streaming.
+    let (mut tx, body) = Channel::<Bytes>::new(2);
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            tx.send_data(Bytes::from(vec![b'b'; 16 * 1024]))
+                .await
+                .unwrap();
+        }
+    });
+    let client: Client<_, Channel<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .request(Request::post(proxy.url("/big-chunked")).body(body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // A small one still goes through.
+    let req = Request::post(proxy.url("/small"))
+        .body(Full::new(Bytes::from_static(b"small")))
+        .unwrap();
+    send(&h1_client(), req).await;
+
+    assert_eventually!(c.count() == 1);
+    assert_eq!(c.received()[0].uri, "/small");
+    assert_eq!(p.received()[0].body, big, "primary got all of it");
+    assert_eq!(p.received()[1].body.len(), 160 * 1024);
+    let m = proxy.metrics().await;
+    assert_eq!(dropped(&m, "all", "candidate", "body_too_large"), 2.0);
+    assert!(ShadowCounts::from_metrics(&m, "all", "candidate").balanced());
+}
+
+#[tokio::test]
+async fn a_client_that_aborts_mid_body_produces_no_shadow_request() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /abort HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'x'; 5000]).await.unwrap();
+    assert_eventually!(counts(&proxy).await.offered == 1.0);
+    drop(s);
+    assert_eventually!(
+        dropped(
+            &proxy.metrics().await,
+            "all",
+            "candidate",
+            "body_incomplete"
+        ) == 1.0
+    );
+    // A later, complete request is mirrored: the shadow is healthy, it just got nothing.
+    let req = Request::post(proxy.url("/ok"))
+        .body(Full::new(Bytes::from_static(b"fine")))
+        .unwrap();
+    send(&h1_client(), req).await;
+    assert_eventually!(c.count() == 1);
+    assert_eq!(c.received()[0].uri, "/ok");
+    assert!(c.received().iter().all(|r| r.uri != "/abort"));
+    let _ = p;
+    assert!(counts(&proxy).await.balanced());
+}
+
+#[tokio::test]
+async fn connect_and_websocket_upgrades_are_not_mirrored() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let t = raw(
+        proxy.addr,
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&t), 405);
+    let t = raw(
+        proxy.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        raw_status(&t),
+        200,
+        "relayed to the primary as a plain request: {t}"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(dropped(&m, "all", "candidate", "upgrade"), 1.0);
+    assert_eq!(c.count(), 0);
+    assert_eq!(p.count(), 1, "CONNECT reached nobody");
+    assert!(ShadowCounts::from_metrics(&m, "all", "candidate").balanced());
+}
+
+#[tokio::test]
+async fn refused_requests_are_never_offered() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    raw(proxy.addr, b"GET / HTTP/1.1\r\n\r\n").await;
+    raw(
+        proxy.addr,
+        format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(9000)).as_bytes(),
+    )
+    .await;
+    let n = counts(&proxy).await;
+    assert_eq!((n.offered, n.sent, n.dropped), (0.0, 0.0, 0.0));
+    assert_eq!(c.count() + p.count(), 0);
+}
+
+#[tokio::test]
+async fn a_black_holed_shadow_changes_nothing_for_clients_and_stays_bounded() {
+    let p = FakeUpstream::builder().body("fast").start().await;
+    let hole = BlackHole::start().await;
+    let proxy = TestProxy::start(&shadow_yaml(
+        &p.url(),
+        &hole.url(),
+        "shadow_queue: 8, shadow_max_in_flight: 4",
+        "timeout: 300ms",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for worker in 0..10 {
+        let url = proxy.url("/bh");
+        set.spawn(async move {
+            let client = h1_client();
+            for i in 0..50 {
+                let req = Request::get(format!("{url}/{worker}/{i}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let (status, _, body) = send(&client, req).await;
+                assert_eq!(
+                    (status, body),
+                    (StatusCode::OK, Bytes::from_static(b"fast"))
+                );
+            }
+        });
+    }
+    let mut max_gauge = 0.0f64;
+    while !set.is_empty() {
+        tokio::select! {
+            done = set.join_next() => { done.unwrap().unwrap(); }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                max_gauge = max_gauge.max(metric_value(&proxy.metrics().await, "teeproxy_shadow_in_flight{shadow=\"candidate\"}"));
+            }
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "500 requests took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.count(), 500, "every request served by the primary");
+    let m = proxy.metrics().await;
+    assert!(
+        dropped(&m, "all", "candidate", "queue_full") > 0.0,
+        "the full queue dropped copies"
+    );
+    assert!(
+        max_gauge <= 4.0,
+        "in-flight gauge above the cap: {max_gauge}"
+    );
+    assert!(
+        hole.max_open() <= 4,
+        "shadow connections open at once: {}",
+        hole.max_open()
+    );
+    assert!(hole.accepted() > 0);
+    // Once the queue has emptied (timeouts free the permits), the books balance exactly.
+    assert_eventually!(
+        metric_value(
+            &proxy.metrics().await,
+            "teeproxy_shadow_queue_depth{shadow=\"candidate\"}"
+        ) == 0.0
+    );
+    assert_eventually!(
+        metric_value(
+            &proxy.metrics().await,
+            "teeproxy_shadow_in_flight{shadow=\"candidate\"}"
+        ) == 0.0
+    );
+    let m = proxy.metrics().await;
+    let n = ShadowCounts::from_metrics(&m, "all", "candidate");
+    assert_eq!(n.offered, 500.0);
+    assert!(n.balanced(), "{n:?}");
+    assert_eq!(
+        outcome(&m, "all", "candidate", "timeout"),
+        n.sent,
+        "every sent copy timed out"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "teeproxy_requests_total{route=\"all\",status_class=\"2xx\"}"
+        ),
+        500.0
+    );
+}
+
+#[tokio::test]
+async fn dead_erroring_and_garbage_shadows_are_counted_and_the_primary_is_untouched() {
+    let dead = closed_port().await;
+    let failing = FakeUpstream::builder()
+        .status(500)
+        .body("boom")
+        .start()
+        .await;
+    let (garbage, _g) = garbage_server().await;
+    for (shadow, want_outcome, status_class) in [
+        (format!("http://{dead}"), "connect_error", None),
+        (failing.url(), "ok", Some("5xx")),
+        (format!("http://{garbage}"), "protocol_error", None),
+    ] {
+        let p = FakeUpstream::builder().body("primary ok").start().await;
+        let proxy = TestProxy::start(&shadow_yaml(&p.url(), &shadow, "", "")).await;
+        for i in 0..20 {
+            let (status, _, body) = get(&proxy.url(&format!("/f/{i}"))).await;
+            assert_eq!(
+                (status, body),
+                (StatusCode::OK, Bytes::from_static(b"primary ok")),
+                "{shadow}"
+            );
+        }
+        assert_eventually!(
+            outcome(&proxy.metrics().await, "all", "candidate", want_outcome) == 20.0,
+            "{shadow}: {want_outcome}"
+        );
+        let m = proxy.metrics().await;
+        if let Some(class) = status_class {
+            let line = format!(
+                "teeproxy_shadow_responses_total{{route=\"all\",shadow=\"candidate\",status_class=\"{class}\"}}"
+            );
+            assert_eq!(metric_value(&m, &line), 20.0);
+        }
+        assert!(ShadowCounts::from_metrics(&m, "all", "candidate").balanced());
+        assert_eq!(
+            metric_value(
+                &m,
+                "teeproxy_requests_total{route=\"all\",status_class=\"2xx\"}"
+            ),
+            20.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_abandons_queued_copies_at_the_shadow_drain_and_counts_them() {
+    let p = FakeUpstream::start().await;
+    let hole = BlackHole::start().await;
+    let mut proxy = TestProxy::start(&format!(
+        "{}shadow_drain: 300ms\ndrain_timeout: 1s\n",
+        shadow_yaml(
+            &p.url(),
+            &hole.url(),
+            "shadow_queue: 100, shadow_max_in_flight: 2",
+            "timeout: 60s"
+        )
+    ))
+    .await;
+    let client = h1_client();
+    for i in 0..30 {
+        let req = Request::get(proxy.url(&format!("/q/{i}")))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&client, req).await.0, StatusCode::OK);
+    }
+    // Two in flight (never answered), the rest waiting: one held by the dispatcher for a
+    // permit, 27 in the queue.
+    assert_eventually!(
+        metric_value(
+            &proxy.metrics().await,
+            "teeproxy_shadow_queue_depth{shadow=\"candidate\"}"
+        ) == 27.0
+    );
+    let before = counts(&proxy).await;
+    assert_eq!(
+        (before.offered, before.sent, before.dropped),
+        (30.0, 2.0, 0.0)
+    );
+    let started = Instant::now();
+    proxy.begin_shutdown();
+    let m = proxy.stopped().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "stopped within the drains: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        dropped(&m, "all", "candidate", "shutdown"),
+        28.0,
+        "the queued copies were abandoned and counted"
+    );
+    let n = ShadowCounts::from_metrics(&m, "all", "candidate");
+    assert!(n.balanced(), "{n:?}");
+    assert_eq!(
+        hole.accepted(),
+        2,
+        "only the two in flight ever reached the shadow"
+    );
+}
