@@ -141,8 +141,8 @@ fn json(b: &DemoUpstream, status: StatusCode, body: String) -> Response<Full<Byt
         .expect("static parts are valid")
 }
 
-/// The demo's config: the proxy on `listen`, admin on `admin`, one route to `primary`.
-/// The candidate cluster is declared for the shadow leg.
+/// The demo's config: the proxy on `listen`, admin on `admin`; `/api/` is served by the
+/// primary and mirrored to the candidate.
 pub fn demo_config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -160,9 +160,14 @@ routes:
   - name: api
     match: {{ path_prefix: "/api/" }}
     primary: primary
+    shadows:
+      - cluster: candidate
+        methods: [GET, HEAD, OPTIONS, POST]
+        headers: {{ set: {{ x-env: shadow }} }}
   - name: default
     primary: primary
 drain_timeout: 5s
+shadow_drain: 2s
 "#
     ))
 }

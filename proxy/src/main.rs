@@ -142,6 +142,21 @@ fn check(path: Option<PathBuf>) -> ExitCode {
             "  {:<12} prefix {} host {} methods {} -> {}",
             r.name.value, m.path_prefix.value, host, methods, r.primary.value
         );
+        for sh in &r.shadows {
+            let methods = match &sh.methods {
+                teeproxy::config::ShadowMethods::Keyword(k) => k.clone(),
+                teeproxy::config::ShadowMethods::List(l) => l.join(","),
+            };
+            println!(
+                "  {:<12}   shadow {} {}% methods {} max_body {} timeout {}",
+                "",
+                sh.cluster.value,
+                sh.percent.value,
+                methods,
+                sh.max_body.value,
+                sh.timeout.value
+            );
+        }
     }
     let l = &config.limits;
     println!(
@@ -194,12 +209,14 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let admin = listeners.admin_addr().unwrap_or(admin);
     println!("teeproxy demo: proxy on http://{proxy}, admin on http://{admin}");
     println!("  primary upstream   http://{primary}");
-    println!("  candidate upstream http://{candidate} (the shadow leg comes with the tee)");
+    println!(
+        "  candidate upstream http://{candidate} (a shadow: gets a copy of every /api/ GET and POST)"
+    );
     println!("try:");
     println!("  curl -i http://{proxy}/api/users/42");
     println!("  curl -i -X POST --data-binary @Cargo.toml http://{proxy}/api/echo");
     println!("  curl --http2-prior-knowledge http://{proxy}/api/orders");
-    println!("  curl http://{admin}/metrics");
+    println!("  curl -s http://{admin}/metrics | grep shadow");
     println!("Ctrl-C stops it.");
     run(config, listeners, Registry::default(), shutdown_signal()).await;
     let _ = stop_tx.send(true);

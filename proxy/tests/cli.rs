@@ -50,6 +50,9 @@ fn check_accepts_every_shipped_config() {
         );
         assert!(stdout.contains(": ok"), "{stdout}");
         assert!(stdout.contains("routes (first match wins):"), "{stdout}");
+        if std::fs::read_to_string(&file).unwrap().contains("shadows:") {
+            assert!(stdout.contains("shadow "), "shadows listed: {stdout}");
+        }
     }
 }
 
@@ -152,6 +155,10 @@ fn demo_serves_on_its_own_and_exits_0_on_sigterm() {
     assert!(
         metrics.contains("teeproxy_requests_total{route=\"api\",status_class=\"2xx\"} 1"),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains("teeproxy_shadow_offered_total{route=\"api\",shadow=\"candidate\"} 1"),
+        "the demo mirrors to its candidate: {metrics}"
     );
 
     let killed = Command::new("kill")

@@ -138,3 +138,131 @@ fn endpoints_parse() {
     assert!(parse_endpoint("http://user@h:1").is_err());
     assert!(parse_endpoint("http://h:1?x=1").is_err());
 }
+
+fn with_shadow(shadow: &str) -> String {
+    format!(
+        "listeners: [{{ name: l, address: \"127.0.0.1:1\" }}]\nclusters:\n  p: {{ endpoints: [\"http://127.0.0.1:2\"] }}\n  c: {{ endpoints: [\"http://127.0.0.1:3\"], shadow_queue: 8, shadow_max_in_flight: 2 }}\nroutes:\n  - name: r\n    primary: p\n    shadows:\n      - {shadow}\n"
+    )
+}
+
+#[test]
+fn shadow_config_parses_with_defaults_and_every_form() {
+    let c = Config::from_yaml(&with_shadow("{ cluster: c }")).unwrap();
+    let s = &c.routes[0].shadows[0];
+    assert_eq!(s.percent.value, 100.0);
+    assert_eq!(s.max_body.value, Size::mib(1));
+    assert_eq!(s.timeout.value, Dur::secs(5));
+    let methods: Vec<String> = s
+        .methods
+        .methods()
+        .unwrap()
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    assert_eq!(methods, ["GET", "HEAD", "OPTIONS"]);
+    assert!(matches!(&s.host, ShadowHost::Word(w) if w == "keep"));
+    assert_eq!(c.clusters["c"].shadow_queue.value, 8);
+    assert_eq!(c.shadow_drain, Dur::secs(5));
+    assert_eq!(c.shadow_header.value, "x-teeproxy-shadow");
+
+    let c = Config::from_yaml(&with_shadow(
+        "{ cluster: c, percent: 0.5, methods: any, sample_key: { cookie: session }, host: { suffix: \"-shadow\" }, headers: { set: { x-env: shadow }, remove: [cookie] }, max_body: 64KiB, timeout: 250ms }",
+    ))
+    .unwrap();
+    let s = &c.routes[0].shadows[0];
+    assert_eq!(s.percent.value, 0.5);
+    assert!(s.methods.methods().is_none(), "any");
+    assert!(matches!(&s.sample_key, Some(SampleKey::Cookie(n)) if n == "session"));
+    assert!(matches!(&s.host, ShadowHost::Suffix { suffix } if suffix == "-shadow"));
+    assert_eq!(s.headers.set["x-env"], "shadow");
+    let c = Config::from_yaml(&with_shadow(
+        "{ cluster: c, host: shadow.example, sample_key: { header: x-user } }",
+    ))
+    .unwrap();
+    assert!(matches!(&c.routes[0].shadows[0].host, ShadowHost::Word(w) if w == "shadow.example"));
+}
+
+#[test]
+fn shadow_validation_errors_name_their_key() {
+    let table = [
+        (
+            "{ cluster: nope }",
+            "routes[0].shadows[0].cluster",
+            "unknown cluster",
+        ),
+        (
+            "{ cluster: c, percent: 150 }",
+            "routes[0].shadows[0].percent",
+            "between 0 and 100",
+        ),
+        (
+            "{ cluster: c, percent: -1 }",
+            "routes[0].shadows[0].percent",
+            "between 0 and 100",
+        ),
+        (
+            "{ cluster: c, methods: all }",
+            "routes[0].shadows[0].methods",
+            "`any`",
+        ),
+        (
+            "{ cluster: c, methods: [] }",
+            "routes[0].shadows[0].methods",
+            "empty list",
+        ),
+        (
+            "{ cluster: c, methods: [CONNECT] }",
+            "routes[0].shadows[0].methods",
+            "never mirrored",
+        ),
+        (
+            "{ cluster: c, max_body: 1GiB }",
+            "routes[0].shadows[0].max_body",
+            "64MiB",
+        ),
+        (
+            "{ cluster: c, timeout: 0s }",
+            "routes[0].shadows[0].timeout",
+            "greater than 0",
+        ),
+        (
+            "{ cluster: c, host: \"a b\" }",
+            "routes[0].shadows[0].host",
+            "invalid host",
+        ),
+        (
+            "{ cluster: c, headers: { set: { \"bad name\": x } } }",
+            "routes[0].shadows[0].headers.set.bad name",
+            "invalid",
+        ),
+        (
+            "{ cluster: c, headers: { remove: [\"bad name\"] } }",
+            "routes[0].shadows[0].headers.remove",
+            "invalid header name",
+        ),
+        (
+            "{ cluster: c, sample_key: { header: \"\" } }",
+            "routes[0].shadows[0].sample_key",
+            "invalid name",
+        ),
+    ];
+    for (shadow, key, msg) in table {
+        let e = err(&with_shadow(shadow));
+        assert!(e.contains(&format!(": {key}: ")), "want key {key} in {e}");
+        assert!(e.contains(msg), "want {msg:?} in {e}");
+    }
+    let twice = with_shadow("{ cluster: c }").replace(
+        "      - { cluster: c }\n",
+        "      - { cluster: c }\n      - { cluster: c }\n",
+    );
+    assert!(err(&twice).contains("already a shadow of this route"));
+    let e = err(&with_shadow("{ cluster: c, percnt: 5 }"));
+    assert!(e.contains("percnt"), "{e}");
+    let e = err(&with_shadow("{ cluster: c }").replace("shadow_queue: 8", "shadow_queue: 0"));
+    assert!(e.contains("clusters.c.shadow_queue"), "{e}");
+    let e = err(&format!(
+        "{}shadow_header: \"bad header\"\n",
+        with_shadow("{ cluster: c }")
+    ));
+    assert!(e.contains(": shadow_header: "), "{e}");
+}
