@@ -50,6 +50,7 @@ pub struct Received {
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
     /// False when the body ended in an error (the sender aborted).
     pub complete: bool,
 }
@@ -151,6 +152,7 @@ fn echo(rec: &Mutex<Vec<Received>>, req: Request<Incoming>) -> Response<Incoming
         version: parts.version,
         headers: parts.headers,
         body: Bytes::new(),
+        trailers: None,
         complete: true,
     });
     Response::new(body)
@@ -164,13 +166,13 @@ async fn answer(
     let (parts, mut body) = req.into_parts();
     let mut buf = BytesMut::new();
     let mut complete = true;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => {
-                if let Ok(data) = f.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-            }
+            Ok(f) => match f.into_data() {
+                Ok(data) => buf.extend_from_slice(&data),
+                Err(f) => trailers = f.into_trailers().ok(),
+            },
             Err(_) => {
                 complete = false;
                 break;
@@ -183,6 +185,7 @@ async fn answer(
         version: parts.version,
         headers: parts.headers,
         body: buf.freeze(),
+        trailers,
         complete,
     });
     if !b.delay.is_zero() {

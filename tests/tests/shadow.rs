@@ -623,3 +623,32 @@ async fn shutdown_abandons_queued_copies_at_the_shadow_drain_and_counts_them() {
         "only the two in flight ever reached the shadow"
     );
 }
+
+#[tokio::test]
+async fn trailers_are_carried_to_both_legs() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let (mut tx, body) = Channel::<Bytes>::new(2);
+    tokio::spawn(async move {
+        tx.send_data(Bytes::from_static(b"payload")).await.unwrap();
+        let mut t = http::HeaderMap::new();
+        t.insert("x-checksum", "c0ffee".parse().unwrap());
+        tx.send_trailers(t).await.unwrap();
+    });
+    let client: Client<_, Channel<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(proxy.url("/t"))
+        .header("trailer", "x-checksum")
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eventually!(c.count() == 1);
+    for (leg, got) in [("primary", &p.received()[0]), ("shadow", &c.received()[0])] {
+        assert_eq!(got.body, "payload", "{leg}");
+        let t = got
+            .trailers
+            .as_ref()
+            .unwrap_or_else(|| panic!("{leg} got no trailers"));
+        assert_eq!(t["x-checksum"], "c0ffee", "{leg}");
+    }
+}

@@ -101,7 +101,9 @@ impl<B: Body<Data = Bytes>> Body for TeeBody<B> {
                         tap.trailers = Some(t.clone());
                     }
                 }
-                if this.inner.is_end_stream() {
+                // Trailers end a body, whether or not the inner body says so yet (the
+                // consumer may never poll again after them).
+                if f.is_trailers() || this.inner.is_end_stream() {
                     finish_tap(this.tap, |t| Captured::Complete {
                         chunks: t.chunks,
                         trailers: t.trailers,
@@ -233,6 +235,24 @@ mod tests {
             matches!(*seen.lock().unwrap(), Some(Captured::Incomplete)),
             "dropped unfinished"
         );
+    }
+
+    #[tokio::test]
+    async fn trailers_end_the_body_even_if_it_is_dropped_right_after() {
+        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let mut tee = TeeBody::new(body, Some(mirror));
+        let mut t = HeaderMap::new();
+        t.insert("x-sum", "1".parse().unwrap());
+        tx.send_data(Bytes::from_static(b"d")).await.unwrap();
+        tx.send_trailers(t).await.unwrap();
+        assert!(tee.frame().await.unwrap().unwrap().is_data());
+        assert!(tee.frame().await.unwrap().unwrap().is_trailers());
+        drop(tee);
+        assert!(matches!(
+            *seen.lock().unwrap(),
+            Some(Captured::Complete { len: 1, .. })
+        ));
     }
 
     #[tokio::test]
