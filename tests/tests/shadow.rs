@@ -652,3 +652,31 @@ async fn trailers_are_carried_to_both_legs() {
         assert_eq!(t["x-checksum"], "c0ffee", "{leg}");
     }
 }
+
+#[tokio::test]
+async fn h2c_requests_are_mirrored_as_http1_with_their_bodies() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let client = h2_client();
+    let body = Bytes::from(vec![b'h'; 200_000]);
+    let req = Request::post(proxy.url("/h2/post?x=1"))
+        .body(Full::new(body.clone()))
+        .unwrap();
+    assert_eq!(send(&client, req).await.0, StatusCode::OK);
+    let req = Request::get(proxy.url("/h2/get"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&client, req).await.0, StatusCode::OK);
+    assert_eventually!(c.count() == 2);
+    let mut got = c.received();
+    got.sort_by_key(|r| r.uri.to_string());
+    assert_eq!(got[0].uri, "/h2/get");
+    assert_eq!(got[1].uri, "/h2/post?x=1");
+    assert!(got[1].body == body);
+    assert_eq!(
+        got[1].headers["host"],
+        proxy.addr.to_string(),
+        ":authority becomes the shadow's Host"
+    );
+    assert!(counts(&proxy).await.balanced());
+}
