@@ -7,10 +7,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::metrics::RejectReason;
+use crate::response::ResponseTee;
 use crate::upstream::UpstreamError;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseTee<Incoming>, Full<Bytes>>;
 
 /// Why a request was not served by an upstream.
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,11 @@ pub mod headers;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod response;
 pub mod route;
 pub mod server;
 pub mod shadow;
+pub mod stats;
 pub mod upstream;
 pub mod validate;
 

@@ -212,8 +212,124 @@ pub enum Phase {
     body,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLegPhaseLabels {
+    pub route: String,
+    pub path: String,
+    pub leg: Leg,
+    pub cluster: String,
+    pub phase: Phase,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLegStatusLabels {
+    pub route: String,
+    pub path: String,
+    pub leg: Leg,
+    pub cluster: String,
+    pub status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompareLabels {
+    pub route: String,
+    pub path: String,
+    pub shadow: String,
+    pub result: CompareResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompareSkipLabels {
+    pub route: String,
+    pub path: String,
+    pub shadow: String,
+    pub reason: SkipReason,
+}
+
+/// Which leg of a request a sample is about.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Leg {
+    primary,
+    shadow,
+}
+
+/// The result of comparing a shadow's response with the primary's.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CompareResult {
+    Match,
+    StatusMismatch,
+    HeaderMismatch,
+    BodyMismatch,
+    ShadowError,
+    Skipped,
+}
+
+impl CompareResult {
+    pub const ALL: [CompareResult; 6] = [
+        Self::Match,
+        Self::StatusMismatch,
+        Self::HeaderMismatch,
+        Self::BodyMismatch,
+        Self::ShadowError,
+        Self::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        [
+            "match",
+            "status_mismatch",
+            "header_mismatch",
+            "body_mismatch",
+            "shadow_error",
+            "skipped",
+        ][self as usize]
+    }
+
+    pub fn is_mismatch(self) -> bool {
+        matches!(
+            self,
+            Self::StatusMismatch | Self::HeaderMismatch | Self::BodyMismatch
+        )
+    }
+}
+
+impl EncodeLabelValue for CompareResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Why a comparison was skipped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SkipReason {
+    /// The primary failed (no response to compare with).
+    primary_error,
+    /// The primary's body did not complete (client left, upstream broke off, or too slow).
+    primary_incomplete,
+    /// A body is over `compare.max_body`.
+    body_too_large,
+    /// `json` mode and a body is not JSON.
+    not_json,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 4] = [
+        Self::primary_error,
+        Self::primary_incomplete,
+        Self::body_too_large,
+        Self::not_json,
+    ];
+}
+
 /// All metric families.
 pub struct Metrics {
+    path_latency: Family<PathLegPhaseLabels, Histogram, fn() -> Histogram>,
+    path_responses: Family<PathLegStatusLabels, Counter>,
+    compare_results: Family<CompareLabels, Counter>,
+    compare_skipped: Family<CompareSkipLabels, Counter>,
     shadow_offered: Family<RouteShadowLabels, Counter>,
     shadow_sent: Family<RouteShadowLabels, Counter>,
     shadow_dropped: Family<ShadowDropLabels, Counter>,
@@ -262,6 +378,10 @@ impl Metrics {
             shadow_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             shadow_queue_depth: Family::default(),
             shadow_in_flight: Family::default(),
+            path_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            path_responses: Family::default(),
+            compare_results: Family::default(),
+            compare_skipped: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
         r.register(
@@ -270,6 +390,26 @@ impl Metrics {
             m.shadow_offered.clone(),
         );
         r.register("shadow_sent", "Shadow copies sent", m.shadow_sent.clone());
+        r.register(
+            "path_latency_seconds",
+            "Latency per route and path template for each leg (primary, shadow) from the moment the leg is sent, to the response head (phase=headers) and to the end of the body (phase=body)",
+            m.path_latency.clone(),
+        );
+        r.register(
+            "path_responses",
+            "Responses per route, path template and leg, by status class",
+            m.path_responses.clone(),
+        );
+        r.register(
+            "compare_results",
+            "Shadow-versus-primary comparisons per route, path template and shadow",
+            m.compare_results.clone(),
+        );
+        r.register(
+            "compare_skipped",
+            "Comparisons skipped, by reason",
+            m.compare_skipped.clone(),
+        );
         r.register(
             "shadow_dropped",
             "Shadow copies not sent, by reason",
@@ -435,6 +575,55 @@ impl Metrics {
         }
     }
 
+    /// Handles for one leg of one (route, path template).
+    pub fn path_leg(&self, route: &str, path: &str, leg: Leg, cluster: &str) -> LegMetrics {
+        let lat = |phase| {
+            self.path_latency.get_or_create_owned(&PathLegPhaseLabels {
+                route: route.to_string(),
+                path: path.to_string(),
+                leg,
+                cluster: cluster.to_string(),
+                phase,
+            })
+        };
+        LegMetrics {
+            latency: [lat(Phase::headers), lat(Phase::body)],
+            statuses: StatusClass::ALL.map(|status_class| {
+                self.path_responses
+                    .get_or_create_owned(&PathLegStatusLabels {
+                        route: route.to_string(),
+                        path: path.to_string(),
+                        leg,
+                        cluster: cluster.to_string(),
+                        status_class,
+                    })
+            }),
+        }
+    }
+
+    /// Comparison counters for one (route, path template, shadow).
+    pub fn compare(&self, route: &str, path: &str, shadow: &str) -> CompareMetrics {
+        CompareMetrics {
+            results: CompareResult::ALL.map(|result| {
+                self.compare_results.get_or_create_owned(&CompareLabels {
+                    route: route.to_string(),
+                    path: path.to_string(),
+                    shadow: shadow.to_string(),
+                    result,
+                })
+            }),
+            skipped: SkipReason::ALL.map(|reason| {
+                self.compare_skipped
+                    .get_or_create_owned(&CompareSkipLabels {
+                        route: route.to_string(),
+                        path: path.to_string(),
+                        shadow: shadow.to_string(),
+                        reason,
+                    })
+            }),
+        }
+    }
+
     /// Cached gauges for one shadow cluster.
     pub fn shadow_cluster(&self, shadow: &str) -> ShadowClusterMetrics {
         let l = ShadowLabels {
@@ -504,6 +693,39 @@ impl ShadowPolicyMetrics {
     /// Total drops over every reason.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.iter().map(Counter::get).sum()
+    }
+}
+
+/// Prometheus handles for one leg of one path.
+#[derive(Clone)]
+pub struct LegMetrics {
+    latency: [Histogram; 2],
+    statuses: [Counter; 5],
+}
+
+impl LegMetrics {
+    pub fn head(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        self.statuses[StatusClass::of(status) as usize].inc();
+        self.latency[Phase::headers as usize].observe(elapsed.as_secs_f64());
+    }
+    pub fn end(&self, elapsed: std::time::Duration) {
+        self.latency[Phase::body as usize].observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Prometheus handles for one (route, path, shadow) comparison.
+#[derive(Clone)]
+pub struct CompareMetrics {
+    results: [Counter; 6],
+    skipped: [Counter; 4],
+}
+
+impl CompareMetrics {
+    pub fn result(&self, r: CompareResult, skipped: Option<SkipReason>) {
+        self.results[r as usize].inc();
+        if let Some(reason) = skipped {
+            self.skipped[reason as usize].inc();
+        }
     }
 }
 

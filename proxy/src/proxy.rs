@@ -18,11 +18,14 @@ use crate::config::{Config, ForwardedMode, HostMode};
 use crate::error::{ProxyBody, ProxyError};
 use crate::headers::{self, Forwarded, RequestIds, X_REQUEST_ID};
 use crate::metrics::{Metrics, NO_ROUTE, RouteMetrics};
+use crate::response::ResponseTee;
 use crate::route::Router;
 use crate::route::{PrimaryBody, Route};
+use crate::shadow::compare::MismatchRing;
 use crate::shadow::{
     Mirror, MirrorPlan, PrimaryOutcome, ShadowCluster, TeeBody, build_shadow_clusters,
 };
+use crate::stats::PathEntry;
 use crate::upstream::{EndpointState, UpstreamError, build_clusters, upstream_uri};
 use crate::validate::{RequestLimits, check_request, request_host};
 
@@ -37,11 +40,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(config: &Config, metrics: &Metrics) -> Self {
+    pub fn new(config: &Config, metrics: &Arc<Metrics>, mismatches: &Arc<MismatchRing>) -> Self {
         let clusters = build_clusters(config, metrics);
         let shadows = build_shadow_clusters(config, metrics);
         Snapshot {
-            router: Router::new(config, &clusters, &shadows, metrics),
+            router: Router::new(config, &clusters, &shadows, metrics, mismatches),
             shadow_clusters: shadows.into_values().collect(),
             limits: RequestLimits::from(&config.limits),
             forwarded: config.x_forwarded_for,
@@ -57,6 +60,7 @@ pub struct Proxy {
     /// Metrics of requests refused before routing (or matching no route).
     no_route: RouteMetrics,
     ids: RequestIds,
+    mismatches: Arc<MismatchRing>,
 }
 
 /// What the handler knows about the connection a request came on.
@@ -85,12 +89,24 @@ impl Drop for InFlight<'_> {
 
 impl Proxy {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let mismatches = Arc::new(MismatchRing::new(config.mismatch_ring.value));
         Proxy {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics)),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics, &mismatches)),
             no_route: metrics.route(NO_ROUTE),
             metrics,
             ids: RequestIds::default(),
+            mismatches,
         }
+    }
+
+    /// The current config's routes and clusters.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The most recent mismatches between shadows and the primary.
+    pub fn mismatches(&self) -> &MismatchRing {
+        &self.mismatches
     }
 
     /// The shadow clusters of the current config (their dispatchers run beside the proxy).
@@ -118,16 +134,30 @@ impl Proxy {
             Ok(route) => {
                 let cluster = &route.primary;
                 let ep = cluster.pick();
+                let path = route.paths.entry(req.uri().path());
                 let (upstream_req, mirror) =
-                    prepare(req, route, ep, conn, snap.forwarded, &request_id);
+                    prepare(req, route, ep, conn, snap.forwarded, &request_id, &path);
+                let sink = mirror.as_ref().and_then(|m| m.primary_body_sink());
                 let mut report = PrimaryReport(mirror);
                 let sent = Instant::now();
                 let result = cluster.send(ep, upstream_req).await;
-                report.done(PrimaryOutcome {
-                    status: result.as_ref().ok().map(|r| r.status()),
-                    elapsed: sent.elapsed(),
-                    error: result.as_ref().err().map(UpstreamError::kind_str),
-                });
+                let elapsed = sent.elapsed();
+                match &result {
+                    Ok(r) => path.primary_head(r.status(), elapsed),
+                    Err(_) => path.primary_failed(),
+                }
+                if report.0.is_some() {
+                    report.done(PrimaryOutcome {
+                        status: result.as_ref().ok().map(|r| r.status()),
+                        elapsed,
+                        error: result.as_ref().err().map(UpstreamError::kind_str),
+                        headers: result
+                            .as_ref()
+                            .map(|r| r.headers().clone())
+                            .unwrap_or_default(),
+                    });
+                }
+                let result = result.map(|resp| resp.map(|b| ResponseTee::new(b, sent, path, sink)));
                 (
                     Some(route),
                     Some(ep.label.as_str()),
@@ -198,6 +228,7 @@ impl Drop for PrimaryReport {
             status: None,
             elapsed: Duration::ZERO,
             error: Some("cancelled"),
+            headers: http::HeaderMap::new(),
         });
     }
 }
@@ -211,6 +242,7 @@ fn prepare(
     conn: ConnInfo,
     mode: ForwardedMode,
     request_id: &HeaderValue,
+    path: &Arc<PathEntry>,
 ) -> (Request<PrimaryBody>, Option<Arc<Mirror>>) {
     let host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
     let upgrade = req.headers().contains_key(header::UPGRADE);
@@ -226,7 +258,7 @@ fn prepare(
     let targets: Vec<_> = route
         .shadows
         .iter()
-        .filter(|p| p.admit(&parts, upgrade, declared_len))
+        .filter(|p| p.admit(&parts, upgrade, declared_len, path))
         .cloned()
         .collect();
     let mirror = (!targets.is_empty()).then(|| {
@@ -241,6 +273,7 @@ fn prepare(
             headers: parts.headers.clone(),
             host: host.clone(),
             request_id: request_id.clone(),
+            path: path.clone(),
         }))
     });
     let body = TeeBody::new(body, mirror.clone());

@@ -8,7 +8,9 @@ use http::Method;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::shadow::compare::MismatchRing;
 use crate::shadow::{ShadowCluster, ShadowPolicy, route_policies};
+use crate::stats::PathRegistry;
 use crate::upstream::Cluster;
 
 /// The body type primary clusters send: the client's body, teed for the shadows.
@@ -24,6 +26,8 @@ pub struct Route {
     pub primary: Arc<Cluster<PrimaryBody>>,
     /// Shadow policies, in config order.
     pub shadows: Vec<Arc<ShadowPolicy>>,
+    /// Path templates and their statistics.
+    pub paths: PathRegistry,
     pub metrics: RouteMetrics,
 }
 
@@ -38,7 +42,8 @@ impl Router {
         config: &Config,
         clusters: &HashMap<String, Arc<Cluster<PrimaryBody>>>,
         shadows: &HashMap<String, Arc<ShadowCluster>>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
+        mismatches: &Arc<MismatchRing>,
     ) -> Self {
         let routes = config
             .routes
@@ -57,7 +62,15 @@ impl Router {
                         .collect()
                 }),
                 primary: clusters[&r.primary.value].clone(),
-                shadows: route_policies(config, r, shadows, metrics),
+                shadows: route_policies(config, r, shadows, metrics, mismatches),
+                paths: PathRegistry::new(
+                    &r.name.value,
+                    &r.paths.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
+                    r.max_paths.value,
+                    &r.primary.value,
+                    r.shadows.iter().map(|s| s.cluster.value.clone()).collect(),
+                    metrics.clone(),
+                ),
                 metrics: metrics.route(&r.name.value),
             })
             .collect();
@@ -109,7 +122,13 @@ mod tests {
         let metrics = Metrics::new(&mut Registry::default());
         let clusters = crate::upstream::build_clusters(&config, &metrics);
         let shadows = crate::shadow::build_shadow_clusters(&config, &metrics);
-        Router::new(&config, &clusters, &shadows, &metrics)
+        Router::new(
+            &config,
+            &clusters,
+            &shadows,
+            &metrics,
+            &Arc::new(MismatchRing::new(10)),
+        )
     }
 
     #[test]

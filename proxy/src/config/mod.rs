@@ -72,6 +72,9 @@ pub struct Config {
     /// An empty string adds nothing.
     #[serde(default = "default_shadow_header")]
     pub shadow_header: Spanned<String>,
+    /// Recent mismatches kept for `/api/mismatches` and the dashboard.
+    #[serde(default = "default_mismatch_ring")]
+    pub mismatch_ring: Spanned<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +161,12 @@ pub struct RouteConfig {
     /// Clusters that get a fire-and-forget copy of the route's requests.
     #[serde(default)]
     pub shadows: Vec<ShadowConfig>,
+    /// Path templates (`/users/{id}`) tried before automatic normalisation.
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    /// Distinct path templates tracked for the route; past it, paths are `{other}`.
+    #[serde(default = "default_max_paths")]
+    pub max_paths: Spanned<usize>,
 }
 
 /// One shadow policy of a route.
@@ -188,6 +197,51 @@ pub struct ShadowConfig {
     /// Header changes for the shadow only.
     #[serde(default)]
     pub headers: HeaderOps,
+    /// How the shadow's response is compared with the primary's.
+    #[serde(default)]
+    pub compare: CompareConfig,
+}
+
+/// Response comparison for one shadow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareConfig {
+    /// Statuses must be equal.
+    #[serde(default = "yes")]
+    pub status: bool,
+    /// These headers must be equal (absent on both sides counts as equal).
+    #[serde(default = "default_compare_headers")]
+    pub headers: Vec<String>,
+    /// `off`, `exact` (bytes) or `json` (parsed values, key order ignored).
+    #[serde(default)]
+    pub body: CompareBody,
+    /// JSON pointers left out of `json` comparisons.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Bodies larger than this are not compared (counted `skipped`, `body_too_large`).
+    #[serde(default = "default_compare_max_body")]
+    pub max_body: Spanned<Size>,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        CompareConfig {
+            status: true,
+            headers: default_compare_headers(),
+            body: CompareBody::Off,
+            ignore: Vec::new(),
+            max_body: default_compare_max_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareBody {
+    #[default]
+    Off,
+    Exact,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +396,18 @@ fn default_max_idle() -> usize {
 }
 fn default_ejection_time() -> Spanned<Dur> {
     unspanned(Dur::secs(5))
+}
+fn default_max_paths() -> Spanned<usize> {
+    unspanned(200)
+}
+fn default_compare_headers() -> Vec<String> {
+    vec!["content-type".to_string()]
+}
+fn default_compare_max_body() -> Spanned<Size> {
+    unspanned(Size::kib(256))
+}
+fn default_mismatch_ring() -> Spanned<usize> {
+    unspanned(100)
 }
 fn default_shadow_drain() -> Dur {
     Dur::secs(5)
@@ -506,6 +572,22 @@ impl Config {
                 ));
             }
             r.match_.validate(&format!("{key}.match"))?;
+            for (j, p) in r.paths.iter().enumerate() {
+                if !p.value.starts_with('/') {
+                    return Err(Invalid::at(
+                        Some(&p.referenced),
+                        &format!("{key}.paths[{j}]"),
+                        "path templates start with '/'",
+                    ));
+                }
+            }
+            if !(1..=10_000).contains(&r.max_paths.value) {
+                return Err(Invalid::at(
+                    Some(&r.max_paths.referenced),
+                    &format!("{key}.max_paths"),
+                    "must be between 1 and 10000",
+                ));
+            }
             let mut seen = HashSet::new();
             for (j, sh) in r.shadows.iter().enumerate() {
                 let skey = format!("{key}.shadows[{j}]");
@@ -528,6 +610,14 @@ impl Config {
                 }
                 sh.validate(&skey)?;
             }
+        }
+        let ring = &self.mismatch_ring;
+        if ring.value > 100_000 {
+            return Err(Invalid::at(
+                Some(&ring.referenced),
+                "mismatch_ring",
+                "at most 100000",
+            ));
         }
         let sh = &self.shadow_header;
         if !sh.value.is_empty() && http::HeaderName::from_bytes(sh.value.as_bytes()).is_err() {
@@ -682,6 +772,31 @@ impl ShadowConfig {
                     "invalid header name or value",
                 ));
             }
+        }
+        for name in &self.compare.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(Invalid::at(
+                    None,
+                    &format!("{key}.compare.headers"),
+                    format!("invalid header name {name:?}"),
+                ));
+            }
+        }
+        for pointer in &self.compare.ignore {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                return Err(Invalid::at(
+                    None,
+                    &format!("{key}.compare.ignore"),
+                    format!("{pointer:?} is not a JSON pointer (like /meta/request_id)"),
+                ));
+            }
+        }
+        if self.compare.max_body.value.bytes() > 16 * 1024 * 1024 {
+            return Err(Invalid::at(
+                Some(&self.compare.max_body.referenced),
+                &format!("{key}.compare.max_body"),
+                "at most 16MiB",
+            ));
         }
         for name in &self.headers.remove {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {

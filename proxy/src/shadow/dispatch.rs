@@ -9,17 +9,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, header};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::mirror::ShadowJob;
+use super::compare::{BodySide, Comparator, Mismatch, Verdict};
+use super::mirror::{PrimaryBody, PrimaryOutcome, ShadowJob};
 use crate::config::ClusterConfig;
-use crate::metrics::{DropReason, Metrics, ShadowClusterMetrics, ShadowOutcome};
+use crate::metrics::{
+    CompareResult, DropReason, Metrics, ShadowClusterMetrics, ShadowOutcome, SkipReason,
+};
 use crate::upstream::{Cluster, UpstreamError, upstream_uri};
 
 /// Shadow response bodies are read up to this much (so the connection can be reused);
@@ -131,7 +134,7 @@ impl ShadowCluster {
             Err(mpsc::error::TrySendError::Closed(job)) => (job, DropReason::shutdown),
         };
         self.metrics.queue_depth.dec();
-        refused.0.policy.metrics.dropped(refused.1);
+        refused.0.policy.dropped(refused.1, &refused.0.path);
     }
 
     /// Runs the dispatcher until the drain deadline passes or the queue is empty after
@@ -181,23 +184,19 @@ impl ShadowCluster {
                 }
             };
             let Some(permit) = permit else {
-                job.policy.metrics.dropped(DropReason::shutdown);
+                job.policy.dropped(DropReason::shutdown, &job.path);
                 break;
             };
             job.policy.metrics.sent.inc();
             let me = self.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                let _gauge = GaugeGuard::new(&me.metrics.in_flight);
-                me.send(job).await;
-            });
+            tasks.spawn(async move { me.send(job, permit).await });
         }
         // Drain deadline reached or queue closed and empty: count what is left, then give
         // in-flight requests the rest of the time.
         rx.close();
         while let Ok(job) = rx.try_recv() {
             self.metrics.queue_depth.dec();
-            job.policy.metrics.dropped(DropReason::shutdown);
+            job.policy.dropped(DropReason::shutdown, &job.path);
         }
         let until = deadline.unwrap_or_else(tokio::time::Instant::now);
         let _ =
@@ -206,7 +205,11 @@ impl ShadowCluster {
         tasks.shutdown().await;
     }
 
-    async fn send(&self, job: ShadowJob) {
+    /// Sends one copy, reads the answer, releases the in-flight permit, then compares the
+    /// answer with the primary's (waiting, if needed, for the primary's body) and records
+    /// everything for the path.
+    async fn send(&self, job: ShadowJob, permit: OwnedSemaphorePermit) {
+        let gauge = GaugeGuard::new(&self.metrics.in_flight);
         let ep = self.upstream.pick();
         let ShadowJob {
             policy,
@@ -219,84 +222,201 @@ impl ShadowCluster {
             trailers,
             body_len,
             primary,
+            primary_body,
+            path,
             ..
         } = job;
         if let Some(h) = policy.host.apply(host.as_ref(), ep) {
             headers.insert(header::HOST, h);
         }
         let mut req = Request::new(ShadowBody::new(body, trailers, body_len));
-        *req.method_mut() = method;
-        *req.uri_mut() = upstream_uri(ep, &http::Uri::from(path_and_query));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = upstream_uri(ep, &http::Uri::from(path_and_query.clone()));
         *req.headers_mut() = headers;
+        let keep = policy
+            .compare
+            .compares_body()
+            .then_some(policy.compare.max_body);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + policy.timeout;
-        let (outcome, status, to_headers, to_end) = match self
-            .upstream
-            .send_within(ep, req, policy.timeout)
-            .await
-        {
+        let answer = match self.upstream.send_within(ep, req, policy.timeout).await {
             Err(e) => {
-                let outcome = match e {
+                tracing::debug!(shadow = %self.name, request_id = ?request_id, error = %e, "shadow request failed");
+                Answer::failed(match e {
                     UpstreamError::Connect { .. } => ShadowOutcome::connect_error,
                     UpstreamError::Timeout { .. } => ShadowOutcome::timeout,
                     UpstreamError::Protocol { .. } => ShadowOutcome::protocol_error,
-                };
-                tracing::debug!(shadow = %self.name, request_id = ?request_id, error = %e, "shadow request failed");
-                (outcome, None, None, None)
+                })
             }
             Ok(resp) => {
                 let to_headers = started.elapsed();
-                let status = resp.status();
-                let read = tokio::time::timeout_at(deadline, read_capped(resp.into_body())).await;
-                match read {
-                    Ok(Ok(())) => (
-                        ShadowOutcome::ok,
-                        Some(status),
-                        Some(to_headers),
-                        Some(started.elapsed()),
-                    ),
-                    Ok(Err(())) => (
-                        ShadowOutcome::body_error,
-                        Some(status),
-                        Some(to_headers),
-                        None,
-                    ),
-                    Err(_) => (ShadowOutcome::timeout, Some(status), Some(to_headers), None),
+                let (parts, body) = resp.into_parts();
+                let (outcome, body, to_end) =
+                    match tokio::time::timeout_at(deadline, read_body(body, keep)).await {
+                        Ok(Ok(kept)) => (ShadowOutcome::ok, kept, Some(started.elapsed())),
+                        Ok(Err(())) => (ShadowOutcome::body_error, None, None),
+                        Err(_) => (ShadowOutcome::timeout, None, None),
+                    };
+                Answer {
+                    outcome,
+                    status: Some(parts.status),
+                    headers: parts.headers,
+                    body,
+                    to_headers: Some(to_headers),
+                    to_end,
                 }
             }
         };
+        drop(permit);
+        drop(gauge);
+
+        let ok_status = answer
+            .status
+            .filter(|_| answer.outcome == ShadowOutcome::ok);
+        policy
+            .metrics
+            .outcome(answer.outcome, ok_status, answer.to_headers, answer.to_end);
+        let stats = path.shadows.get(policy.index);
+        if let Some(stats) = stats {
+            match (answer.status, answer.to_headers) {
+                (Some(status), Some(t)) => stats.head(status, t),
+                _ => stats.leg.failed(),
+            }
+            if answer.outcome != ShadowOutcome::ok && answer.status.is_some() {
+                stats
+                    .leg
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(t) = answer.to_end {
+                stats.end(t);
+            }
+        }
+
+        let verdict = judge(
+            &policy.compare,
+            &primary,
+            primary_body,
+            &answer,
+            policy.timeout,
+        )
+        .await;
+        if let Some(stats) = stats {
+            stats.compared(verdict.result, verdict.skipped);
+        }
+        if verdict.result.is_mismatch() {
+            policy.mismatches.push(Mismatch {
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                request_id: request_id.to_str().unwrap_or("-").to_string(),
+                route: policy.route.clone(),
+                method: method.to_string(),
+                path: path_and_query.path().to_string(),
+                template: path.template.clone(),
+                shadow: self.name.clone(),
+                primary_status: primary.status.map(|s| s.as_u16()),
+                shadow_status: answer.status.map(|s| s.as_u16()),
+                result: verdict.result.as_str(),
+                diff: verdict.diff,
+            });
+        }
         tracing::debug!(
             shadow = %self.name,
             route = %policy.route,
             request_id = ?request_id,
-            outcome = ?outcome,
-            status = status.map(|s| s.as_u16()),
+            outcome = ?answer.outcome,
+            status = answer.status.map(|s| s.as_u16()),
             primary_status = primary.status.map(|s| s.as_u16()),
+            result = verdict.result.as_str(),
             "shadow exchange done"
-        );
-        policy.metrics.outcome(
-            outcome,
-            status.filter(|_| outcome == ShadowOutcome::ok),
-            to_headers,
-            to_end,
         );
     }
 }
 
-/// Reads a response body up to `RESPONSE_READ_CAP` bytes; past the cap it stops (the
-/// connection is then not reused). `Err` when the body fails.
-async fn read_capped(mut body: hyper::body::Incoming) -> Result<(), ()> {
+/// What came back from a shadow.
+struct Answer {
+    outcome: ShadowOutcome,
+    status: Option<StatusCode>,
+    headers: HeaderMap,
+    /// The body, when the comparison wants it.
+    body: Option<BodySide>,
+    to_headers: Option<Duration>,
+    to_end: Option<Duration>,
+}
+
+impl Answer {
+    fn failed(outcome: ShadowOutcome) -> Self {
+        Answer {
+            outcome,
+            status: None,
+            headers: HeaderMap::new(),
+            body: None,
+            to_headers: None,
+            to_end: None,
+        }
+    }
+}
+
+/// Compares a shadow's answer with the primary's.
+async fn judge(
+    cmp: &Comparator,
+    primary: &PrimaryOutcome,
+    primary_body: Option<PrimaryBody>,
+    answer: &Answer,
+    wait: Duration,
+) -> Verdict {
+    let Some(p_status) = primary.status.filter(|_| primary.error.is_none()) else {
+        return Verdict::skipped(SkipReason::primary_error);
+    };
+    let Some(s_status) = answer
+        .status
+        .filter(|_| answer.outcome == ShadowOutcome::ok)
+    else {
+        return Verdict::of(CompareResult::ShadowError);
+    };
+    if let Some(v) = cmp.compare_head((p_status, &primary.headers), (s_status, &answer.headers)) {
+        return v;
+    }
+    // The primary's body may still be streaming to its client: wait for it, off the
+    // primary path, for up to the shadow's timeout.
+    let p_body = match primary_body {
+        Some(mut rx) => match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v
+                .as_ref()
+                .map_or(BodySide::Incomplete, |b| BodySide::clone(b)),
+            _ => BodySide::Incomplete,
+        },
+        None => BodySide::Incomplete,
+    };
+    cmp.compare_body(
+        &p_body,
+        answer.body.as_ref().unwrap_or(&BodySide::Incomplete),
+    )
+}
+
+/// Reads a shadow response body. With `keep`, returns it when it is at most `keep` bytes
+/// (else `TooLarge`, and reading stops); without, reads up to `RESPONSE_READ_CAP` so the
+/// connection can be reused. `Err` when the body fails.
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    keep: Option<usize>,
+) -> Result<Option<BodySide>, ()> {
+    let mut kept = BytesMut::new();
     let mut read = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ())?;
         if let Some(d) = frame.data_ref() {
             read += d.len();
-            if read > RESPONSE_READ_CAP {
-                return Ok(());
+            match keep {
+                Some(max) if read > max => return Ok(Some(BodySide::TooLarge)),
+                Some(_) => kept.extend_from_slice(d),
+                None if read > RESPONSE_READ_CAP => return Ok(None),
+                None => {}
             }
         }
     }
-    Ok(())
+    Ok(keep.map(|_| BodySide::Complete(kept.freeze())))
 }
 
 /// The drain deadline once the phase says draining (now, if the sender is gone).

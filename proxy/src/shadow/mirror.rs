@@ -10,8 +10,12 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
+use tokio::sync::watch;
+
 use super::ShadowPolicy;
+use super::compare::BodySide;
 use crate::metrics::DropReason;
+use crate::stats::PathEntry;
 
 /// How the client's body ended, as far as the mirror is concerned.
 #[derive(Debug)]
@@ -36,7 +40,12 @@ pub struct PrimaryOutcome {
     pub elapsed: Duration,
     /// `connect`, `timeout`, `protocol`, or `cancelled` (the client left first).
     pub error: Option<&'static str>,
+    /// The primary's response headers (empty when it failed).
+    pub headers: HeaderMap,
 }
+
+/// Where the primary's response body arrives for comparisons: `None` until it is known.
+pub type PrimaryBody = watch::Receiver<Option<Arc<BodySide>>>;
 
 /// The request as the shadows will see it, before per-shadow rewrites.
 pub struct MirrorPlan {
@@ -48,6 +57,8 @@ pub struct MirrorPlan {
     /// The host the client asked for.
     pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
+    /// The request's path entry (statistics per path template).
+    pub path: Arc<PathEntry>,
 }
 
 #[derive(Default)]
@@ -70,16 +81,31 @@ pub struct Mirror {
     max_body: u64,
     halves: Mutex<Halves>,
     target: Target,
+    /// Filled by the primary's response tee when some target compares bodies.
+    primary_body: Option<(watch::Sender<Option<Arc<BodySide>>>, usize)>,
 }
 
 impl Mirror {
     pub fn new(plan: MirrorPlan) -> Self {
         let max_body = plan.targets.iter().map(|t| t.max_body).max().unwrap_or(0);
+        let compare_max = plan
+            .targets
+            .iter()
+            .filter(|t| t.compare.compares_body())
+            .map(|t| t.compare.max_body)
+            .max();
         Mirror {
             max_body,
             halves: Mutex::new(Halves::default()),
             target: Target::Plan(plan),
+            primary_body: compare_max.map(|max| (watch::channel(None).0, max)),
         }
+    }
+
+    /// Where the primary's response body goes for comparison, and how much of it to keep;
+    /// `None` when no target compares bodies.
+    pub fn primary_body_sink(&self) -> Option<(watch::Sender<Option<Arc<BodySide>>>, usize)> {
+        self.primary_body.clone()
     }
 
     /// The largest body any target takes: the tee keeps chunks up to this.
@@ -114,13 +140,19 @@ impl Mirror {
             }
         };
         if let (Some((body, primary)), Target::Plan(plan)) = (both, &self.target) {
-            offer(plan, body, primary);
+            let primary_body = self.primary_body.as_ref().map(|(tx, _)| tx.subscribe());
+            offer(plan, body, primary, primary_body);
         }
     }
 }
 
 /// Builds one job per target and offers it; counts every copy that is not queued.
-fn offer(plan: &MirrorPlan, body: Captured, primary: PrimaryOutcome) {
+fn offer(
+    plan: &MirrorPlan,
+    body: Captured,
+    primary: PrimaryOutcome,
+    primary_body: Option<PrimaryBody>,
+) {
     let (chunks, trailers, len) = match body {
         Captured::Complete {
             chunks,
@@ -132,7 +164,7 @@ fn offer(plan: &MirrorPlan, body: Captured, primary: PrimaryOutcome) {
     };
     for target in &plan.targets {
         if len > target.max_body {
-            target.metrics.dropped(DropReason::body_too_large);
+            target.dropped(DropReason::body_too_large, &plan.path);
             continue;
         }
         let job = ShadowJob {
@@ -146,6 +178,8 @@ fn offer(plan: &MirrorPlan, body: Captured, primary: PrimaryOutcome) {
             trailers: trailers.clone(),
             body_len: len,
             primary: primary.clone(),
+            primary_body: primary_body.clone(),
+            path: plan.path.clone(),
             offered_at: Instant::now(),
         };
         target.cluster.offer(job);
@@ -154,7 +188,7 @@ fn offer(plan: &MirrorPlan, body: Captured, primary: PrimaryOutcome) {
 
 fn drop_all(plan: &MirrorPlan, reason: DropReason) {
     for t in &plan.targets {
-        t.metrics.dropped(reason);
+        t.dropped(reason, &plan.path);
     }
 }
 
@@ -171,6 +205,9 @@ pub struct ShadowJob {
     pub trailers: Option<HeaderMap>,
     pub body_len: u64,
     pub primary: PrimaryOutcome,
+    /// The primary's response body, when this shadow compares bodies.
+    pub primary_body: Option<PrimaryBody>,
+    pub path: Arc<PathEntry>,
     pub offered_at: Instant,
 }
 
@@ -185,6 +222,7 @@ pub(crate) mod tests {
             max_body,
             halves: Mutex::new(Halves::default()),
             target: Target::Record(slot.clone()),
+            primary_body: None,
         };
         (Arc::new(m), slot)
     }

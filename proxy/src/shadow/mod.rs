@@ -3,6 +3,7 @@
 //! and a dispatcher per shadow cluster sends them with its own client. Nothing on the
 //! primary path waits for any of it; every copy not sent is counted with its reason.
 
+pub mod compare;
 pub mod dispatch;
 pub mod mirror;
 pub mod sample;
@@ -17,7 +18,9 @@ use http::{Method, request::Parts};
 
 use crate::config::{Config, SampleKey, ShadowConfig, ShadowHost};
 use crate::metrics::{DropReason, Metrics, ShadowPolicyMetrics};
+use crate::stats::PathEntry;
 use crate::upstream::EndpointState;
+use compare::{Comparator, MismatchRing};
 pub use dispatch::ShadowCluster;
 pub use mirror::{Captured, Mirror, MirrorPlan, PrimaryOutcome, ShadowJob};
 pub use tee::TeeBody;
@@ -61,6 +64,10 @@ impl HostRule {
 /// One shadow policy of one route.
 pub struct ShadowPolicy {
     pub route: String,
+    /// Position among the route's policies (and in each path entry's shadow stats).
+    pub index: usize,
+    pub compare: Comparator,
+    pub mismatches: Arc<MismatchRing>,
     pub cluster: Arc<ShadowCluster>,
     threshold: u64,
     sample_key: Option<SampleKey>,
@@ -79,10 +86,12 @@ pub struct ShadowPolicy {
 impl ShadowPolicy {
     pub fn new(
         route: &str,
+        index: usize,
         c: &ShadowConfig,
         cluster: Arc<ShadowCluster>,
         tag_name: &str,
         metrics: &Metrics,
+        mismatches: Arc<MismatchRing>,
     ) -> Self {
         let tag = (!tag_name.is_empty()).then(|| {
             (
@@ -92,6 +101,9 @@ impl ShadowPolicy {
         });
         ShadowPolicy {
             route: route.to_string(),
+            index,
+            compare: Comparator::new(&c.compare),
+            mismatches,
             threshold: sample::threshold(c.percent.value),
             sample_key: c.sample_key.clone(),
             methods: c.methods.methods(),
@@ -123,7 +135,13 @@ impl ShadowPolicy {
 
     /// Whether this request is copied to this shadow; counts `offered` and every refusal.
     /// `body_len` is the body's exact size when the client declared it.
-    pub fn admit(&self, parts: &Parts, upgrade: bool, body_len: Option<u64>) -> bool {
+    pub fn admit(
+        &self,
+        parts: &Parts,
+        upgrade: bool,
+        body_len: Option<u64>,
+        path: &PathEntry,
+    ) -> bool {
         self.metrics.offered.inc();
         let refused = if upgrade {
             Some(DropReason::upgrade)
@@ -141,9 +159,17 @@ impl ShadowPolicy {
             None
         };
         if let Some(reason) = refused {
-            self.metrics.dropped(reason);
+            self.dropped(reason, path);
         }
         refused.is_none()
+    }
+
+    /// Counts a copy not sent, for the policy and for the path.
+    pub fn dropped(&self, reason: DropReason, path: &PathEntry) {
+        self.metrics.dropped(reason);
+        if let Some(s) = path.shadows.get(self.index) {
+            s.dropped(reason);
+        }
     }
 
     fn sampled_in(&self, headers: &HeaderMap) -> bool {
@@ -203,17 +229,21 @@ pub fn route_policies(
     route: &crate::config::RouteConfig,
     clusters: &HashMap<String, Arc<ShadowCluster>>,
     metrics: &Metrics,
+    mismatches: &Arc<MismatchRing>,
 ) -> Vec<Arc<ShadowPolicy>> {
     route
         .shadows
         .iter()
-        .map(|sh| {
+        .enumerate()
+        .map(|(index, sh)| {
             Arc::new(ShadowPolicy::new(
                 &route.name.value,
+                index,
                 sh,
                 clusters[&sh.cluster.value].clone(),
                 &config.shadow_header.value,
                 metrics,
+                mismatches.clone(),
             ))
         })
         .collect()

@@ -1,0 +1,145 @@
+//! The primary's response body on its way to the client: frames pass straight through,
+//! the end of the body is timed for the path's statistics, and when a shadow compares
+//! bodies the chunks are kept as `Bytes` clones (up to `compare.max_body`) and handed to
+//! the comparison once the body is complete. The client never waits for any of it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::sync::watch;
+
+use crate::shadow::compare::BodySide;
+use crate::stats::PathEntry;
+
+struct Keep {
+    sink: watch::Sender<Option<Arc<BodySide>>>,
+    chunks: Vec<Bytes>,
+    len: usize,
+    max: usize,
+}
+
+impl Keep {
+    fn finish(self, complete: bool) {
+        let side = if !complete {
+            BodySide::Incomplete
+        } else if self.len > self.max {
+            BodySide::TooLarge
+        } else {
+            let mut all = BytesMut::with_capacity(self.len);
+            for c in &self.chunks {
+                all.extend_from_slice(c);
+            }
+            BodySide::Complete(all.freeze())
+        };
+        self.sink.send_replace(Some(Arc::new(side)));
+    }
+}
+
+pin_project! {
+    /// A response body that times its end and can keep a copy for comparison.
+    pub struct ResponseTee<B> {
+        #[pin]
+        inner: B,
+        sent: Instant,
+        path: Option<Arc<PathEntry>>,
+        keep: Option<Keep>,
+    }
+
+    impl<B> PinnedDrop for ResponseTee<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(k) = this.project().keep.take() {
+                k.finish(false);
+            }
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> ResponseTee<B> {
+    /// `sent` is when the request went to the primary; `sink` receives the body (up to
+    /// `max` bytes) for comparisons.
+    pub fn new(
+        inner: B,
+        sent: Instant,
+        path: Arc<PathEntry>,
+        sink: Option<(watch::Sender<Option<Arc<BodySide>>>, usize)>,
+    ) -> Self {
+        let keep = sink.map(|(sink, max)| Keep {
+            sink,
+            chunks: Vec::new(),
+            len: 0,
+            max,
+        });
+        let mut tee = ResponseTee {
+            inner,
+            sent,
+            path: Some(path),
+            keep,
+        };
+        if tee.inner.is_end_stream() {
+            if let Some(p) = tee.path.take() {
+                p.primary_end(tee.sent.elapsed());
+            }
+            if let Some(k) = tee.keep.take() {
+                k.finish(true);
+            }
+        }
+        tee
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseTee<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = match &frame {
+            Some(Ok(f)) => {
+                if let (Some(k), Some(d)) = (this.keep.as_mut(), f.data_ref()) {
+                    k.len += d.len();
+                    if k.len <= k.max {
+                        k.chunks.push(d.clone());
+                    } else {
+                        k.chunks = Vec::new();
+                    }
+                }
+                f.is_trailers() || this.inner.is_end_stream()
+            }
+            Some(Err(_)) => {
+                // Broken off: no end time, and the comparison learns it is incomplete.
+                this.path.take();
+                if let Some(k) = this.keep.take() {
+                    k.finish(false);
+                }
+                false
+            }
+            None => true,
+        };
+        if ended {
+            if let Some(p) = this.path.take() {
+                p.primary_end(this.sent.elapsed());
+            }
+            if let Some(k) = this.keep.take() {
+                k.finish(true);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,345 @@
+//! Per-path statistics: for every (route, path template) the primary leg and each shadow
+//! leg side by side (latency quantiles, errors, statuses, comparison results, drops), kept
+//! in atomics so recording never locks. Path templates are bounded per route: past
+//! `max_paths` every new path is `{other}`.
+
+pub mod histogram;
+pub mod template;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::StatusCode;
+
+use crate::metrics::{
+    CompareMetrics, CompareResult, DropReason, Leg, LegMetrics, Metrics, SkipReason,
+};
+use histogram::AtomicHistogram;
+use template::{Template, normalise};
+
+/// The template for paths past the cap.
+pub const OTHER: &str = "{other}";
+
+/// One leg's figures for one path.
+#[derive(Default)]
+pub struct LegStats {
+    /// From sending to the end of the response body, successful exchanges only.
+    pub latency: AtomicHistogram,
+    /// Exchanges attempted.
+    pub count: AtomicU64,
+    /// Failures (no response) and 5xx answers.
+    pub errors: AtomicU64,
+}
+
+impl LegStats {
+    /// An exchange that got a response head.
+    pub fn head(&self, status: StatusCode) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// An exchange that failed before any response.
+    pub fn failed(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The end of a response body.
+    pub fn end(&self, elapsed: Duration) {
+        self.latency.record(elapsed);
+    }
+}
+
+/// Requests per second over the last few seconds.
+pub struct RateWindow {
+    epoch: Instant,
+    slots: [AtomicU64; 10],
+    seconds: [AtomicU64; 10],
+}
+
+impl Default for RateWindow {
+    fn default() -> Self {
+        RateWindow {
+            epoch: Instant::now(),
+            slots: Default::default(),
+            seconds: Default::default(),
+        }
+    }
+}
+
+impl RateWindow {
+    pub fn tick(&self) {
+        let sec = self.epoch.elapsed().as_secs();
+        let i = (sec % 10) as usize;
+        if self.seconds[i].swap(sec, Ordering::Relaxed) != sec {
+            self.slots[i].store(0, Ordering::Relaxed);
+        }
+        self.slots[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Mean over the last complete seconds (up to 9, or fewer when the path is younger).
+    pub fn per_second(&self) -> f64 {
+        let now = self.epoch.elapsed().as_secs();
+        let span = now.min(9);
+        if span == 0 {
+            return 0.0;
+        }
+        let total: u64 = (1..=span)
+            .map(|back| now - back)
+            .map(|sec| {
+                let i = (sec % 10) as usize;
+                if self.seconds[i].load(Ordering::Relaxed) == sec {
+                    self.slots[i].load(Ordering::Relaxed)
+                } else {
+                    0
+                }
+            })
+            .sum();
+        total as f64 / span as f64
+    }
+}
+
+/// One shadow's figures for one path.
+pub struct ShadowPathStats {
+    pub shadow: String,
+    pub leg: LegStats,
+    results: [AtomicU64; 6],
+    drops: [AtomicU64; 7],
+    leg_metrics: LegMetrics,
+    compare_metrics: CompareMetrics,
+}
+
+impl ShadowPathStats {
+    pub fn dropped(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn compared(&self, r: CompareResult, skipped: Option<SkipReason>) {
+        self.results[r as usize].fetch_add(1, Ordering::Relaxed);
+        self.compare_metrics.result(r, skipped);
+    }
+
+    pub fn head(&self, status: StatusCode, elapsed: Duration) {
+        self.leg.head(status);
+        self.leg_metrics.head(status, elapsed);
+    }
+
+    pub fn end(&self, elapsed: Duration) {
+        self.leg.end(elapsed);
+        self.leg_metrics.end(elapsed);
+    }
+
+    pub fn result_count(&self, r: CompareResult) -> u64 {
+        self.results[r as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn drop_counts(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.drops[*r as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// Everything known about one (route, path template).
+pub struct PathEntry {
+    pub route: String,
+    pub template: String,
+    pub primary: LegStats,
+    primary_metrics: LegMetrics,
+    /// In the order of the route's shadow policies.
+    pub shadows: Vec<ShadowPathStats>,
+    pub rate: RateWindow,
+}
+
+impl PathEntry {
+    /// The primary's response head arrived `elapsed` after the request was sent.
+    pub fn primary_head(&self, status: StatusCode, elapsed: Duration) {
+        self.rate.tick();
+        self.primary.head(status);
+        self.primary_metrics.head(status, elapsed);
+    }
+
+    pub fn primary_failed(&self) {
+        self.rate.tick();
+        self.primary.failed();
+    }
+
+    pub fn primary_end(&self, elapsed: Duration) {
+        self.primary.end(elapsed);
+        self.primary_metrics.end(elapsed);
+    }
+}
+
+/// Builds path entries for one route.
+struct PathFactory {
+    route: String,
+    primary_cluster: String,
+    shadow_clusters: Vec<String>,
+    metrics: Arc<Metrics>,
+}
+
+impl PathFactory {
+    fn make(&self, template: &str) -> Arc<PathEntry> {
+        let m = &self.metrics;
+        Arc::new(PathEntry {
+            route: self.route.clone(),
+            template: template.to_string(),
+            primary: LegStats::default(),
+            primary_metrics: m.path_leg(&self.route, template, Leg::primary, &self.primary_cluster),
+            shadows: self
+                .shadow_clusters
+                .iter()
+                .map(|s| ShadowPathStats {
+                    shadow: s.clone(),
+                    leg: LegStats::default(),
+                    results: Default::default(),
+                    drops: Default::default(),
+                    leg_metrics: m.path_leg(&self.route, template, Leg::shadow, s),
+                    compare_metrics: m.compare(&self.route, template, s),
+                })
+                .collect(),
+            rate: RateWindow::default(),
+        })
+    }
+}
+
+/// The path templates of one route and their entries.
+pub struct PathRegistry {
+    factory: PathFactory,
+    explicit: Vec<(Template, Arc<PathEntry>)>,
+    seen: ArcSwap<HashMap<Box<str>, Arc<PathEntry>>>,
+    other: Arc<PathEntry>,
+    max_paths: usize,
+    insert: Mutex<()>,
+}
+
+impl PathRegistry {
+    pub fn new(
+        route: &str,
+        templates: &[String],
+        max_paths: usize,
+        primary_cluster: &str,
+        shadow_clusters: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let factory = PathFactory {
+            route: route.to_string(),
+            primary_cluster: primary_cluster.to_string(),
+            shadow_clusters,
+            metrics,
+        };
+        PathRegistry {
+            other: factory.make(OTHER),
+            explicit: templates
+                .iter()
+                .map(|t| (Template::parse(t), factory.make(t)))
+                .collect(),
+            factory,
+            seen: ArcSwap::from_pointee(HashMap::new()),
+            max_paths,
+            insert: Mutex::new(()),
+        }
+    }
+
+    /// The entry for a request path: a configured template, else the normalised path,
+    /// else `{other}` once the route has `max_paths` of them.
+    pub fn entry(&self, path: &str) -> Arc<PathEntry> {
+        if let Some((_, e)) = self.explicit.iter().find(|(t, _)| t.matches(path)) {
+            return e.clone();
+        }
+        let name = normalise(path);
+        if let Some(e) = self.seen.load().get(name.as_ref()) {
+            return e.clone();
+        }
+        let _guard = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.seen.load_full();
+        if let Some(e) = current.get(name.as_ref()) {
+            return e.clone();
+        }
+        if current.len() >= self.max_paths {
+            return self.other.clone();
+        }
+        let entry = self.factory.make(&name);
+        let mut next = HashMap::clone(&current);
+        next.insert(name.into_owned().into_boxed_str(), entry.clone());
+        self.seen.store(Arc::new(next));
+        entry
+    }
+
+    /// Every entry with traffic, `{other}` included.
+    pub fn entries(&self) -> Vec<Arc<PathEntry>> {
+        let mut all: Vec<Arc<PathEntry>> = self.explicit.iter().map(|(_, e)| e.clone()).collect();
+        all.extend(self.seen.load().values().cloned());
+        all.push(self.other.clone());
+        all.retain(|e| e.primary.count.load(Ordering::Relaxed) > 0);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(max: usize) -> PathRegistry {
+        let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
+        PathRegistry::new(
+            "r",
+            &["/users/{id}".to_string()],
+            max,
+            "p",
+            vec!["c".into()],
+            metrics,
+        )
+    }
+
+    #[test]
+    fn configured_templates_first_then_normalised_then_other_past_the_cap() {
+        let reg = registry(3);
+        assert_eq!(reg.entry("/users/alice").template, "/users/{id}");
+        assert_eq!(reg.entry("/orders/17").template, "/orders/{id}");
+        assert_eq!(reg.entry("/orders/18").template, "/orders/{id}");
+        assert!(Arc::ptr_eq(
+            &reg.entry("/orders/1"),
+            &reg.entry("/orders/2")
+        ));
+        assert_eq!(reg.entry("/a").template, "/a");
+        assert_eq!(reg.entry("/b").template, "/b");
+        // Three distinct templates seen: the cap is reached.
+        assert_eq!(reg.entry("/c").template, OTHER);
+        assert_eq!(reg.entry("/d/9").template, OTHER);
+        assert_eq!(reg.entry("/a").template, "/a", "known templates stay");
+        assert_eq!(
+            reg.entry("/users/bob").template,
+            "/users/{id}",
+            "configured templates are outside the cap"
+        );
+        for i in 0..10_000 {
+            reg.entry(&format!("/unique/path-{i}x"));
+        }
+        assert_eq!(reg.seen.load().len(), 3, "bounded whatever the traffic");
+    }
+
+    #[test]
+    fn entries_list_paths_with_traffic() {
+        let reg = registry(10);
+        let e = reg.entry("/x/1");
+        e.primary_head(StatusCode::OK, Duration::from_millis(1));
+        e.primary_end(Duration::from_millis(2));
+        reg.entry("/never/used");
+        let names: Vec<String> = reg.entries().iter().map(|e| e.template.clone()).collect();
+        assert_eq!(names, ["/x/{id}"]);
+        assert_eq!(e.primary.latency.count(), 1);
+        assert_eq!(e.shadows.len(), 1);
+    }
+
+    #[test]
+    fn rate_window_counts_recent_seconds() {
+        let w = RateWindow::default();
+        w.tick();
+        assert_eq!(w.per_second(), 0.0, "no complete second yet");
+    }
+}
