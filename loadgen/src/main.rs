@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
                 DemoUpstream {
                     name,
                     latency: latency.get(),
+                    flawed: false,
                 },
                 stats.clone(),
                 stop_rx,

@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics` (OpenMetrics text), `/live`, `/ready`. HTTP/1.1 only,
-//! meant for loopback or a private network.
+//! The admin listener: the dashboard (`/`), `/api/paths`, `/api/mismatches`,
+//! `/api/config`, `/metrics` (OpenMetrics text), `/live`, `/ready`. HTTP/1.1 only, meant
+//! for loopback or a private network.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,14 +19,22 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::metrics;
+use crate::proxy::Proxy;
+use crate::{metrics, report};
 
 /// What the admin endpoints read.
 pub struct AdminState {
     pub registry: Registry,
     /// True while the proxy accepts traffic; false before start and while draining.
     pub ready: AtomicBool,
+    pub proxy: Arc<Proxy>,
+    /// `/api/config`, rendered once.
+    pub config: String,
 }
+
+/// The live dashboard: one self-contained page, assets inline, no network beyond the
+/// admin API it polls.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -70,7 +79,22 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    let json = |body: String| {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static parts are valid")
+    };
     match req.uri().path() {
+        "/" => Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(Full::new(Bytes::from_static(DASHBOARD.as_bytes())))
+            .expect("static parts are valid"),
+        "/api/paths" => json(report::paths(&state.proxy).to_string()),
+        "/api/mismatches" => json(report::mismatches(&state.proxy).to_string()),
+        "/api/config" => json(state.config.clone()),
         "/metrics" => Response::builder()
             .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(metrics::encode(&state.registry))))
@@ -80,7 +104,7 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /live or /ready\n",
+            "not found: try /, /metrics, /live, /ready, /api/paths, /api/mismatches or /api/config\n",
         ),
     }
 }

@@ -22,23 +22,29 @@ use tokio::task::JoinSet;
 use crate::config::{Config, ConfigError};
 
 /// How a demo upstream behaves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DemoUpstream {
     /// Sent back in `x-upstream` and in JSON bodies.
     pub name: String,
     /// Added before every answer.
     pub latency: Duration,
+    /// The demo candidate's flaws: `/api/search` about 25 % slower, one `/api/users/{id}`
+    /// answer in 100 with a different `plan`, one `/api/orders` answer in 200 a 500.
+    pub flawed: bool,
 }
 
 /// Counts what a demo upstream served.
 #[derive(Debug, Default)]
 pub struct UpstreamStats {
     pub requests: AtomicU64,
+    users: AtomicU64,
+    orders: AtomicU64,
 }
 
-/// Serves the demo application until `stop` turns true:
-/// `GET /api/users/{id}`, `GET /api/orders`, `POST /api/echo` (answers with the body
-/// length), `GET /healthz`, and a JSON description of any other request.
+/// Serves the demo application until `stop` turns true: `GET /api/users/{id}`,
+/// `GET /api/orders`, `GET /api/search?q=`, `GET /api/products/{id}` (each with a small
+/// latency of its own and a `served_at` timestamp), `POST /api/echo` (answers with the
+/// body length), `GET /healthz`, and a JSON description of any other request.
 pub async fn serve_upstream(
     listener: TcpListener,
     behaviour: DemoUpstream,
@@ -68,7 +74,7 @@ pub async fn serve_upstream(
                 let stats = stats.clone();
                 async move {
                     stats.requests.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, Infallible>(answer(&behaviour, req).await)
+                    Ok::<_, Infallible>(answer(&behaviour, &stats, req).await)
                 }
             });
             let mut b = auto::Builder::new(TokioExecutor::new());
@@ -79,11 +85,38 @@ pub async fn serve_upstream(
     conns.shutdown().await;
 }
 
-async fn answer(b: &DemoUpstream, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if !b.latency.is_zero() {
-        tokio::time::sleep(b.latency).await;
-    }
+/// Each demo path's own service time.
+fn path_latency(path: &str) -> Duration {
+    let ms = match path.split('/').nth(2) {
+        Some("users") => 2,
+        Some("orders") => 4,
+        Some("search") => 24,
+        Some("products") => 1,
+        _ => 0,
+    };
+    Duration::from_millis(ms)
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+async fn answer(
+    b: &DemoUpstream,
+    stats: &UpstreamStats,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let mut wait = b.latency + path_latency(path);
+    if b.flawed && path.starts_with("/api/search") {
+        wait = wait * 5 / 4;
+    }
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let body_len = match body.collect().await {
         Ok(c) => c.to_bytes().len(),
         Err(_) => {
@@ -94,27 +127,65 @@ async fn answer(b: &DemoUpstream, req: Request<Incoming>) -> Response<Full<Bytes
             );
         }
     };
-    let path = parts.uri.path();
+    let at = now_ms();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json(b, StatusCode::OK, "{\"ok\":true}".to_string()),
         (&Method::GET, ["api", "users", id]) => match id.parse::<u64>() {
-            Ok(id) => json(
-                b,
-                StatusCode::OK,
-                format!("{{\"id\":{id},\"name\":\"user-{id}\",\"plan\":\"pro\"}}"),
-            ),
+            Ok(id) => {
+                let n = stats.users.fetch_add(1, Ordering::Relaxed);
+                let plan = if b.flawed && n % 100 == 5 {
+                    "free"
+                } else {
+                    "pro"
+                };
+                json(
+                    b,
+                    StatusCode::OK,
+                    format!(
+                        "{{\"id\":{id},\"name\":\"user-{id}\",\"plan\":\"{plan}\",\"served_at\":{at}}}"
+                    ),
+                )
+            }
             Err(_) => json(
                 b,
                 StatusCode::NOT_FOUND,
                 "{\"error\":\"no such user\"}".to_string(),
             ),
         },
-        (&Method::GET, ["api", "orders"]) => json(
+        (&Method::GET, ["api", "orders"]) => {
+            let n = stats.orders.fetch_add(1, Ordering::Relaxed);
+            if b.flawed && n % 200 == 20 {
+                return json(
+                    b,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "{\"error\":\"internal\"}".to_string(),
+                );
+            }
+            json(
+                b,
+                StatusCode::OK,
+                format!(
+                    "{{\"orders\":[{{\"id\":1,\"total\":12.5,\"items\":2}},{{\"id\":2,\"total\":99.0,\"items\":7}}],\"served_at\":{at}}}"
+                ),
+            )
+        }
+        (&Method::GET, ["api", "search"]) => {
+            let q = parts
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("q="))
+                .unwrap_or("");
+            json(
+                b,
+                StatusCode::OK,
+                format!("{{\"query\":{q:?},\"hits\":[\"{q}-1\",\"{q}-2\"],\"served_at\":{at}}}"),
+            )
+        }
+        (&Method::GET, ["api", "products", id]) => json(
             b,
             StatusCode::OK,
-            "[{\"id\":1,\"total\":12.5,\"items\":2},{\"id\":2,\"total\":99.0,\"items\":7}]"
-                .to_string(),
+            format!("{{\"id\":{id:?},\"price\":9.99,\"served_at\":{at}}}"),
         ),
         (&Method::POST, ["api", "echo"]) => json(
             b,
@@ -130,6 +201,53 @@ async fn answer(b: &DemoUpstream, req: Request<Incoming>) -> Response<Full<Bytes
             ),
         ),
     }
+}
+
+/// The demo's gentle traffic: about `rate` requests per second over the demo paths until
+/// `stop` turns true. Paths: users 30 %, orders 40 %, search 20 %, products 10 %.
+pub async fn generate_traffic(target: SocketAddr, rate: u32, mut stop: watch::Receiver<bool>) {
+    if rate == 0 {
+        return;
+    }
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inflight = JoinSet::new();
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => break,
+            _ = tick.tick() => {}
+        }
+        while inflight.try_join_next().is_some() {}
+        if inflight.len() >= 64 {
+            continue;
+        }
+        n += 1;
+        let r = crate::shadow::sample::random_u64();
+        let path = match r % 10 {
+            0..=2 => format!("/api/users/{}", 1 + r / 10 % 500),
+            3..=6 => "/api/orders".to_string(),
+            7 | 8 => format!(
+                "/api/search?q={}",
+                ["shoes", "hats", "socks", "coats"][(r / 10 % 4) as usize]
+            ),
+            _ => format!("/api/products/{}", 1 + r / 10 % 50),
+        };
+        let uri = format!("http://{target}{path}");
+        let req = Request::get(uri)
+            .header("x-demo-request", n.to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("valid request");
+        let client = client.clone();
+        inflight.spawn(async move {
+            if let Ok(resp) = client.request(req).await {
+                let _ = resp.into_body().collect().await;
+            }
+        });
+    }
+    inflight.shutdown().await;
 }
 
 fn json(b: &DemoUpstream, status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -164,6 +282,7 @@ routes:
       - cluster: candidate
         methods: [GET, HEAD, OPTIONS, POST]
         headers: {{ set: {{ x-env: shadow }} }}
+        compare: {{ body: json, ignore: ["/served_at"] }}
   - name: default
     primary: primary
 drain_timeout: 5s

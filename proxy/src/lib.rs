@@ -12,6 +12,7 @@ pub mod headers;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod report;
 pub mod response;
 pub mod route;
 pub mod server;
@@ -106,13 +107,15 @@ pub async fn run(
     let metrics = Metrics::new(&mut registry);
     let proxy = Arc::new(Proxy::new(&config, metrics.clone()));
     let dispatchers = Dispatchers::start(&proxy.shadow_clusters());
-    let server = Arc::new(Server::new(proxy, &config.limits));
+    let server = Arc::new(Server::new(proxy.clone(), &config.limits));
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
         registry,
         ready: AtomicBool::new(false),
+        proxy: proxy.clone(),
+        config: report::config(&config).to_string(),
     });
     let admin = tokio::spawn(admin::serve(
         listeners.admin,

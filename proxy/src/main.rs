@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use prometheus_client::registry::Registry;
 use teeproxy::config::Config;
-use teeproxy::demo::{DemoUpstream, UpstreamStats, demo_config, serve_upstream};
+use teeproxy::demo::{DemoUpstream, UpstreamStats, demo_config, generate_traffic, serve_upstream};
 use teeproxy::logging::{self, LogFormat};
 use teeproxy::{Listeners, run};
 
@@ -45,9 +45,12 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Where the admin endpoint listens.
+        /// Where the admin endpoint (and the dashboard) listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Requests per second of built-in traffic (0: none).
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
     },
 }
 
@@ -55,9 +58,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => check(cli.config),
-        Some(Command::Demo { listen, admin }) => {
+        Some(Command::Demo {
+            listen,
+            admin,
+            rate,
+        }) => {
             logging::init(cli.log_format);
-            report(runtime().and_then(|rt| rt.block_on(demo(listen, admin))))
+            report(runtime().and_then(|rt| rt.block_on(demo(listen, admin, rate))))
         }
         None => {
             let Some(path) = cli.config else {
@@ -176,7 +183,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let primary_l = tokio::net::TcpListener::bind(loopback(0)).await?;
@@ -185,42 +192,51 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let candidate = candidate_l.local_addr()?;
     let config = demo_config(listen, admin, primary, candidate).context("demo config")?;
     let listeners = Listeners::bind(&config).await?;
-    let stats = Arc::new(UpstreamStats::default());
-    let mut upstreams = tokio::task::JoinSet::new();
-    upstreams.spawn(serve_upstream(
+    let mut tasks = tokio::task::JoinSet::new();
+    let upstream = |name: &str, flawed| DemoUpstream {
+        name: name.into(),
+        latency: Duration::ZERO,
+        flawed,
+    };
+    tasks.spawn(serve_upstream(
         primary_l,
-        DemoUpstream {
-            name: "primary".into(),
-            latency: Duration::from_millis(2),
-        },
-        stats.clone(),
+        upstream("primary", false),
+        Arc::new(UpstreamStats::default()),
         stop_rx.clone(),
     ));
-    upstreams.spawn(serve_upstream(
+    tasks.spawn(serve_upstream(
         candidate_l,
-        DemoUpstream {
-            name: "candidate".into(),
-            latency: Duration::from_millis(5),
-        },
-        stats,
-        stop_rx,
+        upstream("candidate", true),
+        Arc::new(UpstreamStats::default()),
+        stop_rx.clone(),
     ));
     let proxy = listeners.proxy_addrs()[0];
     let admin = listeners.admin_addr().unwrap_or(admin);
+    tasks.spawn(generate_traffic(proxy, rate, stop_rx));
     println!("teeproxy demo: proxy on http://{proxy}, admin on http://{admin}");
+    println!("  dashboard: http://{admin}/  (primary vs shadow per path, live)");
     println!("  primary upstream   http://{primary}");
+    println!("  candidate upstream http://{candidate} (the shadow: a new version with flaws)");
+    if rate > 0 {
+        println!(
+            "  built-in traffic: about {rate} requests/s over /api/users, /api/orders, /api/search, /api/products"
+        );
+    }
     println!(
-        "  candidate upstream http://{candidate} (a shadow: gets a copy of every /api/ GET and POST)"
+        "The candidate is about 25 % slower on /api/search, answers a different `plan` on 1 % of"
+    );
+    println!(
+        "/api/users/{{id}} and fails 0.5 % of /api/orders: the dashboard shows it within seconds."
     );
     println!("try:");
     println!("  curl -i http://{proxy}/api/users/42");
-    println!("  curl -i -X POST --data-binary @Cargo.toml http://{proxy}/api/echo");
-    println!("  curl --http2-prior-knowledge http://{proxy}/api/orders");
+    println!("  curl -s http://{admin}/api/paths");
+    println!("  curl -s http://{admin}/api/mismatches");
     println!("  curl -s http://{admin}/metrics | grep shadow");
     println!("Ctrl-C stops it.");
     run(config, listeners, Registry::default(), shutdown_signal()).await;
     let _ = stop_tx.send(true);
-    while upstreams.join_next().await.is_some() {}
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 

@@ -24,9 +24,14 @@ use template::{Template, normalise};
 pub const OTHER: &str = "{other}";
 
 /// One leg's figures for one path.
+///
+/// The latency kept here (for quantiles and shadow/primary ratios) is the time from
+/// sending the leg to its response head: measured the same way on both legs. The time to
+/// the end of the body is in the Prometheus histograms; for the primary it includes the
+/// client's reading speed, which would bias a comparison.
 #[derive(Default)]
 pub struct LegStats {
-    /// From sending to the end of the response body, successful exchanges only.
+    /// From sending to the response head, exchanges that got one.
     pub latency: AtomicHistogram,
     /// Exchanges attempted.
     pub count: AtomicU64,
@@ -35,8 +40,9 @@ pub struct LegStats {
 }
 
 impl LegStats {
-    /// An exchange that got a response head.
-    pub fn head(&self, status: StatusCode) {
+    /// An exchange that got a response head `elapsed` after it was sent.
+    pub fn head(&self, status: StatusCode, elapsed: Duration) {
+        self.latency.record(elapsed);
         self.count.fetch_add(1, Ordering::Relaxed);
         if status.is_server_error() {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -46,10 +52,6 @@ impl LegStats {
     pub fn failed(&self) {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-    /// The end of a response body.
-    pub fn end(&self, elapsed: Duration) {
-        self.latency.record(elapsed);
     }
 }
 
@@ -123,12 +125,11 @@ impl ShadowPathStats {
     }
 
     pub fn head(&self, status: StatusCode, elapsed: Duration) {
-        self.leg.head(status);
+        self.leg.head(status, elapsed);
         self.leg_metrics.head(status, elapsed);
     }
 
     pub fn end(&self, elapsed: Duration) {
-        self.leg.end(elapsed);
         self.leg_metrics.end(elapsed);
     }
 
@@ -159,7 +160,7 @@ impl PathEntry {
     /// The primary's response head arrived `elapsed` after the request was sent.
     pub fn primary_head(&self, status: StatusCode, elapsed: Duration) {
         self.rate.tick();
-        self.primary.head(status);
+        self.primary.head(status, elapsed);
         self.primary_metrics.head(status, elapsed);
     }
 
@@ -169,7 +170,6 @@ impl PathEntry {
     }
 
     pub fn primary_end(&self, elapsed: Duration) {
-        self.primary.end(elapsed);
         self.primary_metrics.end(elapsed);
     }
 }
