@@ -57,6 +57,10 @@ pub struct Received {
 
 #[derive(Clone)]
 struct Behaviour {
+    /// Extra delay for paths starting with a prefix.
+    delay_on: Vec<(String, Duration)>,
+    /// Another status for paths starting with a prefix.
+    status_on: Vec<(String, StatusCode)>,
     /// Stream the request body straight back as the response body.
     echo: bool,
     status: StatusCode,
@@ -79,6 +83,19 @@ impl FakeUpstreamBuilder {
     /// Wait this long (after reading the request body) before answering.
     pub fn delay(mut self, d: Duration) -> Self {
         self.b.delay = d;
+        self
+    }
+    /// Wait `d` more on paths starting with `prefix`.
+    pub fn delay_on(mut self, prefix: &str, d: Duration) -> Self {
+        self.b.delay_on.push((prefix.to_string(), d));
+        self
+    }
+    /// Answer `status` on paths starting with `prefix`.
+    pub fn status_on(mut self, prefix: &str, status: u16) -> Self {
+        self.b.status_on.push((
+            prefix.to_string(),
+            StatusCode::from_u16(status).expect("valid status"),
+        ));
         self
     }
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
@@ -164,6 +181,7 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (parts, mut body) = req.into_parts();
+    let parts_path = parts.uri.path().to_string();
     let mut buf = BytesMut::new();
     let mut complete = true;
     let mut trailers = None;
@@ -188,11 +206,22 @@ async fn answer(
         trailers,
         complete,
     });
-    if !b.delay.is_zero() {
-        tokio::time::sleep(b.delay).await;
+    let extra: Duration = b
+        .delay_on
+        .iter()
+        .filter(|(p, _)| parts_path.starts_with(p.as_str()))
+        .map(|(_, d)| *d)
+        .sum();
+    if !(b.delay + extra).is_zero() {
+        tokio::time::sleep(b.delay + extra).await;
     }
+    let status = b
+        .status_on
+        .iter()
+        .find(|(p, _)| parts_path.starts_with(p.as_str()))
+        .map_or(b.status, |(_, s)| *s);
     let mut resp = Response::builder()
-        .status(b.status)
+        .status(status)
         .header("x-upstream", b.name.as_str());
     for (k, v) in &b.headers {
         resp = resp.header(k.as_str(), v.as_str());
@@ -213,6 +242,8 @@ impl FakeUpstream {
     pub fn builder() -> FakeUpstreamBuilder {
         FakeUpstreamBuilder {
             b: Behaviour {
+                delay_on: Vec::new(),
+                status_on: Vec::new(),
                 echo: false,
                 status: StatusCode::OK,
                 delay: Duration::ZERO,
@@ -561,4 +592,26 @@ pub fn shadow_yaml(
     yaml(&format!(
         "clusters:\n  primary: {{ endpoints: [\"{primary}\"] }}\n  candidate: {{ endpoints: [\"{candidate}\"]{extra} }}\nroutes:\n  - name: all\n    primary: primary\n    shadows: [{{ cluster: candidate{opts} }}]\n"
     ))
+}
+
+/// GETs an admin JSON endpoint (`/api/paths`, ...) and parses it.
+pub async fn admin_json(proxy: &TestProxy, path: &str) -> serde_json::Value {
+    let (status, headers, body) = get(&format!("http://{}{path}", proxy.admin)).await;
+    assert_eq!(status, StatusCode::OK, "{path}");
+    assert_eq!(headers["content-type"], "application/json");
+    serde_json::from_slice(&body).expect("valid JSON")
+}
+
+/// The `/api/paths` row for (path template, shadow).
+pub fn path_row<'a>(
+    paths: &'a serde_json::Value,
+    path: &str,
+    shadow: &str,
+) -> &'a serde_json::Value {
+    paths["paths"]
+        .as_array()
+        .expect("paths array")
+        .iter()
+        .find(|r| r["path"] == path && r["shadow"] == shadow)
+        .unwrap_or_else(|| panic!("no row for {path} / {shadow} in {paths}"))
 }
