@@ -124,60 +124,38 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[test]
 fn demo_serves_on_its_own_and_exits_0_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-    let mut child = bin()
-        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("demo prints its addresses").unwrap();
-    // "teeproxy demo: proxy on http://A, admin on http://B"
-    let addrs: Vec<&str> = first
-        .split("http://")
-        .skip(1)
-        .filter_map(|s| s.split([',', ' ']).next())
-        .collect();
-    let (proxy, admin) = (addrs[0], addrs[1]);
-
-    let resp = http_get(proxy, "/api/users/42");
+    let (child, proxy, admin) = start_demo(&["--rate", "0"]);
+    let resp = http_get(&proxy, "/api/users/42");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\"name\":\"user-42\""), "{resp}");
     assert!(
         resp.to_ascii_lowercase().contains("x-request-id: "),
         "{resp}"
     );
-    let ready = http_get(admin, "/ready");
+    let ready = http_get(&admin, "/ready");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let metrics = http_get(admin, "/metrics");
-    assert!(
-        metrics.contains("teeproxy_requests_total{route=\"api\",status_class=\"2xx\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("teeproxy_shadow_offered_total{route=\"api\",shadow=\"candidate\"} 1"),
-        "the demo mirrors to its candidate: {metrics}"
-    );
-
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+    // The copy reaches the candidate and is compared (eventually: it is fire-and-forget).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let metrics = http_get(&admin, "/metrics");
+        assert!(
+            metrics.contains("teeproxy_requests_total{route=\"api\",status_class=\"2xx\"} 1"),
+            "{metrics}"
+        );
+        let compared = "teeproxy_compare_results_total{route=\"api\",path=\"/api/users/{id}\",shadow=\"candidate\",result=\"match\"} 1";
+        if metrics.contains(
+            "teeproxy_shadow_outcomes_total{route=\"api\",shadow=\"candidate\",outcome=\"ok\"} 1",
+        ) && metrics.contains(compared)
+        {
+            break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "demo did not stop within 10 s of SIGTERM"
+            "the candidate never answered the copy: {metrics}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(stop(child), Some(0), "exit 0 after SIGTERM");
 }
 
 /// Runs `teeproxy --config` with JSON logs, sends one request, stops it with SIGTERM and
@@ -255,4 +233,100 @@ fn access_log_lines_are_json_and_can_be_switched_off() {
         logs.contains("upstream failure"),
         "errors are still logged: {logs}"
     );
+}
+
+/// Starts `teeproxy demo` with `args`; returns the child and its proxy and admin addresses.
+fn start_demo(args: &[&str]) -> (std::process::Child, String, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = bin()
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("demo prints its addresses").unwrap();
+    let addrs: Vec<String> = first
+        .split("http://")
+        .skip(1)
+        .filter_map(|s| s.split([',', ' ']).next())
+        .map(str::to_string)
+        .collect();
+    // Keep reading what the demo prints: a closed pipe would end it.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addrs[0].clone(), addrs[1].clone())
+}
+
+/// SIGTERM, then the exit code (within 10 s).
+fn stop(mut child: std::process::Child) -> Option<i32> {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "demo did not stop within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_demo_tells_its_story_on_the_dashboard_api() {
+    // Faster built-in traffic than the default so the story shows in a few seconds.
+    let (child, _proxy, admin) = start_demo(&["--rate", "200"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (search, users, orders) = loop {
+        let resp = http_get(&admin, "/api/paths");
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        let row = |p: &str| {
+            v["paths"]
+                .as_array()
+                .and_then(|rows| rows.iter().find(|r| r["path"] == p).cloned())
+        };
+        if let (Some(s), Some(u), Some(o)) = (
+            row("/api/search"),
+            row("/api/users/{id}"),
+            row("/api/orders"),
+        ) {
+            let slower = s["ratio_p50"].as_f64().unwrap_or(0.0) >= 1.15
+                && s["shadow_leg"]["count"].as_u64().unwrap_or(0) >= 30;
+            let different = u["mismatches"].as_u64().unwrap_or(0) >= 1;
+            let failing = o["shadow_leg"]["errors"].as_u64().unwrap_or(0) >= 1;
+            if slower && different && failing {
+                break (s, u, o);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the story did not show within 15 s: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(users["results"]["status_mismatch"], 0, "{users}");
+    assert_eq!(
+        search["mismatches"], 0,
+        "search answers the same, only slower: {search}"
+    );
+    assert!(
+        orders["results"]["status_mismatch"].as_u64().unwrap() >= 1,
+        "{orders}"
+    );
+    let mismatches = http_get(&admin, "/api/mismatches");
+    assert!(mismatches.contains("\"at\":\"/plan\""), "{mismatches}");
+    let page = http_get(&admin, "/");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("<title>teeproxy"),
+        "the dashboard is served"
+    );
+    assert_eq!(stop(child), Some(0));
 }
