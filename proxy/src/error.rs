@@ -39,6 +39,7 @@ impl ProxyError {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::ClientBody { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -68,6 +69,9 @@ impl ProxyError {
             }
             ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
                 "upstream protocol error\n".to_string()
+            }
+            ProxyError::Upstream(UpstreamError::ClientBody { .. }) => {
+                "request body incomplete\n".to_string()
             }
             other => format!("{other}\n"),
         };
@@ -134,6 +138,13 @@ mod tests {
                     timeout: Duration::from_secs(1),
                 }),
                 504,
+            ),
+            (
+                up(UpstreamError::ClientBody {
+                    endpoint: "e".into(),
+                    reason: "r".into(),
+                }),
+                400,
             ),
         ];
         for (e, want) in table {

@@ -69,6 +69,7 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, mode: Forwa
     strip_hop_by_hop(headers);
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
+    join_cookies(headers);
 
     let ip = fwd.client_ip.to_string();
     let xff = match mode {
@@ -99,6 +100,22 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, mode: Forwa
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// HTTP/2 clients may split `cookie` into several fields; HTTP/1.1 upstreams expect one
+/// (RFC 9113 8.2.3): join them with "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    if let (Some(_), Some(_)) = (all.next(), all.next()) {
+        let joined: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&joined.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
 }
 
 /// Prepares an upstream response's headers for the client.
@@ -280,6 +297,14 @@ mod tests {
         let mut h = HeaderMap::new();
         rewrite_request(&mut h, &fwd, ForwardedMode::Append);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        rewrite_request(&mut h, &fwd, ForwardedMode::Append);
+        assert_eq!(
+            h.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2"],
+            "one cookie line for HTTP/1.1"
+        );
     }
 
     #[test]

@@ -29,12 +29,15 @@ pub struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterErrorLabels {
     pub cluster: String,
+    pub role: Leg,
     pub kind: UpstreamErrorKind,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabels {
     pub cluster: String,
+    /// `primary` or `shadow`: one cluster can serve both roles, with separate pools.
+    pub role: Leg,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +163,8 @@ pub enum DropReason {
     body_too_large,
     /// The client's body ended in an error or was abandoned.
     body_incomplete,
+    /// The client reset the stream or left before the primary answered.
+    cancelled,
     /// The shadow's queue was full.
     queue_full,
     /// Still queued (or offered) when the shadow drain ended.
@@ -167,12 +172,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         Self::sampled_out,
         Self::method_filtered,
         Self::upgrade,
         Self::body_too_large,
         Self::body_incomplete,
+        Self::cancelled,
         Self::queue_full,
         Self::shutdown,
     ];
@@ -338,6 +344,7 @@ pub struct Metrics {
     shadow_latency: Family<ShadowPhaseLabels, Histogram, fn() -> Histogram>,
     shadow_queue_depth: Family<ShadowLabels, Gauge>,
     shadow_in_flight: Family<ShadowLabels, Gauge>,
+    shadow_held_bytes: Family<ShadowLabels, Gauge>,
     requests: Family<RouteStatusLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<ClusterErrorLabels, Counter>,
@@ -378,6 +385,7 @@ impl Metrics {
             shadow_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             shadow_queue_depth: Family::default(),
             shadow_in_flight: Family::default(),
+            shadow_held_bytes: Family::default(),
             path_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             path_responses: Family::default(),
             compare_results: Family::default(),
@@ -439,6 +447,11 @@ impl Metrics {
             "shadow_in_flight",
             "Shadow requests in flight per shadow cluster",
             m.shadow_in_flight.clone(),
+        );
+        r.register(
+            "shadow_held_bytes",
+            "Body bytes held by queued and in-flight shadow copies (bounded by shadow_max_bytes)",
+            m.shadow_held_bytes.clone(),
         );
         r.register(
             "requests",
@@ -503,14 +516,16 @@ impl Metrics {
         }
     }
 
-    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+    pub fn cluster(&self, cluster: &str, role: Leg) -> ClusterMetrics {
         let label = ClusterLabels {
             cluster: cluster.to_string(),
+            role,
         };
         let err = |kind| {
             self.upstream_errors
                 .get_or_create_owned(&ClusterErrorLabels {
                     cluster: cluster.to_string(),
+                    role,
                     kind,
                 })
         };
@@ -632,6 +647,7 @@ impl Metrics {
         ShadowClusterMetrics {
             queue_depth: self.shadow_queue_depth.get_or_create_owned(&l),
             in_flight: self.shadow_in_flight.get_or_create_owned(&l),
+            held_bytes: self.shadow_held_bytes.get_or_create_owned(&l),
         }
     }
 
@@ -659,7 +675,7 @@ impl RouteMetrics {
 pub struct ShadowPolicyMetrics {
     pub offered: Counter,
     pub sent: Counter,
-    dropped: [Counter; 7],
+    dropped: [Counter; 8],
     outcomes: [Counter; 5],
     statuses: [Counter; 5],
     latency: [Histogram; 2],
@@ -734,6 +750,7 @@ impl CompareMetrics {
 pub struct ShadowClusterMetrics {
     pub queue_depth: Gauge,
     pub in_flight: Gauge,
+    pub held_bytes: Gauge,
 }
 
 /// Cached handles for one cluster.

@@ -119,12 +119,14 @@ impl Proxy {
         let start = Instant::now();
         let _in_flight = InFlight::new(&self.metrics.in_flight);
         let snap = self.snapshot.load_full();
+        // Limits are checked on what the client sent, before the request id is added.
+        let checked = check_request(&req, &snap.limits);
         let request_id = self.ids.ensure(req.headers_mut());
         let log = snap
             .access_log
             .then(|| (req.method().clone(), req.uri().path().to_string()));
 
-        let routed = check_request(&req, &snap.limits).and_then(|()| {
+        let routed = checked.and_then(|()| {
             snap.router
                 .route(req.method(), request_host(&req), req.uri().path())
                 .ok_or(ProxyError::NoRoute)
@@ -176,6 +178,9 @@ impl Proxy {
             Err(e) => {
                 match e.reject_reason() {
                     Some(reason) => self.metrics.rejected(reason),
+                    None if matches!(e, ProxyError::Upstream(UpstreamError::ClientBody { .. })) => {
+                        tracing::debug!(request_id = ?request_id, route = route_name, error = %e, "client body broke off")
+                    }
                     None => {
                         tracing::warn!(request_id = ?request_id, route = route_name, error = %e, "upstream failure")
                     }
@@ -227,7 +232,7 @@ impl Drop for PrimaryReport {
         self.done(PrimaryOutcome {
             status: None,
             elapsed: Duration::ZERO,
-            error: Some("cancelled"),
+            error: Some(crate::shadow::mirror::CANCELLED),
             headers: http::HeaderMap::new(),
         });
     }
@@ -245,7 +250,14 @@ fn prepare(
     path: &Arc<PathEntry>,
 ) -> (Request<PrimaryBody>, Option<Arc<Mirror>>) {
     let host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
-    let upgrade = req.headers().contains_key(header::UPGRADE);
+    // `Upgrade: h2c` is stripped and served as a plain request, so it is mirrored too;
+    // any other protocol (WebSocket) is never copied.
+    let upgrade = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|p| !p.trim().eq_ignore_ascii_case("h2c"));
     let (mut parts, body) = req.into_parts();
     let fwd = Forwarded {
         client_ip: conn.peer.ip(),

@@ -25,6 +25,10 @@ pub enum UpstreamError {
     Timeout { endpoint: String, timeout: Duration },
     #[error("upstream {endpoint} protocol error: {reason}")]
     Protocol { endpoint: String, reason: String },
+    /// The client's request body broke off while it was being forwarded: the client's
+    /// fault, not the upstream's.
+    #[error("the client's request body failed while sent to {endpoint}: {reason}")]
+    ClientBody { endpoint: String, reason: String },
 }
 
 impl UpstreamError {
@@ -34,14 +38,17 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::ClientBody { .. } => "client_body",
         }
     }
 
-    pub fn kind(&self) -> UpstreamErrorKind {
+    /// The kind counted against the upstream; `None` when the client's side failed.
+    pub fn kind(&self) -> Option<UpstreamErrorKind> {
         match self {
-            UpstreamError::Connect { .. } => UpstreamErrorKind::connect,
-            UpstreamError::Timeout { .. } => UpstreamErrorKind::timeout,
-            UpstreamError::Protocol { .. } => UpstreamErrorKind::protocol,
+            UpstreamError::Connect { .. } => Some(UpstreamErrorKind::connect),
+            UpstreamError::Timeout { .. } => Some(UpstreamErrorKind::timeout),
+            UpstreamError::Protocol { .. } => Some(UpstreamErrorKind::protocol),
+            UpstreamError::ClientBody { .. } => None,
         }
     }
 }
@@ -100,7 +107,11 @@ where
         .map(|(name, c)| {
             (
                 name.clone(),
-                Arc::new(Cluster::new(name, c, metrics.cluster(name))),
+                Arc::new(Cluster::new(
+                    name,
+                    c,
+                    metrics.cluster(name, crate::metrics::Leg::primary),
+                )),
             )
         })
         .collect()
@@ -198,6 +209,10 @@ where
                     reason: error_chain(&e),
                 })
             }
+            Ok(Err(e)) if client_body_failed(&e) => Err(UpstreamError::ClientBody {
+                endpoint: ep.label.clone(),
+                reason: error_chain(&e),
+            }),
             Ok(Err(e)) => Err(UpstreamError::Protocol {
                 endpoint: ep.label.clone(),
                 reason: error_chain(&e),
@@ -207,8 +222,8 @@ where
                 timeout,
             }),
         };
-        if let Err(e) = &result {
-            self.metrics.error(e.kind());
+        if let Some(kind) = result.as_ref().err().and_then(UpstreamError::kind) {
+            self.metrics.error(kind);
         }
         result
     }
@@ -233,6 +248,20 @@ pub fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
         .path_and_query(pq)
         .build()
         .expect("scheme, authority and path were valid parts")
+}
+
+/// Whether a client error came from the request body we were forwarding.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_user() || h.is_body_write_aborted())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// An error and its sources on one line.

@@ -615,3 +615,30 @@ pub fn path_row<'a>(
         .find(|r| r["path"] == path && r["shadow"] == shadow)
         .unwrap_or_else(|| panic!("no row for {path} / {shadow} in {paths}"))
 }
+
+/// A server that answers every request with a 200 and a chunked body that never ends
+/// (bounded by `limit` bytes so a broken test cannot run away).
+pub async fn endless_body_server(limit: usize) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 4096, "e".repeat(4096));
+                let mut sent = 0;
+                while sent < limit && s.write_all(chunk.as_bytes()).await.is_ok() {
+                    sent += 4096;
+                }
+            });
+        }
+    });
+    (addr, task)
+}

@@ -41,7 +41,10 @@ async fn admin_serves_live_ready_and_metrics() {
         3.0
     );
     assert_eq!(
-        metric_value(&m, "teeproxy_upstream_requests_total{cluster=\"primary\"}"),
+        metric_value(
+            &m,
+            "teeproxy_upstream_requests_total{cluster=\"primary\",role=\"primary\"}"
+        ),
         3.0
     );
     assert_eq!(

@@ -87,9 +87,14 @@ async fn small_get_reaches_the_shadow_identically_with_shadow_headers() {
 
     let n = counts(&proxy).await;
     assert_eq!((n.offered, n.sent, n.dropped), (1.0, 1.0, 0.0));
-    let m = proxy.metrics().await;
     assert_eventually!(outcome(&proxy.metrics().await, "all", "candidate", "ok") == 1.0);
-    assert!(m.contains("teeproxy_shadow_latency_seconds_count{route=\"all\",shadow=\"candidate\",phase=\"headers\"}"));
+    let m = proxy.metrics().await;
+    for phase in ["headers", "body"] {
+        let line = format!(
+            "teeproxy_shadow_latency_seconds_count{{route=\"all\",shadow=\"candidate\",phase=\"{phase}\"}}"
+        );
+        assert_eq!(metric_value(&m, &line), 1.0, "{line}");
+    }
 }
 
 #[tokio::test]
@@ -377,6 +382,13 @@ async fn a_client_that_aborts_mid_body_produces_no_shadow_request() {
             "candidate",
             "body_incomplete"
         ) == 1.0
+    );
+    let protocol =
+        "teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"protocol\"}";
+    assert_eq!(
+        metric_value(&proxy.metrics().await, protocol),
+        0.0,
+        "the client's abort is not the upstream's fault"
     );
     // A later, complete request is mirrored: the shadow is healthy, it just got nothing.
     let req = Request::post(proxy.url("/ok"))
@@ -679,4 +691,94 @@ async fn h2c_requests_are_mirrored_as_http1_with_their_bodies() {
         ":authority becomes the shadow's Host"
     );
     assert!(counts(&proxy).await.balanced());
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_not_mirrored() {
+    let p = FakeUpstream::builder()
+        .delay(Duration::from_secs(30))
+        .start()
+        .await;
+    let c = FakeUpstream::start().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /leave HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eventually!(p.count() == 1, "the primary got the request");
+    drop(s);
+    assert_eventually!(dropped(&proxy.metrics().await, "all", "candidate", "cancelled") == 1.0);
+    assert_eq!(c.count(), 0);
+    assert!(counts(&proxy).await.balanced());
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_offer_is_served_and_mirrored_as_a_plain_request() {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    let t = raw(
+        proxy.addr,
+        b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&t), 200, "{t}");
+    assert_eventually!(c.count() == 1);
+    assert!(!c.received()[0].headers.contains_key("upgrade"));
+}
+
+#[tokio::test]
+async fn the_byte_budget_bounds_what_a_black_holed_shadow_holds() {
+    let p = FakeUpstream::start().await;
+    let hole = BlackHole::start().await;
+    let proxy = TestProxy::start(&shadow_yaml(
+        &p.url(),
+        &hole.url(),
+        "shadow_queue: 1000, shadow_max_in_flight: 1000, shadow_max_bytes: 100KiB",
+        "methods: any, timeout: 60s, max_body: 64KiB",
+    ))
+    .await;
+    let body = Bytes::from(vec![b'b'; 30 * 1024]);
+    for i in 0..10 {
+        let req = Request::post(proxy.url(&format!("/b/{i}")))
+            .body(Full::new(body.clone()))
+            .unwrap();
+        assert_eq!(send(&h1_client(), req).await.0, StatusCode::OK);
+    }
+    assert_eventually!(counts(&proxy).await.balanced());
+    let m = proxy.metrics().await;
+    assert_eq!(
+        counts(&proxy).await.sent,
+        3.0,
+        "three 30 KiB copies fit in 100 KiB"
+    );
+    assert_eq!(dropped(&m, "all", "candidate", "queue_full"), 7.0);
+    let held = metric_value(&m, "teeproxy_shadow_held_bytes{shadow=\"candidate\"}");
+    assert_eq!(held, 3.0 * 30.0 * 1024.0);
+    assert_eq!(p.count(), 10, "the primary served every one");
+}
+
+#[tokio::test]
+async fn an_endless_shadow_body_is_read_only_up_to_the_cap() {
+    let p = FakeUpstream::start().await;
+    let (endless, _task) = endless_body_server(64 * 1024 * 1024).await;
+    let proxy = TestProxy::start(&shadow_yaml(
+        &p.url(),
+        &format!("http://{endless}"),
+        "",
+        "timeout: 10s",
+    ))
+    .await;
+    for i in 0..5 {
+        assert_eq!(get(&proxy.url(&format!("/e/{i}"))).await.0, StatusCode::OK);
+    }
+    assert_eventually!(
+        outcome(&proxy.metrics().await, "all", "candidate", "ok") == 5.0,
+        "answered, read up to the cap"
+    );
+    assert_eventually!(
+        metric_value(
+            &proxy.metrics().await,
+            "teeproxy_shadow_in_flight{shadow=\"candidate\"}"
+        ) == 0.0
+    );
 }

@@ -148,6 +148,10 @@ pub struct ClusterConfig {
     /// As a shadow: requests in flight at once.
     #[serde(default = "default_shadow_in_flight")]
     pub shadow_max_in_flight: Spanned<usize>,
+    /// As a shadow: body bytes held by queued and in-flight copies together; a copy that
+    /// would pass it is dropped `queue_full`.
+    #[serde(default = "default_shadow_max_bytes")]
+    pub shadow_max_bytes: Spanned<Size>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -421,6 +425,9 @@ fn default_shadow_queue() -> Spanned<usize> {
 fn default_shadow_in_flight() -> Spanned<usize> {
     unspanned(256)
 }
+fn default_shadow_max_bytes() -> Spanned<Size> {
+    unspanned(Size::mib(32))
+}
 fn default_percent() -> Spanned<f64> {
     unspanned(100.0)
 }
@@ -609,6 +616,17 @@ impl Config {
                     ));
                 }
                 sh.validate(&skey)?;
+                let budget = &self.clusters[&sh.cluster.value].shadow_max_bytes;
+                if sh.max_body.value > budget.value {
+                    return Err(Invalid::at(
+                        Some(&sh.max_body.referenced),
+                        &format!("{skey}.max_body"),
+                        format!(
+                            "{} is more than the cluster's shadow_max_bytes ({}): no copy that large could ever be held",
+                            sh.max_body.value, budget.value
+                        ),
+                    ));
+                }
             }
         }
         let ring = &self.mismatch_ring;
@@ -676,6 +694,21 @@ impl ClusterConfig {
     }
 }
 
+/// Headers a shadow's `headers.set` may not touch: they frame the message or belong to
+/// one connection (the copy is re-framed from its captured body).
+const UNSETTABLE: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "trailer",
+    "expect",
+    "host",
+];
+
 impl ShadowConfig {
     fn validate(&self, key: &str) -> Result<(), Invalid> {
         let p = &self.percent;
@@ -690,7 +723,7 @@ impl ShadowConfig {
             && (n.is_empty() || http::HeaderName::from_bytes(n.as_bytes()).is_err())
         {
             return Err(Invalid::at(
-                None,
+                Some(&self.cluster.referenced),
                 &format!("{key}.sample_key"),
                 format!("invalid name {n:?}"),
             ));
@@ -698,30 +731,40 @@ impl ShadowConfig {
         match &self.methods {
             ShadowMethods::Keyword(k) if k != "any" => {
                 return Err(Invalid::at(
-                    None,
+                    Some(&self.cluster.referenced),
                     &format!("{key}.methods"),
                     format!("expected a list of methods or `any`, not {k:?}"),
                 ));
             }
             ShadowMethods::List(l) if l.is_empty() => {
                 return Err(Invalid::at(
-                    None,
+                    Some(&self.cluster.referenced),
                     &format!("{key}.methods"),
                     "an empty list copies nothing; use percent: 0 to pause a shadow",
                 ));
             }
             ShadowMethods::List(l) => {
                 for m in l {
+                    if *m != m.to_ascii_uppercase() {
+                        return Err(Invalid::at(
+                            Some(&self.cluster.referenced),
+                            &format!("{key}.methods"),
+                            format!(
+                                "methods are case-sensitive: {:?}, not {m:?}",
+                                m.to_ascii_uppercase()
+                            ),
+                        ));
+                    }
                     if m.is_empty() || http::Method::from_bytes(m.as_bytes()).is_err() {
                         return Err(Invalid::at(
-                            None,
+                            Some(&self.cluster.referenced),
                             &format!("{key}.methods"),
                             format!("invalid method {m:?}"),
                         ));
                     }
                     if m.eq_ignore_ascii_case("CONNECT") {
                         return Err(Invalid::at(
-                            None,
+                            Some(&self.cluster.referenced),
                             &format!("{key}.methods"),
                             "CONNECT is never mirrored",
                         ));
@@ -753,7 +796,7 @@ impl ShadowConfig {
                     || w.contains(['/', ' ', '@'])
                 {
                     return Err(Invalid::at(
-                        None,
+                        Some(&self.cluster.referenced),
                         &format!("{key}.host"),
                         format!(
                             "invalid host {w:?}: keep, rewrite, a host name, or {{ suffix: ... }}"
@@ -763,11 +806,18 @@ impl ShadowConfig {
             }
         }
         for (name, value) in &self.headers.set {
+            if UNSETTABLE.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(Invalid::at(
+                    Some(&self.cluster.referenced),
+                    &format!("{key}.headers.set.{name}"),
+                    "framing, hop-by-hop and Host headers cannot be set (use `host:` for Host)",
+                ));
+            }
             if http::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || http::HeaderValue::from_str(value).is_err()
             {
                 return Err(Invalid::at(
-                    None,
+                    Some(&self.cluster.referenced),
                     &format!("{key}.headers.set.{name}"),
                     "invalid header name or value",
                 ));
@@ -776,7 +826,7 @@ impl ShadowConfig {
         for name in &self.compare.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(Invalid::at(
-                    None,
+                    Some(&self.cluster.referenced),
                     &format!("{key}.compare.headers"),
                     format!("invalid header name {name:?}"),
                 ));
@@ -785,7 +835,7 @@ impl ShadowConfig {
         for pointer in &self.compare.ignore {
             if !pointer.is_empty() && !pointer.starts_with('/') {
                 return Err(Invalid::at(
-                    None,
+                    Some(&self.cluster.referenced),
                     &format!("{key}.compare.ignore"),
                     format!("{pointer:?} is not a JSON pointer (like /meta/request_id)"),
                 ));
@@ -801,7 +851,7 @@ impl ShadowConfig {
         for name in &self.headers.remove {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(Invalid::at(
-                    None,
+                    Some(&self.cluster.referenced),
                     &format!("{key}.headers.remove"),
                     format!("invalid header name {name:?}"),
                 ));
@@ -838,6 +888,17 @@ impl MatchConfig {
                 ));
             }
             for (i, m) in methods.iter().enumerate() {
+                if m.value != m.value.to_ascii_uppercase() {
+                    return Err(Invalid::at(
+                        Some(&m.referenced),
+                        &format!("{key}.methods[{i}]"),
+                        format!(
+                            "methods are case-sensitive: {:?}, not {:?}",
+                            m.value.to_ascii_uppercase(),
+                            m.value
+                        ),
+                    ));
+                }
                 if http::Method::from_bytes(m.value.as_bytes()).is_err() || m.value.is_empty() {
                     return Err(Invalid::at(
                         Some(&m.referenced),

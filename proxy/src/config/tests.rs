@@ -266,3 +266,53 @@ fn shadow_validation_errors_name_their_key() {
     ));
     assert!(e.contains(": shadow_header: "), "{e}");
 }
+
+#[test]
+fn case_framing_headers_and_budgets_are_checked_with_a_place() {
+    let e = err(&MINIMAL.replace(
+        "    primary: primary\n",
+        "    match: { methods: [get] }\n    primary: primary\n",
+    ));
+    assert!(
+        e.contains("routes[0].match.methods[0]") && e.contains("case-sensitive"),
+        "{e}"
+    );
+    for (shadow, key, msg) in [
+        (
+            "{ cluster: c, methods: [post] }",
+            "routes[0].shadows[0].methods",
+            "case-sensitive",
+        ),
+        (
+            "{ cluster: c, headers: { set: { content-length: \"5\" } } }",
+            "routes[0].shadows[0].headers.set.content-length",
+            "cannot be set",
+        ),
+        (
+            "{ cluster: c, headers: { set: { Host: x } } }",
+            "routes[0].shadows[0].headers.set.Host",
+            "use `host:`",
+        ),
+        (
+            "{ cluster: c, max_body: 64MiB }",
+            "routes[0].shadows[0].max_body",
+            "shadow_max_bytes",
+        ),
+        (
+            "{ cluster: c, methods: all }",
+            "routes[0].shadows[0].methods",
+            "`any`",
+        ),
+    ] {
+        let e = err(&with_shadow(shadow));
+        assert!(
+            e.contains(&format!(": {key}: ")) && e.contains(msg),
+            "want {key} / {msg:?} in {e}"
+        );
+        let line = e.split(':').nth(1).and_then(|l| l.parse::<u64>().ok());
+        assert!(
+            line.is_some_and(|l| l > 0),
+            "shadow errors name a line: {e}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -85,9 +86,25 @@ pub enum Phase {
     Draining(tokio::time::Instant),
 }
 
+/// Body bytes held against a shadow cluster's `shadow_max_bytes`, given back on drop.
+pub struct ByteCharge {
+    held: Arc<AtomicU64>,
+    gauge: Gauge,
+    bytes: u64,
+}
+
+impl Drop for ByteCharge {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.gauge.dec_by(self.bytes as i64);
+    }
+}
+
 /// One shadow cluster.
 pub struct ShadowCluster {
     pub name: String,
+    held: Arc<AtomicU64>,
+    max_bytes: u64,
     tx: mpsc::Sender<ShadowJob>,
     rx: Mutex<Option<mpsc::Receiver<ShadowJob>>>,
     upstream: Cluster<ShadowBody>,
@@ -116,16 +133,33 @@ impl ShadowCluster {
         let (tx, rx) = mpsc::channel(c.shadow_queue.value);
         ShadowCluster {
             name: name.to_string(),
+            held: Arc::new(AtomicU64::new(0)),
+            max_bytes: c.shadow_max_bytes.value.bytes(),
             tx,
             rx: Mutex::new(Some(rx)),
-            upstream: Cluster::new(name, c, metrics.cluster(name)),
+            upstream: Cluster::new(name, c, metrics.cluster(name, crate::metrics::Leg::shadow)),
             in_flight: Arc::new(Semaphore::new(c.shadow_max_in_flight.value)),
             metrics: metrics.shadow_cluster(name),
         }
     }
 
-    /// Queues a job without waiting; a full or closed queue drops it with its reason.
-    pub fn offer(&self, job: ShadowJob) {
+    /// Queues a job without waiting; a full queue, a full byte budget or a closed queue
+    /// drops it with its reason.
+    pub fn offer(&self, mut job: ShadowJob) {
+        let bytes = job.body_len;
+        if bytes > 0 {
+            if self.held.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_bytes {
+                self.held.fetch_sub(bytes, Ordering::Relaxed);
+                job.policy.dropped(DropReason::queue_full, &job.path);
+                return;
+            }
+            self.metrics.held_bytes.inc_by(bytes as i64);
+            job.charge = Some(ByteCharge {
+                held: self.held.clone(),
+                gauge: self.metrics.held_bytes.clone(),
+                bytes,
+            });
+        }
         // Counted before the send so the dispatcher's decrement can never come first.
         self.metrics.queue_depth.inc();
         let refused = match self.tx.try_send(job) {
@@ -224,6 +258,7 @@ impl ShadowCluster {
             primary,
             primary_body,
             path,
+            charge,
             ..
         } = job;
         if let Some(h) = policy.host.apply(host.as_ref(), ep) {
@@ -245,7 +280,10 @@ impl ShadowCluster {
                 Answer::failed(match e {
                     UpstreamError::Connect { .. } => ShadowOutcome::connect_error,
                     UpstreamError::Timeout { .. } => ShadowOutcome::timeout,
-                    UpstreamError::Protocol { .. } => ShadowOutcome::protocol_error,
+                    // A shadow body is complete bytes in memory: it cannot fail like a client's.
+                    UpstreamError::Protocol { .. } | UpstreamError::ClientBody { .. } => {
+                        ShadowOutcome::protocol_error
+                    }
                 })
             }
             Ok(resp) => {
@@ -269,6 +307,7 @@ impl ShadowCluster {
         };
         drop(permit);
         drop(gauge);
+        drop(charge);
 
         let ok_status = answer
             .status

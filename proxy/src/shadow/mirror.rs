@@ -32,6 +32,9 @@ pub enum Captured {
     Incomplete,
 }
 
+/// The primary error kind of a request whose client left before the answer.
+pub const CANCELLED: &str = "cancelled";
+
 /// What the primary leg did, carried in each shadow job for comparison.
 #[derive(Debug, Clone)]
 pub struct PrimaryOutcome {
@@ -162,6 +165,11 @@ fn offer(
         Captured::TooLarge => return drop_all(plan, DropReason::body_too_large),
         Captured::Incomplete => return drop_all(plan, DropReason::body_incomplete),
     };
+    if primary.error == Some(CANCELLED) {
+        // The client reset the stream or left before the answer: not a request the
+        // service completed, and mirroring it would turn a reset flood into shadow load.
+        return drop_all(plan, DropReason::cancelled);
+    }
     for target in &plan.targets {
         if len > target.max_body {
             target.dropped(DropReason::body_too_large, &plan.path);
@@ -181,6 +189,7 @@ fn offer(
             primary_body: primary_body.clone(),
             path: plan.path.clone(),
             offered_at: Instant::now(),
+            charge: None,
         };
         target.cluster.offer(job);
     }
@@ -209,6 +218,9 @@ pub struct ShadowJob {
     pub primary_body: Option<PrimaryBody>,
     pub path: Arc<PathEntry>,
     pub offered_at: Instant,
+    /// The body bytes this job holds against its shadow cluster's budget (set when it
+    /// is queued; released when dropped).
+    pub charge: Option<super::dispatch::ByteCharge>,
 }
 
 #[cfg(test)]

@@ -37,13 +37,18 @@ struct Tap {
     chunks: Vec<Bytes>,
     len: u64,
     max: u64,
+    /// The declared length, when there is one: reaching it completes the body even if
+    /// the consumer (an HTTP/1 client framing by length) never polls again.
+    expected: Option<u64>,
     trailers: Option<HeaderMap>,
 }
 
 impl<B: Body<Data = Bytes>> TeeBody<B> {
     /// Wraps `inner`; with no mirror it only passes frames through.
     pub fn new(inner: B, mirror: Option<Arc<Mirror>>) -> Self {
+        let expected = inner.size_hint().exact();
         let tap = mirror.map(|mirror| Tap {
+            expected,
             max: mirror.max_body(),
             mirror,
             chunks: Vec::new(),
@@ -102,8 +107,12 @@ impl<B: Body<Data = Bytes>> Body for TeeBody<B> {
                     }
                 }
                 // Trailers end a body, whether or not the inner body says so yet (the
-                // consumer may never poll again after them).
-                if f.is_trailers() || this.inner.is_end_stream() {
+                // consumer may never poll again after them); so does the declared length.
+                let at_length = this
+                    .tap
+                    .as_ref()
+                    .is_some_and(|t| t.expected == Some(t.len) && f.is_data());
+                if f.is_trailers() || at_length || this.inner.is_end_stream() {
                     finish_tap(this.tap, |t| Captured::Complete {
                         chunks: t.chunks,
                         trailers: t.trailers,
@@ -181,29 +190,27 @@ mod tests {
         let (mirror, seen) = recording_mirror(1500);
         let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
         let mut tee = TeeBody::new(body, Some(mirror));
-        let big = Bytes::from(vec![1u8; 1000]);
-        tokio::spawn({
-            let big = big.clone();
-            async move {
-                for _ in 0..3 {
-                    tx.send_data(big.clone()).await.unwrap();
-                }
+        tokio::spawn(async move {
+            for i in 0..3u8 {
+                tx.send_data(Bytes::from(vec![i; 1000])).await.unwrap();
             }
         });
         let first = tee.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first.len(), 1000);
-        assert!(
-            seen.lock().unwrap().is_none(),
-            "within the limit: nothing decided yet"
-        );
-        let _second = tee.frame().await.unwrap().unwrap();
+        assert!(!first.is_unique(), "within the limit the tee holds a clone");
+        assert!(seen.lock().unwrap().is_none(), "nothing decided yet");
+        let second = tee.frame().await.unwrap().unwrap().into_data().unwrap();
         assert!(
             matches!(*seen.lock().unwrap(), Some(Captured::TooLarge)),
             "decided the moment the limit is passed"
         );
-        // The clones are gone: only the sender's and our handles remain.
-        drop(first);
-        let _third = tee.frame().await.unwrap().unwrap();
+        assert!(first.is_unique(), "the kept clone was released at once");
+        assert!(
+            second.is_unique(),
+            "and the chunk over the limit was never cloned"
+        );
+        let third = tee.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(third[0], 2);
         assert!(
             tee.frame().await.is_none(),
             "the primary still gets the whole body"
@@ -235,6 +242,39 @@ mod tests {
             matches!(*seen.lock().unwrap(), Some(Captured::Incomplete)),
             "dropped unfinished"
         );
+    }
+
+    /// A body of known length whose end-of-stream signal has not arrived yet.
+    struct Sized(Option<Bytes>, u64);
+
+    impl Body for Sized {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            false
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.1)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_declared_length_completes_the_body_even_before_end_of_stream() {
+        let (mirror, seen) = recording_mirror(1 << 20);
+        let mut tee = TeeBody::new(Sized(Some(Bytes::from_static(b"12345")), 5), Some(mirror));
+        assert!(tee.frame().await.unwrap().unwrap().is_data());
+        // An HTTP/1 client that framed by length stops here and drops the body.
+        drop(tee);
+        assert!(matches!(
+            *seen.lock().unwrap(),
+            Some(Captured::Complete { len: 5, .. })
+        ));
     }
 
     #[tokio::test]
