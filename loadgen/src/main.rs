@@ -1,13 +1,17 @@
-//! `loadgen`: tools for benchmarks and demos. For now the fake upstream (the demo
-//! application from the teeproxy library); the load driver comes with the benchmark.
+//! `loadgen`: `drive` sends load and reports; `upstream` serves the demo application, or
+//! one of its fault modes, as a fake upstream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use http::{HeaderName, HeaderValue, Method, Uri};
 use teeproxy::config::Dur;
+use teeproxy::demo::faults::{Fault, serve_faulty};
 use teeproxy::demo::{DemoUpstream, UpstreamStats, serve_upstream};
+use teeproxy_loadgen::drive::{DriveOptions, Mode, drive};
 
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", about = "Load tools for teeproxy")]
@@ -18,55 +22,193 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the demo application as a fake upstream.
+    /// Send load to a URL and report throughput, latency and errors.
+    Drive {
+        /// Target, `http://host:port`.
+        #[arg(long)]
+        url: Uri,
+        /// Open loop: requests per second (latency counted from each request's due time).
+        #[arg(long, conflicts_with = "connections")]
+        rate: Option<f64>,
+        /// Closed loop: connections sending back to back (the default, 32).
+        #[arg(long)]
+        connections: Option<usize>,
+        #[arg(long, default_value = "10s")]
+        duration: Dur,
+        #[arg(long, default_value = "GET")]
+        method: Method,
+        /// Request body bytes.
+        #[arg(long, default_value_t = 0)]
+        body_size: usize,
+        /// `Name: value`, repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// `PATH[:WEIGHT]`, repeatable (default `/`).
+        #[arg(long = "path")]
+        paths: Vec<String>,
+        /// HTTP/2 prior knowledge (h2c).
+        #[arg(long)]
+        http2: bool,
+        #[arg(long, default_value = "10s")]
+        timeout: Dur,
+        /// Open loop: requests in flight at most.
+        #[arg(long, default_value_t = 10_000)]
+        max_in_flight: usize,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// No progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Serve the demo application (or a fault) as a fake upstream.
     Upstream {
-        /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
         /// Name sent back in `x-upstream`.
         #[arg(long, default_value = "upstream")]
         name: String,
-        /// Delay before every answer (e.g. 0ms, 5ms, 200ms).
+        /// Delay before every answer.
         #[arg(long, default_value = "0ms")]
         latency: Dur,
+        /// Fail instead: blackhole, reset, garbage, close-mid-body.
+        #[arg(long)]
+        fault: Option<Fault>,
     },
+}
+
+fn parse_paths(paths: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    if paths.is_empty() {
+        return Ok(vec![("/".to_string(), 1)]);
+    }
+    paths
+        .iter()
+        .map(|p| match p.rsplit_once(':') {
+            Some((path, w)) if w.bytes().all(|b| b.is_ascii_digit()) && !w.is_empty() => {
+                Ok((path.to_string(), w.parse().context("weight")?))
+            }
+            _ => Ok((p.clone(), 1)),
+        })
+        .collect()
+}
+
+fn parse_headers(headers: &[String]) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
+    headers
+        .iter()
+        .map(|h| {
+            let (k, v) = h
+                .split_once(':')
+                .with_context(|| format!("header {h:?}: expected `Name: value`"))?;
+            Ok((
+                HeaderName::from_bytes(k.trim().as_bytes())?,
+                HeaderValue::from_str(v.trim())?,
+            ))
+        })
+        .collect()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Drive {
+            url,
+            rate,
+            connections,
+            duration,
+            method,
+            body_size,
+            headers,
+            paths,
+            http2,
+            timeout,
+            max_in_flight,
+            json,
+            quiet,
+        } => {
+            if url.scheme_str() != Some("http") || url.authority().is_none() {
+                bail!("--url must be http://host:port");
+            }
+            let mode = match rate {
+                Some(r) if r > 0.0 => Mode::Open { rate: r },
+                Some(_) => bail!("--rate must be positive"),
+                None => Mode::Closed {
+                    connections: connections.unwrap_or(32).max(1),
+                },
+            };
+            let report = drive(DriveOptions {
+                target: url,
+                paths: parse_paths(&paths)?,
+                mode,
+                duration: duration.get(),
+                method,
+                body_size,
+                headers: parse_headers(&headers)?,
+                http2,
+                timeout: timeout.get(),
+                max_in_flight: max_in_flight.max(1),
+                progress: !quiet,
+            })
+            .await;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.summary());
+            }
+            Ok(())
+        }
         Command::Upstream {
             listen,
             name,
             latency,
+            fault,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listen on {listen}"))?;
-            eprintln!(
-                "loadgen upstream {name:?} on http://{}, latency {latency}",
-                listener.local_addr()?
-            );
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let stats = Arc::new(UpstreamStats::default());
-            let server = tokio::spawn(serve_upstream(
-                listener,
-                DemoUpstream {
-                    name,
-                    latency: latency.get(),
-                    flawed: false,
-                },
-                stats.clone(),
-                stop_rx,
-            ));
-            tokio::signal::ctrl_c().await?;
+            let served = Arc::new(AtomicU64::new(0));
+            eprintln!(
+                "loadgen upstream {name:?} on http://{} ({})",
+                listener.local_addr()?,
+                fault.map_or_else(|| format!("latency {latency}"), |f| format!("fault {f:?}"))
+            );
+            let server = match fault {
+                Some(f) => tokio::spawn(serve_faulty(listener, f, served.clone(), stop_rx)),
+                None => {
+                    let stats = Arc::new(UpstreamStats::default());
+                    let s = stats.clone();
+                    let served = served.clone();
+                    tokio::spawn(async move {
+                        serve_upstream(
+                            listener,
+                            DemoUpstream {
+                                name,
+                                latency: latency.get(),
+                                flawed: false,
+                            },
+                            s,
+                            stop_rx,
+                        )
+                        .await;
+                        served.store(stats.requests.load(Ordering::Relaxed), Ordering::Relaxed);
+                    })
+                }
+            };
+            shutdown().await;
             let _ = stop_tx.send(true);
             let _ = server.await;
-            eprintln!(
-                "served {} requests",
-                stats.requests.load(std::sync::atomic::Ordering::Relaxed)
-            );
+            eprintln!("served {}", served.load(Ordering::Relaxed));
             Ok(())
         }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -21,6 +21,8 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, ConfigError};
 
+pub mod faults;
+
 /// How a demo upstream behaves.
 #[derive(Debug, Clone, Default)]
 pub struct DemoUpstream {
