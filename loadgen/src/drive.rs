@@ -3,7 +3,6 @@
 //! latency quantiles, statuses and errors by kind.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,10 +17,14 @@ use tokio::sync::mpsc;
 
 use crate::schedule::{due, new_histogram, record};
 
-/// Open loop at a fixed rate, or closed loop over a number of connections.
+/// Open loop at a fixed rate, or closed loop, over a fixed number of connections.
+///
+/// Open loop works like wrk2: request `i` is due at `start + i / rate` and goes out on
+/// connection `i mod connections` as soon as that connection is free; its latency counts
+/// from the due time, so waiting for a busy connection is charged to the server.
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
-    Open { rate: f64 },
+    Open { rate: f64, connections: usize },
     Closed { connections: usize },
 }
 
@@ -41,8 +44,6 @@ pub struct DriveOptions {
     pub http2: bool,
     /// Per-request limit, to the end of the response body.
     pub timeout: Duration,
-    /// Open loop: requests in flight at most; due requests past it are counted, not sent.
-    pub max_in_flight: usize,
     /// A progress line per second on stderr.
     pub progress: bool,
 }
@@ -271,74 +272,50 @@ pub async fn drive(opts: DriveOptions) -> Report {
         (latency, statuses, errors, completed)
     });
 
-    let mut sent = 0u64;
-    let mut overload = 0u64;
-    match opts.mode {
-        Mode::Open { rate } => {
-            let client = client(opts.http2, opts.max_in_flight);
-            let mut requests = Requests::new(&opts);
-            let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight));
-            let mut tasks = tokio::task::JoinSet::new();
-            for i in 0.. {
-                let at = due(start, rate, i);
-                if at >= end {
-                    break;
-                }
-                tokio::time::sleep_until(at.into()).await;
-                while tasks.try_join_next().is_some() {}
-                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    overload += 1;
-                    continue;
-                };
-                sent += 1;
-                let (client, req, tx, timeout) =
-                    (client.clone(), requests.next(), tx.clone(), opts.timeout);
-                tasks.spawn(async move {
-                    let result = one(&client, req, timeout).await;
-                    let _ = tx.send(Outcome {
-                        scheduled: at,
-                        done: Instant::now(),
-                        result,
-                    });
-                    drop(permit);
-                });
-            }
-            while tasks.join_next().await.is_some() {}
-        }
-        Mode::Closed { connections } => {
-            let mut workers = tokio::task::JoinSet::new();
-            for w in 0..connections {
-                // One client per worker: one connection each for HTTP/1.1.
-                let client = client(opts.http2, 1);
-                let mut requests = Requests::new(&opts);
-                requests.rng ^= (w as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
-                let (tx, timeout) = (tx.clone(), opts.timeout);
-                workers.spawn(async move {
-                    let mut n = 0u64;
-                    while Instant::now() < end {
-                        let t0 = Instant::now();
-                        let result = one(&client, requests.next(), timeout).await;
-                        n += 1;
-                        let _ = tx.send(Outcome {
-                            scheduled: t0,
-                            done: Instant::now(),
-                            result,
-                        });
+    let (connections, rate) = match opts.mode {
+        Mode::Open { rate, connections } => (connections.max(1), Some(rate)),
+        Mode::Closed { connections } => (connections.max(1), None),
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..connections {
+        // One client per worker: one connection each for HTTP/1.1.
+        let client = client(opts.http2, 1);
+        let mut requests = Requests::new(&opts);
+        requests.rng ^= (w as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let (tx, timeout) = (tx.clone(), opts.timeout);
+        workers.spawn(async move {
+            let mut n = 0u64;
+            loop {
+                let scheduled = match rate {
+                    Some(rate) => {
+                        let at = due(start, rate, n * connections as u64 + w as u64);
+                        if at >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(at.into()).await;
+                        at
                     }
-                    n
+                    None if Instant::now() >= end => break,
+                    None => Instant::now(),
+                };
+                let result = one(&client, requests.next(), timeout).await;
+                n += 1;
+                let _ = tx.send(Outcome {
+                    scheduled,
+                    done: Instant::now(),
+                    result,
                 });
             }
-            while let Some(n) = workers.join_next().await {
-                sent += n.unwrap_or(0);
-            }
-        }
+            n
+        });
+    }
+    let mut sent = 0u64;
+    while let Some(n) = workers.join_next().await {
+        sent += n.unwrap_or(0);
     }
     drop(tx);
     let elapsed = start.elapsed();
-    let (latency, statuses, mut errors, completed) = collector.await.expect("collector");
-    if overload > 0 {
-        errors.insert("generator_overload", overload);
-    }
+    let (latency, statuses, errors, completed) = collector.await.expect("collector");
     Report {
         sent,
         completed,

@@ -27,12 +27,13 @@ enum Command {
         /// Target, `http://host:port`.
         #[arg(long)]
         url: Uri,
-        /// Open loop: requests per second (latency counted from each request's due time).
-        #[arg(long, conflicts_with = "connections")]
-        rate: Option<f64>,
-        /// Closed loop: connections sending back to back (the default, 32).
+        /// Open loop: requests per second over all connections (latency counted from each
+        /// request's due time). Without it: closed loop, back to back.
         #[arg(long)]
-        connections: Option<usize>,
+        rate: Option<f64>,
+        /// Connections (HTTP/1.1) or concurrent streams (h2c).
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
         #[arg(long, default_value = "10s")]
         duration: Dur,
         #[arg(long, default_value = "GET")]
@@ -51,9 +52,6 @@ enum Command {
         http2: bool,
         #[arg(long, default_value = "10s")]
         timeout: Dur,
-        /// Open loop: requests in flight at most.
-        #[arg(long, default_value_t = 10_000)]
-        max_in_flight: usize,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -121,19 +119,20 @@ async fn main() -> anyhow::Result<()> {
             paths,
             http2,
             timeout,
-            max_in_flight,
             json,
             quiet,
         } => {
             if url.scheme_str() != Some("http") || url.authority().is_none() {
                 bail!("--url must be http://host:port");
             }
+            let connections = connections.max(1);
             let mode = match rate {
-                Some(r) if r > 0.0 => Mode::Open { rate: r },
-                Some(_) => bail!("--rate must be positive"),
-                None => Mode::Closed {
-                    connections: connections.unwrap_or(32).max(1),
+                Some(r) if r > 0.0 => Mode::Open {
+                    rate: r,
+                    connections,
                 },
+                Some(_) => bail!("--rate must be positive"),
+                None => Mode::Closed { connections },
             };
             let report = drive(DriveOptions {
                 target: url,
@@ -145,7 +144,6 @@ async fn main() -> anyhow::Result<()> {
                 headers: parse_headers(&headers)?,
                 http2,
                 timeout: timeout.get(),
-                max_in_flight: max_in_flight.max(1),
                 progress: !quiet,
             })
             .await;

@@ -21,7 +21,6 @@ fn options(target: std::net::SocketAddr, mode: Mode, duration: Duration) -> Driv
         headers: vec![],
         http2: false,
         timeout: Duration::from_millis(500),
-        max_in_flight: 1000,
         progress: false,
     }
 }
@@ -44,7 +43,10 @@ async fn counts_agree_with_the_upstream_in_both_loops() {
 
     let open = drive(options(
         addr,
-        Mode::Open { rate: 200.0 },
+        Mode::Open {
+            rate: 200.0,
+            connections: 8,
+        },
         Duration::from_secs(1),
     ))
     .await;
@@ -85,7 +87,10 @@ async fn each_fault_is_its_own_error_kind() {
         let (addr, received, stop) = spawn_faulty(fault).await.unwrap();
         let r = drive(options(
             addr,
-            Mode::Open { rate: 20.0 },
+            Mode::Open {
+                rate: 20.0,
+                connections: 20,
+            },
             Duration::from_millis(500),
         ))
         .await;
@@ -105,7 +110,10 @@ async fn each_fault_is_its_own_error_kind() {
         .unwrap();
     let r = drive(options(
         closed,
-        Mode::Open { rate: 20.0 },
+        Mode::Open {
+            rate: 20.0,
+            connections: 20,
+        },
         Duration::from_millis(250),
     ))
     .await;

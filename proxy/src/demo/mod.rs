@@ -46,7 +46,8 @@ pub struct UpstreamStats {
 /// Serves the demo application until `stop` turns true: `GET /api/users/{id}`,
 /// `GET /api/orders`, `GET /api/search?q=`, `GET /api/products/{id}` (each with a small
 /// latency of its own and a `served_at` timestamp), `POST /api/echo` (answers with the
-/// body length), `GET /healthz`, and a JSON description of any other request.
+/// body length), `GET /healthz`, `GET /__stats` (requests served so far), and a JSON
+/// description of any other request.
 pub async fn serve_upstream(
     listener: TcpListener,
     behaviour: DemoUpstream,
@@ -133,6 +134,14 @@ async fn answer(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json(b, StatusCode::OK, "{\"ok\":true}".to_string()),
+        (&Method::GET, ["__stats"]) => json(
+            b,
+            StatusCode::OK,
+            format!(
+                "{{\"requests\":{}}}",
+                stats.requests.load(Ordering::Relaxed)
+            ),
+        ),
         (&Method::GET, ["api", "users", id]) => match id.parse::<u64>() {
             Ok(id) => {
                 let n = stats.users.fetch_add(1, Ordering::Relaxed);

