@@ -167,12 +167,14 @@ pub enum DropReason {
     cancelled,
     /// The shadow's queue was full.
     queue_full,
+    /// The shadow refused connections repeatedly; copies are not tried for a while.
+    circuit_open,
     /// Still queued (or offered) when the shadow drain ended.
     shutdown,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         Self::sampled_out,
         Self::method_filtered,
         Self::upgrade,
@@ -180,6 +182,7 @@ impl DropReason {
         Self::body_incomplete,
         Self::cancelled,
         Self::queue_full,
+        Self::circuit_open,
         Self::shutdown,
     ];
 }
@@ -675,7 +678,7 @@ impl RouteMetrics {
 pub struct ShadowPolicyMetrics {
     pub offered: Counter,
     pub sent: Counter,
-    dropped: [Counter; 8],
+    dropped: [Counter; 9],
     outcomes: [Counter; 5],
     statuses: [Counter; 5],
     latency: [Histogram; 2],

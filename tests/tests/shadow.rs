@@ -558,6 +558,30 @@ async fn dead_erroring_and_garbage_shadows_are_counted_and_the_primary_is_untouc
                 "{shadow}"
             );
         }
+        if want_outcome == "connect_error" {
+            // A dead shadow opens the circuit after a few refusals: the rest are dropped
+            // before any work is spent on them.
+            assert_eventually!(
+                counts(&proxy).await.balanced() && counts(&proxy).await.offered == 20.0
+            );
+            let m = proxy.metrics().await;
+            let n = ShadowCounts::from_metrics(&m, "all", "candidate");
+            assert_eq!(
+                outcome(&m, "all", "candidate", "connect_error"),
+                n.sent,
+                "every copy sent was refused"
+            );
+            assert!(n.sent >= 5.0, "{n:?}");
+            assert!(
+                dropped(&m, "all", "candidate", "circuit_open") >= 1.0,
+                "the circuit opened"
+            );
+            assert_eq!(
+                dropped(&m, "all", "candidate", "circuit_open"),
+                20.0 - n.sent
+            );
+            continue;
+        }
         assert_eventually!(
             outcome(&proxy.metrics().await, "all", "candidate", want_outcome) == 20.0,
             "{shadow}: {want_outcome}"

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -100,9 +100,19 @@ impl Drop for ByteCharge {
     }
 }
 
+/// Connect failures in a row that open a shadow cluster's circuit.
+pub const CIRCUIT_FAILURES: u32 = 5;
+/// How long an open circuit drops copies before one is tried again.
+pub const CIRCUIT_OPEN_FOR: Duration = Duration::from_secs(1);
+
 /// One shadow cluster.
 pub struct ShadowCluster {
     pub name: String,
+    /// Connect failures in a row (reset by any exchange that connects).
+    connect_failures: AtomicU32,
+    /// Milliseconds since `epoch` until which copies are dropped `circuit_open`.
+    open_until_ms: AtomicU64,
+    epoch: Instant,
     held: Arc<AtomicU64>,
     max_bytes: u64,
     tx: mpsc::Sender<ShadowJob>,
@@ -134,12 +144,37 @@ impl ShadowCluster {
         ShadowCluster {
             name: name.to_string(),
             held: Arc::new(AtomicU64::new(0)),
+            connect_failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             max_bytes: c.shadow_max_bytes.value.bytes(),
             tx,
             rx: Mutex::new(Some(rx)),
             upstream: Cluster::new(name, c, metrics.cluster(name, crate::metrics::Leg::shadow)),
             in_flight: Arc::new(Semaphore::new(c.shadow_max_in_flight.value)),
             metrics: metrics.shadow_cluster(name),
+        }
+    }
+
+    /// True while the shadow refused too many connections in a row: copies are dropped
+    /// (`circuit_open`) before any work is spent on them; one goes through each
+    /// `CIRCUIT_OPEN_FOR` to probe.
+    pub fn circuit_open(&self) -> bool {
+        self.open_until_ms.load(Ordering::Relaxed) > self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn note_outcome(&self, outcome: ShadowOutcome) {
+        if outcome == ShadowOutcome::connect_error {
+            if self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1 >= CIRCUIT_FAILURES {
+                let until = (self.epoch.elapsed() + CIRCUIT_OPEN_FOR).as_millis() as u64;
+                if self.open_until_ms.swap(until, Ordering::Relaxed)
+                    <= self.epoch.elapsed().as_millis() as u64
+                {
+                    tracing::warn!(shadow = %self.name, open_for_ms = CIRCUIT_OPEN_FOR.as_millis() as u64, "shadow refuses connections: circuit open");
+                }
+            }
+        } else {
+            self.connect_failures.store(0, Ordering::Relaxed);
         }
     }
 
@@ -308,6 +343,7 @@ impl ShadowCluster {
         drop(permit);
         drop(gauge);
         drop(charge);
+        self.note_outcome(answer.outcome);
 
         let ok_status = answer
             .status

@@ -171,6 +171,10 @@ fn offer(
         return drop_all(plan, DropReason::cancelled);
     }
     for target in &plan.targets {
+        if target.cluster.circuit_open() {
+            target.dropped(DropReason::circuit_open, &plan.path);
+            continue;
+        }
         if len > target.max_body {
             target.dropped(DropReason::body_too_large, &plan.path);
             continue;

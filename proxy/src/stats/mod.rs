@@ -109,7 +109,7 @@ pub struct ShadowPathStats {
     pub shadow: String,
     pub leg: LegStats,
     results: [AtomicU64; 6],
-    drops: [AtomicU64; 8],
+    drops: [AtomicU64; 9],
     leg_metrics: LegMetrics,
     compare_metrics: CompareMetrics,
 }
