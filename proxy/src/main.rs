@@ -94,14 +94,21 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// The runtime: one worker per core, or `TEEPROXY_WORKERS`; with one worker, a
+/// current-thread runtime (no work-stealing machinery on the request path).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("TEEPROXY_WORKERS")
+    let workers: Option<usize> = std::env::var("TEEPROXY_WORKERS")
         .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        b.worker_threads(n);
-    }
+        .and_then(|v| v.parse().ok());
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build().context("starting the runtime")
 }
 
