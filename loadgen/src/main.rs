@@ -69,6 +69,15 @@ enum Command {
         /// Delay before every answer.
         #[arg(long, default_value = "0ms")]
         latency: Dur,
+        /// A random extra delay, uniform between 0 and this.
+        #[arg(long, default_value = "0ms")]
+        jitter: Dur,
+        /// Answer every request with this status.
+        #[arg(long)]
+        status: Option<u16>,
+        /// Answer every request with a body of this many bytes.
+        #[arg(long)]
+        body_size: Option<usize>,
         /// Fail instead: blackhole, reset, garbage, close-mid-body.
         #[arg(long)]
         fault: Option<Fault>,
@@ -158,8 +167,15 @@ async fn main() -> anyhow::Result<()> {
             listen,
             name,
             latency,
+            jitter,
+            status,
+            body_size,
             fault,
         } => {
+            let status = status
+                .map(http::StatusCode::from_u16)
+                .transpose()
+                .context("--status")?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listen on {listen}"))?;
@@ -182,6 +198,9 @@ async fn main() -> anyhow::Result<()> {
                             DemoUpstream {
                                 name,
                                 latency: latency.get(),
+                                jitter: jitter.get(),
+                                status,
+                                body: body_size.map(|n| bytes::Bytes::from(vec![b'x'; n])),
                                 flawed: false,
                             },
                             s,

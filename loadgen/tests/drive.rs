@@ -119,3 +119,60 @@ async fn each_fault_is_its_own_error_kind() {
     .await;
     assert_eq!(r.errors.get("connect"), Some(&5), "{:?}", r.errors);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_status_body_size_and_h2c_drive() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let behaviour = DemoUpstream {
+        name: "u".into(),
+        status: Some(http::StatusCode::SERVICE_UNAVAILABLE),
+        body: Some(bytes::Bytes::from(vec![b'z'; 1500])),
+        jitter: Duration::from_millis(2),
+        ..Default::default()
+    };
+    tokio::spawn(serve_upstream(
+        listener,
+        behaviour,
+        Arc::new(UpstreamStats::default()),
+        rx,
+    ));
+
+    let r = drive(options(
+        addr,
+        Mode::Open {
+            rate: 50.0,
+            connections: 5,
+        },
+        Duration::from_millis(400),
+    ))
+    .await;
+    assert_eq!(r.statuses.get("5xx"), Some(&20), "{:?}", r.statuses);
+
+    // The body size, seen by a plain client.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = client
+        .get(format!("http://{addr}/any").parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    use http_body_util::BodyExt;
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes().len(),
+        1500
+    );
+
+    // h2c: the demo upstream speaks both.
+    let mut h2 = options(
+        addr,
+        Mode::Closed { connections: 2 },
+        Duration::from_millis(300),
+    );
+    h2.http2 = true;
+    let r = drive(h2).await;
+    assert!(r.completed > 0 && r.errors.is_empty(), "{}", r.summary());
+    let _ = stop.send(true);
+}

@@ -202,8 +202,8 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Resul
     let mut tasks = tokio::task::JoinSet::new();
     let upstream = |name: &str, flawed| DemoUpstream {
         name: name.into(),
-        latency: Duration::ZERO,
         flawed,
+        ..Default::default()
     };
     tasks.spawn(serve_upstream(
         primary_l,

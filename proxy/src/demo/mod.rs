@@ -33,6 +33,12 @@ pub struct DemoUpstream {
     /// The demo candidate's flaws: `/api/search` about 25 % slower, one `/api/users/{id}`
     /// answer in 100 with a different `plan`, one `/api/orders` answer in 200 a 500.
     pub flawed: bool,
+    /// A random extra delay, uniform between zero and this, before every answer.
+    pub jitter: Duration,
+    /// Answer every request with this status.
+    pub status: Option<StatusCode>,
+    /// Answer every request with this body (instead of the demo application's JSON).
+    pub body: Option<Bytes>,
 }
 
 /// Counts what a demo upstream served.
@@ -114,6 +120,10 @@ async fn answer(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let mut wait = b.latency + path_latency(path);
+    if !b.jitter.is_zero() {
+        let r = crate::shadow::sample::random_u64() % 1_000_000;
+        wait += b.jitter.mul_f64(r as f64 / 1_000_000.0);
+    }
     if b.flawed && path.starts_with("/api/search") {
         wait = wait * 5 / 4;
     }
@@ -130,6 +140,13 @@ async fn answer(
             );
         }
     };
+    if let Some(fixed) = &b.body {
+        return Response::builder()
+            .status(b.status.unwrap_or(StatusCode::OK))
+            .header("x-upstream", b.name.as_str())
+            .body(Full::new(fixed.clone()))
+            .expect("static parts are valid");
+    }
     let at = now_ms();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&parts.method, segments.as_slice()) {
@@ -263,7 +280,7 @@ pub async fn generate_traffic(target: SocketAddr, rate: u32, mut stop: watch::Re
 
 fn json(b: &DemoUpstream, status: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
-        .status(status)
+        .status(b.status.unwrap_or(status))
         .header(header::CONTENT_TYPE, "application/json")
         .header("x-upstream", b.name.as_str())
         .body(Full::new(Bytes::from(body)))
