@@ -506,22 +506,6 @@ impl Drop for BlackHole {
     }
 }
 
-/// A server that answers every connection with bytes that are not HTTP, then closes.
-pub async fn garbage_server() -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"\x16\x03\x01 this is not http\r\n\r\n").await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 /// Shadow accounting for one (route, shadow) pair, read from `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ShadowCounts {

@@ -542,7 +542,10 @@ async fn dead_erroring_and_garbage_shadows_are_counted_and_the_primary_is_untouc
         .body("boom")
         .start()
         .await;
-    let (garbage, _g) = garbage_server().await;
+    let (garbage, _, _stop_garbage) =
+        teeproxy::demo::faults::spawn_faulty(teeproxy::demo::faults::Fault::Garbage)
+            .await
+            .unwrap();
     for (shadow, want_outcome, status_class) in [
         (format!("http://{dead}"), "connect_error", None),
         (failing.url(), "ok", Some("5xx")),

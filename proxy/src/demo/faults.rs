@@ -5,12 +5,10 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// How a faulty upstream fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,25 +43,12 @@ pub async fn serve_faulty(
     listener: TcpListener,
     fault: Fault,
     received: Arc<AtomicU64>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let stream = tokio::select! {
-            _ = crate::stopped(&mut stop) => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let received = received.clone();
-        conns.spawn(handle(stream, fault, received));
-    }
-    conns.shutdown().await;
+    super::serve_each(listener, stop, move |stream| {
+        handle(stream, fault, received.clone())
+    })
+    .await;
 }
 
 /// Reads until the end of a request head; false when the peer closed first.

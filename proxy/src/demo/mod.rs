@@ -58,9 +58,37 @@ pub async fn serve_upstream(
     listener: TcpListener,
     behaviour: DemoUpstream,
     stats: Arc<UpstreamStats>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let behaviour = Arc::new(behaviour);
+    serve_each(listener, stop, move |stream| {
+        let _ = stream.set_nodelay(true);
+        let behaviour = behaviour.clone();
+        let stats = stats.clone();
+        async move {
+            let svc = service_fn(move |req| {
+                let behaviour = behaviour.clone();
+                let stats = stats.clone();
+                async move {
+                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, Infallible>(answer(&behaviour, &stats, req).await)
+                }
+            });
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1().timer(TokioTimer::new());
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+        }
+    })
+    .await;
+}
+
+/// Accepts connections until `stop` turns true and runs `conn` for each, as owned tasks
+/// that are ended when it returns.
+pub async fn serve_each<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, mut conn: F)
+where
+    F: FnMut(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
@@ -74,22 +102,7 @@ pub async fn serve_upstream(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let behaviour = behaviour.clone();
-        let stats = stats.clone();
-        conns.spawn(async move {
-            let svc = service_fn(move |req| {
-                let behaviour = behaviour.clone();
-                let stats = stats.clone();
-                async move {
-                    stats.requests.fetch_add(1, Ordering::Relaxed);
-                    Ok::<_, Infallible>(answer(&behaviour, &stats, req).await)
-                }
-            });
-            let mut b = auto::Builder::new(TokioExecutor::new());
-            b.http1().timer(TokioTimer::new());
-            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
-        });
+        conns.spawn(conn(stream));
     }
     conns.shutdown().await;
 }
