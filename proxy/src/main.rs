@@ -66,16 +66,12 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(demo(listen, admin, rate))))
         }
         None => {
-            let Some(path) = cli.config else {
-                eprintln!("teeproxy: --config FILE is required (or try `teeproxy demo`)");
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            let config = match Config::load(&path) {
+            let config = match load_config(
+                cli.config.as_deref(),
+                "teeproxy: --config FILE is required (or try `teeproxy demo`)",
+            ) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("teeproxy: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             logging::init(cli.log_format);
             report(runtime().and_then(|rt| rt.block_on(serve(config))))
@@ -111,18 +107,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the runtime")
 }
 
-fn check(path: Option<PathBuf>) -> ExitCode {
+/// Loads and validates the config; on any problem prints it and returns exit status 64.
+fn load_config(path: Option<&std::path::Path>, missing: &str) -> Result<Config, ExitCode> {
     let Some(path) = path else {
-        eprintln!("teeproxy check: --config FILE is required");
-        return ExitCode::from(EXIT_CONFIG);
+        eprintln!("{missing}");
+        return Err(ExitCode::from(EXIT_CONFIG));
     };
-    let config = match Config::load(&path) {
+    Config::load(path).map_err(|e| {
+        eprintln!("teeproxy: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    let config = match load_config(path.as_deref(), "teeproxy check: --config FILE is required") {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("teeproxy: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
+    let path = path.expect("loaded from a path");
     println!("{}: ok", path.display());
     println!("listeners:");
     for l in &config.listeners {
