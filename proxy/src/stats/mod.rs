@@ -252,8 +252,15 @@ impl PathRegistry {
             return e.clone();
         }
         let name = normalise(path);
-        if let Some(e) = self.seen.load().get(name.as_ref()) {
-            return e.clone();
+        {
+            let seen = self.seen.load();
+            if let Some(e) = seen.get(name.as_ref()) {
+                return e.clone();
+            }
+            // Past the cap no lock is taken: a flood of new paths stays lock-free.
+            if seen.len() >= self.max_paths {
+                return self.other.clone();
+            }
         }
         let _guard = self.insert.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.seen.load_full();
