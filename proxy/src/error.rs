@@ -39,6 +39,9 @@ impl ProxyError {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::ClientBody {
+                timed_out: true, ..
+            }) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Upstream(UpstreamError::ClientBody { .. }) => StatusCode::BAD_REQUEST,
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -70,6 +73,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
                 "upstream protocol error\n".to_string()
             }
+            ProxyError::Upstream(UpstreamError::ClientBody {
+                timed_out: true, ..
+            }) => "request body timed out\n".to_string(),
             ProxyError::Upstream(UpstreamError::ClientBody { .. }) => {
                 "request body incomplete\n".to_string()
             }
@@ -86,6 +92,7 @@ impl ProxyError {
                 | ProxyError::HeadersTooLarge
                 | ProxyError::UriTooLong
                 | ProxyError::MethodNotAllowed(_)
+                | ProxyError::Upstream(UpstreamError::ClientBody { .. })
         ) {
             resp.headers_mut().insert(
                 header::CONNECTION,
@@ -143,8 +150,17 @@ mod tests {
                 up(UpstreamError::ClientBody {
                     endpoint: "e".into(),
                     reason: "r".into(),
+                    timed_out: false,
                 }),
                 400,
+            ),
+            (
+                up(UpstreamError::ClientBody {
+                    endpoint: "e".into(),
+                    reason: "r".into(),
+                    timed_out: true,
+                }),
+                408,
             ),
         ];
         for (e, want) in table {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::config::{Config, ForwardedMode, HostMode};
 use crate::error::{ProxyBody, ProxyError};
 use crate::headers::{self, Forwarded, RequestIds, X_REQUEST_ID};
+use crate::idle::IdleTimeout;
 use crate::metrics::{Metrics, NO_ROUTE, RouteMetrics};
 use crate::response::ResponseTee;
 use crate::route::Router;
@@ -35,6 +36,7 @@ pub struct Snapshot {
     /// Every shadow cluster the routes use.
     pub shadow_clusters: Vec<Arc<ShadowCluster>>,
     limits: RequestLimits,
+    body_timeout: Duration,
     forwarded: ForwardedMode,
     access_log: bool,
 }
@@ -47,6 +49,7 @@ impl Snapshot {
             router: Router::new(config, &clusters, &shadows, metrics, mismatches),
             shadow_clusters: shadows.into_values().collect(),
             limits: RequestLimits::from(&config.limits),
+            body_timeout: config.limits.body_timeout.value.get(),
             forwarded: config.x_forwarded_for,
             access_log: config.access_log.enabled,
         }
@@ -138,7 +141,7 @@ impl Proxy {
                 let ep = cluster.pick();
                 let path = route.paths.entry(req.uri().path());
                 let (upstream_req, mirror) =
-                    prepare(req, route, ep, conn, snap.forwarded, &request_id, &path);
+                    prepare(req, route, ep, conn, &snap, &request_id, &path);
                 let sink = mirror.as_ref().and_then(|m| m.primary_body_sink());
                 let mut report = PrimaryReport(mirror);
                 let sent = Instant::now();
@@ -245,7 +248,7 @@ fn prepare(
     route: &Route,
     ep: &EndpointState,
     conn: ConnInfo,
-    mode: ForwardedMode,
+    snap: &Snapshot,
     request_id: &HeaderValue,
     path: &Arc<PathEntry>,
 ) -> (Request<PrimaryBody>, Option<Arc<Mirror>>) {
@@ -264,7 +267,7 @@ fn prepare(
         proto: conn.proto,
         host: host.as_ref().and_then(|h| h.to_str().ok()),
     };
-    headers::rewrite_request(&mut parts.headers, &fwd, mode);
+    headers::rewrite_request(&mut parts.headers, &fwd, snap.forwarded);
 
     let declared_len = body.size_hint().exact();
     let targets: Vec<_> = route
@@ -288,7 +291,7 @@ fn prepare(
             path: path.clone(),
         }))
     });
-    let body = TeeBody::new(body, mirror.clone());
+    let body = TeeBody::new(IdleTimeout::new(body, snap.body_timeout), mirror.clone());
 
     let upstream_host = match route.primary.host_mode {
         HostMode::Keep => host,

@@ -14,7 +14,7 @@ use crate::stats::PathRegistry;
 use crate::upstream::Cluster;
 
 /// The body type primary clusters send: the client's body, teed for the shadows.
-pub type PrimaryBody = crate::shadow::TeeBody<hyper::body::Incoming>;
+pub type PrimaryBody = crate::shadow::TeeBody<crate::idle::IdleTimeout<hyper::body::Incoming>>;
 
 /// A route, ready to serve.
 pub struct Route {

@@ -28,7 +28,11 @@ pub enum UpstreamError {
     /// The client's request body broke off while it was being forwarded: the client's
     /// fault, not the upstream's.
     #[error("the client's request body failed while sent to {endpoint}: {reason}")]
-    ClientBody { endpoint: String, reason: String },
+    ClientBody {
+        endpoint: String,
+        reason: String,
+        timed_out: bool,
+    },
 }
 
 impl UpstreamError {
@@ -212,6 +216,7 @@ where
             Ok(Err(e)) if client_body_failed(&e) => Err(UpstreamError::ClientBody {
                 endpoint: ep.label.clone(),
                 reason: error_chain(&e),
+                timed_out: has_source::<crate::idle::BodyTimeout>(&e),
             }),
             Ok(Err(e)) => Err(UpstreamError::Protocol {
                 endpoint: ep.label.clone(),
@@ -257,6 +262,18 @@ fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(h) = err.downcast_ref::<hyper::Error>()
             && (h.is_user() || h.is_body_write_aborted())
         {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether an error or one of its sources is an `E`.
+fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
             return true;
         }
         cur = err.source();

@@ -184,3 +184,43 @@ async fn h2_connections_get_goaway_and_finish_their_stream() {
     assert_eq!(body, "h2 done");
     proxy.stopped().await;
 }
+
+#[tokio::test]
+async fn at_the_connection_cap_accepting_pauses_until_one_closes() {
+    let up = FakeUpstream::start().await;
+    let proxy = TestProxy::start(&format!(
+        "{}limits: {{ max_connections: 2 }}\n",
+        simple_yaml(&[up.url()], "")
+    ))
+    .await;
+    let first = TcpStream::connect(proxy.addr).await.unwrap();
+    let second = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eventually!(
+        proxy
+            .metric("teeproxy_open_connections{listener=\"public\"}")
+            .await
+            == 2.0
+    );
+    // A third connection waits in the backlog: its request is not answered yet.
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (early, _) = read_until_close(&mut third, Duration::from_millis(300)).await;
+    assert!(early.is_empty(), "served past the cap: {early}");
+    assert_eq!(
+        proxy
+            .metric("teeproxy_connections_total{listener=\"public\"}")
+            .await,
+        2.0
+    );
+    drop(first);
+    let (text, closed) = read_until_close(&mut third, Duration::from_secs(5)).await;
+    assert!(
+        closed && raw_status(&text) == 200,
+        "served once a slot freed: {text}"
+    );
+    drop(second);
+    assert_eq!(up.count(), 1);
+}

@@ -809,3 +809,49 @@ async fn an_endless_shadow_body_is_read_only_up_to_the_cap() {
         ) == 0.0
     );
 }
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408_aborts_the_primary_and_is_not_mirrored() {
+    use tokio::io::AsyncReadExt;
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&format!(
+        "{}limits: {{ body_timeout: 300ms }}\n",
+        shadow_yaml(&p.url(), &c.url(), "", "methods: any")
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /slow-upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert_eq!(raw_status(&text), 408, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert_eventually!(
+        dropped(
+            &proxy.metrics().await,
+            "all",
+            "candidate",
+            "body_incomplete"
+        ) == 1.0
+    );
+    assert!(
+        p.received().iter().all(|r| !r.complete),
+        "the primary never saw a complete body"
+    );
+    assert_eq!(c.count(), 0, "nothing mirrored");
+    assert!(counts(&proxy).await.balanced());
+}

@@ -350,6 +350,13 @@ pub struct Limits {
     /// HTTP/2 streams open at once per connection.
     #[serde(default = "default_h2_streams")]
     pub max_concurrent_streams: Spanned<u32>,
+    /// Longest wait for the next piece of a request body; past it the upstream request
+    /// is aborted, nothing is mirrored, and the client gets 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Spanned<Dur>,
+    /// Client connections open at once per listener; at the cap, accepting pauses.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<usize>,
 }
 
 impl Default for Limits {
@@ -360,6 +367,8 @@ impl Default for Limits {
             max_uri_bytes: default_max_uri_bytes(),
             request_head_timeout: default_head_timeout(),
             max_concurrent_streams: default_h2_streams(),
+            body_timeout: default_body_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -451,6 +460,12 @@ fn default_max_uri_bytes() -> Spanned<Size> {
 }
 fn default_head_timeout() -> Spanned<Dur> {
     unspanned(Dur::secs(10))
+}
+fn default_body_timeout() -> Spanned<Dur> {
+    unspanned(Dur::secs(60))
+}
+fn default_max_connections() -> Spanned<usize> {
+    unspanned(10_000)
 }
 fn default_h2_streams() -> Spanned<u32> {
     unspanned(100)
@@ -952,6 +967,22 @@ impl Limits {
                 Some(&st.referenced),
                 "limits.max_concurrent_streams",
                 "must be at least 1",
+            ));
+        }
+        let bt = &self.body_timeout;
+        if bt.value.get().is_zero() {
+            return Err(Invalid::at(
+                Some(&bt.referenced),
+                "limits.body_timeout",
+                "must be greater than 0",
+            ));
+        }
+        let mc = &self.max_connections;
+        if !(1..=1_000_000).contains(&mc.value) {
+            return Err(Invalid::at(
+                Some(&mc.referenced),
+                "limits.max_connections",
+                "must be between 1 and 1000000",
             ));
         }
         Ok(())

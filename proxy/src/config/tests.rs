@@ -25,6 +25,9 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.limits.max_headers.value, 100);
     assert_eq!(c.limits.max_uri_bytes.value, Size::kib(8));
     assert_eq!(c.limits.request_head_timeout.value, Dur::secs(10));
+    assert_eq!(c.limits.body_timeout.value, Dur::secs(60));
+    assert_eq!(c.limits.max_connections.value, 10_000);
+    assert_eq!(c.clusters["primary"].shadow_max_bytes.value, Size::mib(32));
     assert_eq!(c.drain_timeout, Dur::secs(30));
     let p = &c.clusters["primary"];
     assert_eq!(p.connect_timeout.value, Dur::secs(5));

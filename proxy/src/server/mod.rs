@@ -34,6 +34,7 @@ pub struct Server {
     head_timeout: Duration,
     max_head: usize,
     max_headers: usize,
+    max_connections: usize,
 }
 
 impl Server {
@@ -62,6 +63,7 @@ impl Server {
             head_timeout,
             max_head,
             max_headers,
+            max_connections: limits.max_connections.value,
         }
     }
 
@@ -76,8 +78,15 @@ impl Server {
     ) -> JoinSet<()> {
         let mut conns = JoinSet::new();
         let mut backoff = Duration::from_millis(10);
+        // At the connection cap accepting pauses (new connections wait in the kernel's
+        // backlog) until one closes.
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
         loop {
             while conns.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                _ = crate::stopped(&mut shutdown) => break,
+                s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            };
             let accepted = tokio::select! {
                 _ = crate::stopped(&mut shutdown) => break,
                 r = listener.accept() => r,
@@ -92,6 +101,7 @@ impl Server {
                     let watcher = graceful.watcher();
                     conns.spawn(async move {
                         let _open = open;
+                        let _slot = slot;
                         server.serve_conn(stream, peer, watcher).await;
                     });
                 }

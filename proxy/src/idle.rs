@@ -1,0 +1,116 @@
+//! A request body that fails when the client stops sending: no frame for `limit` ends it
+//! with `BodyTimeout`, which aborts the upstream request (and so the copy is never sent)
+//! and answers 408.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+/// The client sent nothing for the body inactivity limit.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data for {0:?}")]
+pub struct BodyTimeout(pub Duration);
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// `inner`, failing with `BodyTimeout` after `limit` without a frame.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        // Boxed to keep the body `Unpin` for the client; absent for empty bodies (no timer
+        // at all for the common bodiless request).
+        sleep: Option<Pin<Box<Sleep>>>,
+        limit: Duration,
+    }
+}
+
+impl<B: Body> IdleTimeout<B> {
+    pub fn new(inner: B, limit: Duration) -> Self {
+        let sleep = (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(limit)));
+        IdleTimeout {
+            inner,
+            sleep,
+            limit,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(sleep) = this.sleep.as_mut() {
+                    sleep.as_mut().reset(Instant::now() + *this.limit);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.limit))))),
+                _ => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use http_body_util::channel::Channel;
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_after_the_limit_and_a_flowing_one_does_not() {
+        let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
+        let limit = Duration::from_millis(200);
+        let mut b = IdleTimeout::new(body, limit);
+        for _ in 0..3 {
+            // Pauses shorter than the limit, three in a row: longer than it in total.
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            tx.send_data(Bytes::from_static(b"x")).await.unwrap();
+            assert!(
+                b.frame().await.unwrap().unwrap().is_data(),
+                "each frame restarts the clock"
+            );
+        }
+        let started = std::time::Instant::now();
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert!(err.downcast_ref::<BodyTimeout>().is_some(), "{err}");
+        assert!(started.elapsed() >= limit);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_has_no_timer() {
+        let b = IdleTimeout::new(
+            http_body_util::Empty::<Bytes>::new(),
+            Duration::from_millis(1),
+        );
+        assert!(b.sleep.is_none());
+        assert!(b.is_end_stream());
+    }
+}
