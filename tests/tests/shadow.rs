@@ -542,14 +542,16 @@ async fn dead_erroring_and_garbage_shadows_are_counted_and_the_primary_is_untouc
         .body("boom")
         .start()
         .await;
-    let (garbage, _, _stop_garbage) =
-        teeproxy::demo::faults::spawn_faulty(teeproxy::demo::faults::Fault::Garbage)
-            .await
-            .unwrap();
+    use teeproxy::demo::faults::{Fault, spawn_faulty};
+    let (garbage, _, _stop_garbage) = spawn_faulty(Fault::Garbage).await.unwrap();
+    let (reset, _, _stop_reset) = spawn_faulty(Fault::Reset).await.unwrap();
+    let (cut, _, _stop_cut) = spawn_faulty(Fault::CloseMidBody).await.unwrap();
     for (shadow, want_outcome, status_class) in [
         (format!("http://{dead}"), "connect_error", None),
         (failing.url(), "ok", Some("5xx")),
         (format!("http://{garbage}"), "protocol_error", None),
+        (format!("http://{reset}"), "protocol_error", None),
+        (format!("http://{cut}"), "body_error", None),
     ] {
         let p = FakeUpstream::builder().body("primary ok").start().await;
         let proxy = TestProxy::start(&shadow_yaml(&p.url(), &shadow, "", "")).await;
