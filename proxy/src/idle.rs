@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// The client sent nothing for the body inactivity limit.
@@ -27,17 +28,41 @@ pin_project! {
         // at all for the common bodiless request).
         sleep: Option<Pin<Box<Sleep>>>,
         limit: Duration,
+        // Fired (or dropped) once the body has been read to its end or failed.
+        sent: Option<oneshot::Sender<()>>,
     }
 }
 
 impl<B: Body> IdleTimeout<B> {
     pub fn new(inner: B, limit: Duration) -> Self {
-        let sleep = (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(limit)));
-        IdleTimeout {
-            inner,
-            sleep,
-            limit,
+        Self::with_end_signal(inner, limit).0
+    }
+
+    /// Also returns a receiver that completes when the body has been read to its end,
+    /// failed, or been dropped; `None` for an empty body (nothing to wait for).
+    pub fn with_end_signal(inner: B, limit: Duration) -> (Self, Option<oneshot::Receiver<()>>) {
+        if inner.is_end_stream() {
+            return (
+                IdleTimeout {
+                    inner,
+                    sleep: None,
+                    limit,
+                    sent: None,
+                },
+                None,
+            );
         }
+        let (tx, rx) = oneshot::channel();
+        let sleep = Some(Box::pin(tokio::time::sleep(limit)));
+        (
+            IdleTimeout {
+                inner,
+                sleep,
+                limit,
+                sent: Some(tx),
+            },
+            Some(rx),
+        )
     }
 }
 
@@ -53,16 +78,26 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(sleep) = this.sleep.as_mut() {
                     sleep.as_mut().reset(Instant::now() + *this.limit);
                 }
+                let ended = match &frame {
+                    Some(Ok(f)) => f.is_trailers() || this.inner.is_end_stream(),
+                    Some(Err(_)) | None => true,
+                };
+                if ended && let Some(tx) = this.sent.take() {
+                    let _ = tx.send(());
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.limit))))),
+                Some(Poll::Ready(())) => {
+                    this.sent.take();
+                    Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.limit)))))
+                }
                 _ => Poll::Pending,
             },
         }

@@ -140,12 +140,12 @@ impl Proxy {
                 let cluster = &route.primary;
                 let ep = cluster.pick();
                 let path = route.paths.entry(req.uri().path());
-                let (upstream_req, mirror) =
+                let (upstream_req, mirror, body_sent) =
                     prepare(req, route, ep, conn, &snap, &request_id, &path);
                 let sink = mirror.as_ref().and_then(|m| m.primary_body_sink());
                 let mut report = PrimaryReport(mirror);
                 let sent = Instant::now();
-                let result = cluster.send(ep, upstream_req).await;
+                let result = cluster.send(ep, upstream_req, body_sent).await;
                 let elapsed = sent.elapsed();
                 match &result {
                     Ok(r) => path.primary_head(r.status(), elapsed),
@@ -251,7 +251,11 @@ fn prepare(
     snap: &Snapshot,
     request_id: &HeaderValue,
     path: &Arc<PathEntry>,
-) -> (Request<PrimaryBody>, Option<Arc<Mirror>>) {
+) -> (
+    Request<PrimaryBody>,
+    Option<Arc<Mirror>>,
+    Option<tokio::sync::oneshot::Receiver<()>>,
+) {
     let host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
     // `Upgrade: h2c` is stripped and served as a plain request, so it is mirrored too;
     // any other protocol (WebSocket) is never copied.
@@ -291,7 +295,8 @@ fn prepare(
             path: path.clone(),
         }))
     });
-    let body = TeeBody::new(IdleTimeout::new(body, snap.body_timeout), mirror.clone());
+    let (body, body_sent) = IdleTimeout::with_end_signal(body, snap.body_timeout);
+    let body = TeeBody::new(body, mirror.clone());
 
     let upstream_host = match route.primary.host_mode {
         HostMode::Keep => host,
@@ -303,5 +308,5 @@ fn prepare(
     };
     parts.uri = upstream_uri(ep, &parts.uri);
     parts.version = Version::HTTP_11;
-    (Request::from_parts(parts, body), mirror)
+    (Request::from_parts(parts, body), mirror, body_sent)
 }

@@ -187,13 +187,17 @@ where
             .unwrap_or(&self.endpoints[start % n])
     }
 
-    /// Sends a request to `ep` and waits for the response head, up to the cluster's timeout.
+    /// Sends a request to `ep` and waits for the response head, up to the cluster's
+    /// timeout. With `body_sent`, the timeout starts once it fires (the request body has
+    /// been sent): an upload that keeps flowing is not cut off by the response timeout
+    /// (a stalled one is, by the body inactivity limit).
     pub async fn send(
         &self,
         ep: &EndpointState,
         req: Request<B>,
+        body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_within(ep, req, self.timeout).await
+        self.exchange(ep, req, self.timeout, body_sent).await
     }
 
     /// Sends a request to `ep` and waits for the response head, up to `timeout`.
@@ -203,8 +207,30 @@ where
         req: Request<B>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.exchange(ep, req, timeout, None).await
+    }
+
+    async fn exchange(
+        &self,
+        ep: &EndpointState,
+        req: Request<B>,
+        timeout: Duration,
+        body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         self.metrics.requests.inc();
-        let result = match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let response = self.client.request(req);
+        let timed = async {
+            let Some(sent) = body_sent else {
+                return tokio::time::timeout(timeout, response).await;
+            };
+            tokio::pin!(response);
+            tokio::select! {
+                r = &mut response => Ok(r),
+                // Sent (or dropped unsent): from here on the response timeout runs.
+                _ = sent => tokio::time::timeout(timeout, response).await,
+            }
+        };
+        let result = match timed.await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
                 self.eject(ep);

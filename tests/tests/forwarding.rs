@@ -517,3 +517,37 @@ async fn expect_100_continue_is_answered_and_not_forwarded() {
     assert_eq!(got.body, "hello");
     assert!(!got.headers.contains_key("expect"));
 }
+
+#[tokio::test]
+async fn a_steady_upload_longer_than_the_response_timeout_is_not_cut_off() {
+    // The response timeout (300 ms) starts once the body is sent; the upload itself takes
+    // about a second, with pauses well under the body inactivity limit.
+    let up = FakeUpstream::start().await;
+    let proxy = TestProxy::start(&simple_yaml(&[up.url()], "timeout: 300ms")).await;
+    let (mut tx, body) = Channel::<Bytes>::new(1);
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            if tx.send_data(Bytes::from(vec![b'u'; 1024])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let client: Client<_, Channel<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .request(Request::post(proxy.url("/upload")).body(body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(up.received()[0].body.len(), 8 * 1024);
+    // The timeout still applies once the body is in: a slow answer is 504.
+    let slow = FakeUpstream::builder()
+        .delay(Duration::from_secs(3))
+        .start()
+        .await;
+    let proxy = TestProxy::start(&simple_yaml(&[slow.url()], "timeout: 300ms")).await;
+    let req = Request::post(proxy.url("/p"))
+        .body(Full::new(Bytes::from_static(b"abc")))
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.0, StatusCode::GATEWAY_TIMEOUT);
+}
