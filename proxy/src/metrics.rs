@@ -320,16 +320,19 @@ pub enum SkipReason {
     primary_incomplete,
     /// A body is over `compare.max_body`.
     body_too_large,
-    /// `json` mode and a body is not JSON.
+    /// `json` mode and the primary's body is not JSON.
     not_json,
+    /// A body has a `Content-Encoding` (compressed bodies are not compared).
+    encoded,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 4] = [
+    pub const ALL: [SkipReason; 5] = [
         Self::primary_error,
         Self::primary_incomplete,
         Self::body_too_large,
         Self::not_json,
+        Self::encoded,
     ];
 }
 
@@ -736,7 +739,7 @@ impl LegMetrics {
 #[derive(Clone)]
 pub struct CompareMetrics {
     results: [Counter; 6],
-    skipped: [Counter; 4],
+    skipped: [Counter; 5],
 }
 
 impl CompareMetrics {

@@ -78,10 +78,13 @@ fn rows_for(e: &PathEntry, out: &mut Vec<Value>) {
         row["ratio_p99"] = json!(ratio(pq, sq, 2));
         row["compared"] = json!(compared);
         row["mismatches"] = json!(mismatches);
-        row["mismatch_rate"] = json!(if compared == 0 {
+        // Of the answers that could be compared: skipped ones and shadow errors do not
+        // dilute it.
+        let judged = s.result_count(CompareResult::Match) + mismatches;
+        row["mismatch_rate"] = json!(if judged == 0 {
             0.0
         } else {
-            mismatches as f64 / compared as f64
+            mismatches as f64 / judged as f64
         });
         row["results"] = Value::Object(results);
         row["drops"] = Value::Object(drops);
@@ -129,6 +132,7 @@ pub fn config(c: &Config) -> Value {
                     "ejection_time": cl.ejection_time.value.to_string(),
                     "shadow_queue": cl.shadow_queue.value,
                     "shadow_max_in_flight": cl.shadow_max_in_flight.value,
+                    "shadow_max_bytes": cl.shadow_max_bytes.value.to_string(),
                 }),
             )
         })
@@ -198,6 +202,8 @@ pub fn config(c: &Config) -> Value {
             "max_uri_bytes": l.max_uri_bytes.value.to_string(),
             "request_head_timeout": l.request_head_timeout.value.to_string(),
             "max_concurrent_streams": l.max_concurrent_streams.value,
+            "body_timeout": l.body_timeout.value.to_string(),
+            "max_connections": l.max_connections.value,
         },
         "drain_timeout": c.drain_timeout.to_string(),
         "shadow_drain": c.shadow_drain.to_string(),

@@ -281,8 +281,9 @@ fn stop(mut child: std::process::Child) -> Option<i32> {
 
 #[test]
 fn the_demo_tells_its_story_on_the_dashboard_api() {
-    // Faster built-in traffic than the default so the story shows in a few seconds.
-    let (child, _proxy, admin) = start_demo(&["--rate", "200"]);
+    // The default built-in traffic (about 50 requests/s); the issue promises the story
+    // within 10 s, the test allows 15 s on a slow debug build.
+    let (child, _proxy, admin) = start_demo(&[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let (search, users, orders) = loop {
         let resp = http_get(&admin, "/api/paths");
@@ -298,7 +299,8 @@ fn the_demo_tells_its_story_on_the_dashboard_api() {
             row("/api/users/{id}"),
             row("/api/orders"),
         ) {
-            let slower = s["ratio_p50"].as_f64().unwrap_or(0.0) >= 1.15
+            // The dashboard's own rule for "slower": p50 ratio at least 1.2 over 30 samples.
+            let slower = s["ratio_p50"].as_f64().unwrap_or(0.0) >= 1.2
                 && s["shadow_leg"]["count"].as_u64().unwrap_or(0) >= 30;
             let different = u["mismatches"].as_u64().unwrap_or(0) >= 1;
             let failing = o["shadow_leg"]["errors"].as_u64().unwrap_or(0) >= 1;

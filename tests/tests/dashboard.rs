@@ -133,6 +133,19 @@ async fn the_rendered_dashboard_tells_which_path_is_slower_or_different() {
         flags(broken).contains("different") && flags(broken).contains("errors"),
         "{broken}"
     );
+    assert!(
+        broken.contains("100.0 %</td>"),
+        "every /broken answer differed: {broken}"
+    );
+    let ratio = slow
+        .split("class=\"ratio-p50 bad\">")
+        .nth(1)
+        .and_then(|r| r.split('×').next())
+        .and_then(|r| r.parse::<f64>().ok());
+    assert!(
+        ratio.is_some_and(|r| r > 3.0),
+        "the /slow ratio is shown and marked: {slow}"
+    );
     let ok = row(&dom, "/ok");
     assert_eq!(flags(ok), "", "{ok}");
     assert!(ok.contains("<td>40</td>"), "request count shown: {ok}");

@@ -18,10 +18,28 @@ use crate::metrics::{CompareResult, SkipReason};
 #[derive(Debug, Clone)]
 pub enum BodySide {
     Complete(Bytes),
+    /// A complete body still in the chunks it arrived in.
+    Parts(Vec<Bytes>),
     /// Over `compare.max_body`.
     TooLarge,
     /// Broken off, or not finished in time.
     Incomplete,
+}
+
+impl BodySide {
+    /// `Parts` joined into one `Complete`; other sides as they are.
+    pub fn joined(&self) -> BodySide {
+        match self {
+            BodySide::Parts(parts) => {
+                let mut all = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in parts {
+                    all.extend_from_slice(p);
+                }
+                BodySide::Complete(all.freeze())
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 /// One difference, for people.
@@ -131,18 +149,30 @@ impl Comparator {
         if !diffs.is_empty() {
             return Some(Verdict::mismatch(CompareResult::HeaderMismatch, diffs));
         }
-        (!self.compares_body()).then(|| Verdict::of(CompareResult::Match))
+        if !self.compares_body() {
+            return Some(Verdict::of(CompareResult::Match));
+        }
+        // Compressed bodies are not compared: equal content can differ in bytes (gzip
+        // headers carry a time), and JSON cannot be read without decoding.
+        let encoded = |h: &HeaderMap| {
+            h.get_all(http::header::CONTENT_ENCODING)
+                .iter()
+                .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
+        };
+        (encoded(p.1) || encoded(s.1)).then(|| Verdict::skipped(SkipReason::encoded))
     }
 
     /// The bodies, once status and headers agreed.
     pub fn compare_body(&self, p: &BodySide, s: &BodySide) -> Verdict {
-        let (a, b) = match (p, s) {
+        let (p, s) = (p.joined(), s.joined());
+        let (a, b) = match (&p, &s) {
             (BodySide::Incomplete, _) => return Verdict::skipped(SkipReason::primary_incomplete),
             (BodySide::TooLarge, _) | (_, BodySide::TooLarge) => {
                 return Verdict::skipped(SkipReason::body_too_large);
             }
             (_, BodySide::Incomplete) => return Verdict::of(CompareResult::ShadowError),
             (BodySide::Complete(a), BodySide::Complete(b)) => (a, b),
+            (BodySide::Parts(_), _) | (_, BodySide::Parts(_)) => unreachable!("joined above"),
         };
         match self.body {
             CompareBody::Off => Verdict::of(CompareResult::Match),
@@ -162,12 +192,22 @@ impl Comparator {
                     }],
                 ),
             },
+            CompareBody::Json if a.is_empty() && b.is_empty() => Verdict::of(CompareResult::Match),
             CompareBody::Json => {
-                let (Ok(mut x), Ok(mut y)) = (
-                    serde_json::from_slice::<Value>(a),
-                    serde_json::from_slice::<Value>(b),
-                ) else {
+                // Only the primary decides whether the answer is JSON: a shadow that
+                // answers something else where the primary answered JSON is different.
+                let Ok(mut x) = serde_json::from_slice::<Value>(a) else {
                     return Verdict::skipped(SkipReason::not_json);
+                };
+                let Ok(mut y) = serde_json::from_slice::<Value>(b) else {
+                    return Verdict::mismatch(
+                        CompareResult::BodyMismatch,
+                        vec![Difference {
+                            at: "/".into(),
+                            primary: show(Some(&x)),
+                            shadow: format!("(not JSON) {}", snippet(b, 0)),
+                        }],
+                    );
                 };
                 for pointer in &self.ignore {
                     remove_pointer(&mut x, pointer);
@@ -291,6 +331,8 @@ fn json_diff(a: &Value, b: &Value, at: &mut String, out: &mut Vec<Difference>) {
                 at.truncate(len);
             }
         }
+        // 1 and 1.0 are the same number.
+        (Value::Number(p), Value::Number(s)) if p.as_f64() == s.as_f64() => {}
         (p, s) if p != s => out.push(Difference {
             at: if at.is_empty() {
                 "/".to_string()
@@ -437,6 +479,16 @@ mod tests {
             body_mode.compare_head((ok, &json), (ok, &json)).is_none(),
             "the body decides"
         );
+        let gz = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
+        let v = body_mode.compare_head((ok, &gz), (ok, &gz)).unwrap();
+        assert_eq!(
+            v.skipped,
+            Some(SkipReason::encoded),
+            "compressed bodies are not compared"
+        );
     }
 
     #[test]
@@ -489,10 +541,29 @@ mod tests {
         );
         assert_eq!(v.diff[3].primary, "(absent)");
 
-        let v = c.compare_body(&body("{}"), &body("not json"));
+        let v = c.compare_body(&body("not json"), &body("{}"));
         assert_eq!(
             (v.result, v.skipped),
-            (CompareResult::Skipped, Some(SkipReason::not_json))
+            (CompareResult::Skipped, Some(SkipReason::not_json)),
+            "the primary is not JSON"
+        );
+        let v = c.compare_body(&body("{\"a\":1}"), &body("<html>oops</html>"));
+        assert_eq!(
+            v.result,
+            CompareResult::BodyMismatch,
+            "JSON expected, something else came"
+        );
+        assert!(v.diff[0].shadow.starts_with("(not JSON)"));
+        assert_eq!(
+            c.compare_body(&body(""), &body("")).result,
+            CompareResult::Match,
+            "HEAD, 204, 304"
+        );
+        assert_eq!(
+            c.compare_body(&body("{\"n\":1}"), &body("{\"n\":1.0}"))
+                .result,
+            CompareResult::Match,
+            "1 == 1.0"
         );
         let v = c.compare_body(&body("1"), &body("2"));
         assert_eq!(v.diff[0].at, "/");

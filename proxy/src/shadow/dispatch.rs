@@ -340,9 +340,6 @@ impl ShadowCluster {
                 }
             }
         };
-        drop(permit);
-        drop(gauge);
-        drop(charge);
         self.note_outcome(answer.outcome);
 
         let ok_status = answer
@@ -357,7 +354,11 @@ impl ShadowCluster {
                 (Some(status), Some(t)) => stats.head(status, t),
                 _ => stats.leg.failed(),
             }
-            if answer.outcome != ShadowOutcome::ok && answer.status.is_some() {
+            // A head that came but whose body then failed is one error, however the head
+            // was counted.
+            if answer.outcome != ShadowOutcome::ok
+                && answer.status.is_some_and(|s| !s.is_server_error())
+            {
                 stats
                     .leg
                     .errors
@@ -368,6 +369,8 @@ impl ShadowCluster {
             }
         }
 
+        // The in-flight slot and the byte budget are held until the comparison is done:
+        // the number of tasks holding response bodies stays bounded.
         let verdict = judge(
             &policy.compare,
             &primary,
@@ -376,6 +379,9 @@ impl ShadowCluster {
             policy.timeout,
         )
         .await;
+        drop(permit);
+        drop(gauge);
+        drop(charge);
         if let Some(stats) = stats {
             stats.compared(verdict.result, verdict.skipped);
         }
