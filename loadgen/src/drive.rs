@@ -314,7 +314,12 @@ pub async fn drive(opts: DriveOptions) -> Report {
         sent += n.unwrap_or(0);
     }
     drop(tx);
-    let elapsed = start.elapsed();
+    // The measurement window: requests still in flight at its end are waited for and
+    // counted, but the time spent waiting for them (up to --timeout against a black
+    // hole) would understate the throughput.
+    let elapsed = start
+        .elapsed()
+        .min(opts.duration.max(Duration::from_millis(1)));
     let (latency, statuses, errors, completed) = collector.await.expect("collector");
     Report {
         sent,

@@ -58,8 +58,9 @@ impl LegStats {
 /// Requests per second over the last few seconds.
 pub struct RateWindow {
     epoch: Instant,
+    /// Per slot: the second it counts (high 32 bits) and its count (low 32 bits), updated
+    /// together so a new second's first tick cannot wipe a concurrent one.
     slots: [AtomicU64; 10],
-    seconds: [AtomicU64; 10],
 }
 
 impl Default for RateWindow {
@@ -67,24 +68,26 @@ impl Default for RateWindow {
         RateWindow {
             epoch: Instant::now(),
             slots: Default::default(),
-            seconds: Default::default(),
         }
     }
 }
 
 impl RateWindow {
     pub fn tick(&self) {
-        let sec = self.epoch.elapsed().as_secs();
-        let i = (sec % 10) as usize;
-        if self.seconds[i].swap(sec, Ordering::Relaxed) != sec {
-            self.slots[i].store(0, Ordering::Relaxed);
-        }
-        self.slots[i].fetch_add(1, Ordering::Relaxed);
+        let sec = self.epoch.elapsed().as_secs() & 0xffff_ffff;
+        let slot = &self.slots[(sec % 10) as usize];
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(if v >> 32 == sec {
+                v.saturating_add(1)
+            } else {
+                (sec << 32) | 1
+            })
+        });
     }
 
     /// Mean over the last complete seconds (up to 9, or fewer when the path is younger).
     pub fn per_second(&self) -> f64 {
-        let now = self.epoch.elapsed().as_secs();
+        let now = self.epoch.elapsed().as_secs() & 0xffff_ffff;
         let span = now.min(9);
         if span == 0 {
             return 0.0;
@@ -92,12 +95,8 @@ impl RateWindow {
         let total: u64 = (1..=span)
             .map(|back| now - back)
             .map(|sec| {
-                let i = (sec % 10) as usize;
-                if self.seconds[i].load(Ordering::Relaxed) == sec {
-                    self.slots[i].load(Ordering::Relaxed)
-                } else {
-                    0
-                }
+                let v = self.slots[(sec % 10) as usize].load(Ordering::Relaxed);
+                if v >> 32 == sec { v & 0xffff_ffff } else { 0 }
             })
             .sum();
         total as f64 / span as f64
@@ -341,6 +340,29 @@ mod tests {
         assert_eq!(names, ["/x/{id}"]);
         assert_eq!(e.primary.latency.count(), 1);
         assert_eq!(e.shadows.len(), 1);
+    }
+
+    #[test]
+    fn rate_window_averages_complete_seconds_and_ticks_the_current_one() {
+        let w = RateWindow {
+            epoch: Instant::now() - Duration::from_millis(3500),
+            slots: Default::default(),
+        };
+        w.slots[2].store((2 << 32) | 10, Ordering::Relaxed);
+        w.slots[1].store((1 << 32) | 4, Ordering::Relaxed);
+        w.slots[9].store((9 << 32) | 99, Ordering::Relaxed); // a stale second: ignored
+        assert!(
+            (w.per_second() - 14.0 / 3.0).abs() < 1e-9,
+            "{}",
+            w.per_second()
+        );
+        w.tick();
+        w.tick();
+        assert_eq!(
+            w.slots[3].load(Ordering::Relaxed),
+            (3 << 32) | 2,
+            "the current second counts ticks"
+        );
     }
 
     #[test]
