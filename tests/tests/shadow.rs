@@ -27,6 +27,14 @@ async fn pair() -> (FakeUpstream, FakeUpstream) {
     )
 }
 
+/// The primary and candidate upstreams, and a proxy mirroring route `all` to the
+/// candidate with the given shadow options.
+async fn mirrored(shadow_opts: &str) -> (FakeUpstream, FakeUpstream, TestProxy) {
+    let (p, c) = pair().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", shadow_opts)).await;
+    (p, c, proxy)
+}
+
 async fn counts(proxy: &TestProxy) -> ShadowCounts {
     ShadowCounts::from_metrics(&proxy.metrics().await, "all", "candidate")
 }
@@ -99,8 +107,7 @@ async fn small_get_reaches_the_shadow_identically_with_shadow_headers() {
 
 #[tokio::test]
 async fn post_bodies_reach_the_shadow_byte_for_byte() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let (p, c, proxy) = mirrored("methods: any").await;
 
     // 512 KiB with Content-Length.
     let body: Bytes = (0..512 * 1024)
@@ -149,8 +156,7 @@ async fn post_bodies_reach_the_shadow_byte_for_byte() {
 
 #[tokio::test]
 async fn expect_is_removed_from_the_shadow_copy() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: [POST]")).await;
+    let (_p, c, proxy) = mirrored("methods: [POST]").await;
     let t = raw(
         proxy.addr,
         b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nabc",
@@ -218,8 +224,7 @@ async fn several_shadows_each_get_their_copy() {
 
 #[tokio::test]
 async fn fifty_percent_is_about_half_and_sample_key_is_consistent() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "percent: 50")).await;
+    let (p, c, proxy) = mirrored("percent: 50").await;
     let client = h1_client();
     for i in 0..2000 {
         let req = Request::get(proxy.url(&format!("/s/{i}")))
@@ -294,8 +299,7 @@ async fn percent_zero_and_hundred_are_exact() {
 
 #[tokio::test]
 async fn methods_outside_the_list_are_not_mirrored() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    let (p, c, proxy) = mirrored("").await;
     let client = h1_client();
     for method in ["POST", "PUT", "DELETE", "PATCH", "GET", "HEAD", "OPTIONS"] {
         let req = Request::builder()
@@ -366,8 +370,7 @@ async fn a_body_over_max_body_reaches_the_primary_whole_and_the_shadow_not_at_al
 
 #[tokio::test]
 async fn a_client_that_aborts_mid_body_produces_no_shadow_request() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let (p, c, proxy) = mirrored("methods: any").await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"POST /abort HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
         .await
@@ -404,8 +407,7 @@ async fn a_client_that_aborts_mid_body_produces_no_shadow_request() {
 
 #[tokio::test]
 async fn connect_and_websocket_upgrades_are_not_mirrored() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let (p, c, proxy) = mirrored("methods: any").await;
     let t = raw(
         proxy.addr,
         b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
@@ -431,8 +433,7 @@ async fn connect_and_websocket_upgrades_are_not_mirrored() {
 
 #[tokio::test]
 async fn refused_requests_are_never_offered() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    let (p, c, proxy) = mirrored("").await;
     raw(proxy.addr, b"GET / HTTP/1.1\r\n\r\n").await;
     raw(
         proxy.addr,
@@ -667,8 +668,7 @@ async fn shutdown_abandons_queued_copies_at_the_shadow_drain_and_counts_them() {
 
 #[tokio::test]
 async fn trailers_are_carried_to_both_legs() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let (p, c, proxy) = mirrored("methods: any").await;
     let (mut tx, body) = Channel::<Bytes>::new(2);
     tokio::spawn(async move {
         tx.send_data(Bytes::from_static(b"payload")).await.unwrap();
@@ -696,8 +696,7 @@ async fn trailers_are_carried_to_both_legs() {
 
 #[tokio::test]
 async fn h2c_requests_are_mirrored_as_http1_with_their_bodies() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "methods: any")).await;
+    let (_p, c, proxy) = mirrored("methods: any").await;
     let client = h2_client();
     let body = Bytes::from(vec![b'h'; 200_000]);
     let req = Request::post(proxy.url("/h2/post?x=1"))
@@ -743,8 +742,7 @@ async fn a_client_that_leaves_before_the_answer_is_not_mirrored() {
 
 #[tokio::test]
 async fn an_h2c_upgrade_offer_is_served_and_mirrored_as_a_plain_request() {
-    let (p, c) = pair().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    let (_p, c, proxy) = mirrored("").await;
     let t = raw(
         proxy.addr,
         b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
