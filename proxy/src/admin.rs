@@ -95,10 +95,14 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         "/api/paths" => json(report::paths(&state.proxy).to_string()),
         "/api/mismatches" => json(report::mismatches(&state.proxy).to_string()),
         "/api/config" => json(state.config.clone()),
-        "/metrics" => Response::builder()
+        "/metrics" => {
+            let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+            state.proxy.metrics().runtime_tasks.set(tasks as i64);
+            Response::builder()
             .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
             .body(Full::new(Bytes::from(metrics::encode(&state.registry))))
-            .expect("static parts are valid"),
+            .expect("static parts are valid")
+        }
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),

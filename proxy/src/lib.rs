@@ -27,7 +27,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -109,7 +108,6 @@ pub async fn run(
     let proxy = Arc::new(Proxy::new(&config, metrics.clone()));
     let dispatchers = Dispatchers::start(&proxy.shadow_clusters());
     let server = Arc::new(Server::new(proxy.clone(), &config.limits));
-    let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
@@ -133,7 +131,7 @@ pub async fn run(
         loops.spawn(
             server
                 .clone()
-                .accept_loop(listener, lm, graceful.clone(), stop_rx.clone()),
+                .accept_loop(listener, lm, stop_rx.clone()),
         );
     }
     admin_state.ready.store(true, Ordering::Relaxed);
@@ -152,12 +150,18 @@ pub async fn run(
             conns.push(set);
         }
     }
-    if let Ok(graceful) = Arc::try_unwrap(graceful) {
-        let open = graceful.count();
-        match tokio::time::timeout(drain, graceful.shutdown()).await {
-            Ok(()) => tracing::info!(connections = open, "drained"),
-            Err(_) => tracing::warn!("drain deadline passed; closing the connections left"),
+    // Every connection saw the stop signal: HTTP/1 closes after the request in progress,
+    // HTTP/2 sent GOAWAY. Wait for them up to the drain deadline, then close the rest.
+    let open: usize = conns.iter().map(JoinSet::len).sum();
+    let drained = tokio::time::timeout(drain, async {
+        for set in &mut conns {
+            while set.join_next().await.is_some() {}
         }
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!(connections = open, "drained"),
+        Err(_) => tracing::warn!("drain deadline passed; closing the connections left"),
     }
     for mut set in conns {
         set.shutdown().await;

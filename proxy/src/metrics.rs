@@ -46,6 +46,40 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerCloseLabels {
+    pub listener: String,
+    pub reason: CloseReason,
+}
+
+/// Why teeproxy closed a client connection itself.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CloseReason {
+    /// No complete request head within `request_head_timeout`.
+    head_timeout,
+    /// No request for `idle_timeout`.
+    idle_timeout,
+    /// The client did not read its response for `write_timeout`.
+    write_timeout,
+    /// Most of the client's requests were abandoned right after being opened (rapid reset).
+    premature_resets,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::head_timeout,
+        CloseReason::idle_timeout,
+        CloseReason::write_timeout,
+        CloseReason::premature_resets,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub reason: RejectReason,
 }
@@ -358,6 +392,11 @@ pub struct Metrics {
     ejections: Family<ClusterLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
     connections: Family<ListenerLabels, Counter>,
+    connections_closed: Family<ListenerCloseLabels, Counter>,
+    accept_errors: Family<ListenerLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    /// Tasks alive on the runtime, set when `/metrics` is read.
+    pub runtime_tasks: Gauge,
     /// One counter per `RejectReason`, created up front so every reason shows at 0.
     rejected: [Counter; 5],
     pub in_flight: Gauge,
@@ -380,6 +419,10 @@ impl Metrics {
             ejections: Family::default(),
             open_connections: Family::default(),
             connections: Family::default(),
+            connections_closed: Family::default(),
+            accept_errors: Family::default(),
+            config_reloads: Family::default(),
+            runtime_tasks: Gauge::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
             in_flight: Gauge::default(),
@@ -495,6 +538,29 @@ impl Metrics {
             m.connections.clone(),
         );
         r.register(
+            "connections_closed",
+            "Client connections teeproxy closed itself, by listener and reason (head_timeout, idle_timeout, write_timeout, premature_resets)",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Errors accepting connections (such as EMFILE), by listener; accepting backs off and retries",
+            m.accept_errors.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads (SIGHUP), by result (ok, error); a failed reload keeps the running config",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "runtime_tasks",
+            "Tasks alive on the async runtime",
+            m.runtime_tasks.clone(),
+        );
+        for result in ["ok", "error"] {
+            m.config_reloads.get_or_create_owned(&ReloadLabels { result });
+        }
+        r.register(
             "rejected_requests",
             "Requests refused before forwarding, by reason",
             rejected,
@@ -551,7 +617,23 @@ impl Metrics {
         ListenerMetrics {
             open: self.open_connections.get_or_create_owned(&label),
             accepted: self.connections.get_or_create_owned(&label),
+            accept_errors: self.accept_errors.get_or_create_owned(&label),
+            closed: CloseReason::ALL.map(|reason| {
+                self.connections_closed
+                    .get_or_create_owned(&ListenerCloseLabels {
+                        listener: listener.to_string(),
+                        reason,
+                    })
+            }),
         }
+    }
+
+    /// Counts a config reload by its result.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// Cached handles for one (route, shadow cluster) policy.
@@ -784,6 +866,15 @@ impl ClusterMetrics {
 pub struct ListenerMetrics {
     pub open: Gauge,
     pub accepted: Counter,
+    pub accept_errors: Counter,
+    /// Indexed like `CloseReason::ALL`.
+    pub closed: [Counter; 4],
+}
+
+impl ListenerMetrics {
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed[reason as usize].inc();
+    }
 }
 
 /// Renders the registry as OpenMetrics text.

@@ -102,6 +102,10 @@ impl Proxy {
         }
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The current config's routes and clusters.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()

@@ -204,6 +204,8 @@ pub fn config(c: &Config) -> Value {
             "max_concurrent_streams": l.max_concurrent_streams.value,
             "body_timeout": l.body_timeout.value.to_string(),
             "max_connections": l.max_connections.value,
+            "idle_timeout": l.idle_timeout.value.to_string(),
+            "write_timeout": l.write_timeout.value.to_string(),
         },
         "drain_timeout": c.drain_timeout.to_string(),
         "shadow_drain": c.shadow_drain.to_string(),

@@ -1,6 +1,9 @@
 //! Test support: fake upstreams that record exactly what they received, a proxy spawner
 //! on `127.0.0.1:0`, HTTP/1, HTTP/2 and raw-socket clients, and `assert_eventually!`.
 
+pub mod fuzz;
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

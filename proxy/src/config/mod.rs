@@ -357,6 +357,14 @@ pub struct Limits {
     /// Client connections open at once per listener; at the cap, accepting pauses.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
+    /// A connection with no request in progress is closed after this long (HTTP/1:
+    /// closed; HTTP/2: GOAWAY).
+    #[serde(default = "default_client_idle_timeout")]
+    pub idle_timeout: Spanned<Dur>,
+    /// Longest a response write may wait on a client that does not read; past it the
+    /// connection is closed.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: Spanned<Dur>,
 }
 
 impl Default for Limits {
@@ -369,6 +377,8 @@ impl Default for Limits {
             max_concurrent_streams: default_h2_streams(),
             body_timeout: default_body_timeout(),
             max_connections: default_max_connections(),
+            idle_timeout: default_client_idle_timeout(),
+            write_timeout: default_write_timeout(),
         }
     }
 }
@@ -466,6 +476,12 @@ fn default_body_timeout() -> Spanned<Dur> {
 }
 fn default_max_connections() -> Spanned<usize> {
     unspanned(10_000)
+}
+fn default_client_idle_timeout() -> Spanned<Dur> {
+    unspanned(Dur::secs(60))
+}
+fn default_write_timeout() -> Spanned<Dur> {
+    unspanned(Dur::secs(60))
 }
 fn default_h2_streams() -> Spanned<u32> {
     unspanned(100)
@@ -969,13 +985,18 @@ impl Limits {
                 "must be at least 1",
             ));
         }
-        let bt = &self.body_timeout;
-        if bt.value.get().is_zero() {
-            return Err(Invalid::at(
-                Some(&bt.referenced),
-                "limits.body_timeout",
-                "must be greater than 0",
-            ));
+        for (key, d) in [
+            ("limits.body_timeout", &self.body_timeout),
+            ("limits.idle_timeout", &self.idle_timeout),
+            ("limits.write_timeout", &self.write_timeout),
+        ] {
+            if d.value.get().is_zero() {
+                return Err(Invalid::at(
+                    Some(&d.referenced),
+                    key,
+                    "must be greater than 0",
+                ));
+            }
         }
         let mc = &self.max_connections;
         if !(1..=1_000_000).contains(&mc.value) {

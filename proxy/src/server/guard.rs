@@ -11,27 +11,85 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::clock::ConnClock;
 
 pin_project! {
-    /// A stream with a replayed prefix and an optional HTTP/1 framing tracker.
+    /// A stream with a replayed prefix, an optional HTTP/1 framing tracker, and a write
+    /// time limit: a write that cannot make progress for `write_timeout` (a client that
+    /// stopped reading) fails the connection.
     pub struct GuardedIo<S> {
         prefix: Bytes,
         tracker: Option<H1Tracker>,
+        write: WriteLimit,
         #[pin]
         inner: S,
     }
 }
 
+/// The response write time limit; its timer exists only once a write has blocked.
+struct WriteLimit {
+    timeout: Duration,
+    blocked: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+    clock: Option<Arc<ConnClock>>,
+}
+
+impl WriteLimit {
+    /// Passes on the result of a write attempt; a pending one starts (or keeps) the
+    /// timer, which fails the write when it runs out.
+    fn check<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.blocked = false;
+            return r;
+        }
+        let deadline = Instant::now() + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.blocked {
+            self.blocked = true;
+            sleep.as_mut().reset(deadline);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            if let Some(c) = &self.clock {
+                c.write_timed_out.store(true, Ordering::Relaxed);
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the response in time",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
 impl<S> GuardedIo<S> {
-    pub fn new(inner: S, prefix: Bytes, tracker: Option<H1Tracker>) -> Self {
+    pub fn new(
+        inner: S,
+        prefix: Bytes,
+        tracker: Option<H1Tracker>,
+        write_timeout: Duration,
+        clock: Option<Arc<ConnClock>>,
+    ) -> Self {
         GuardedIo {
             prefix,
             tracker,
+            write: WriteLimit {
+                timeout: write_timeout,
+                blocked: false,
+                sleep: None,
+                clock,
+            },
             inner,
         }
     }
@@ -65,20 +123,26 @@ impl<S: AsyncWrite> AsyncWrite for GuardedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        this.write.check(cx, r)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        this.write.check(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let r = this.inner.poll_flush(cx);
+        this.write.check(cx, r)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
@@ -112,6 +176,8 @@ pub struct H1Tracker {
     max_headers: usize,
     /// Heads refused because they carried both `Content-Length` and `Transfer-Encoding`.
     pub refused: u64,
+    /// Told when heads start and complete, for the head time limit.
+    clock: Option<Arc<ConnClock>>,
 }
 
 const MAX_LINE: usize = 8 * 1024;
@@ -124,7 +190,14 @@ impl H1Tracker {
             max_head,
             max_headers,
             refused: 0,
+            clock: None,
         }
+    }
+
+    /// Reports head starts and ends to `clock`.
+    pub fn with_clock(mut self, clock: Arc<ConnClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Feeds bytes in stream order; may change one byte to make hyper refuse the head.
@@ -149,6 +222,11 @@ impl H1Tracker {
                     i += 1;
                     if self.line.is_empty() && (b == b'\r' || b == b'\n') {
                         continue;
+                    }
+                    if self.line.is_empty()
+                        && let Some(c) = &self.clock
+                    {
+                        c.head_started();
                     }
                     self.line.push(b);
                     if self.line.len() > self.max_head + MAX_LINE {
@@ -179,6 +257,9 @@ impl H1Tracker {
     fn off(&mut self) {
         self.state = State::Off;
         self.line = Vec::new();
+        if let Some(c) = &self.clock {
+            c.untracked();
+        }
     }
 
     /// Parses the head in `line`; sets the next state. True when the head must be refused.
@@ -220,6 +301,12 @@ impl H1Tracker {
         };
         self.line.clear();
         self.state = next;
+        if let Some(c) = &self.clock {
+            c.head_done();
+        }
+        if next == State::Off {
+            self.off();
+        }
         false
     }
 

@@ -1,27 +1,30 @@
 //! Client-facing listeners: accept loop, protocol detection under the head time limit,
-//! HTTP/1.1 and h2c on the same port, graceful drain. TLS will slot in at `serve_conn`
-//! (accept the handshake under the same time limit, then hand the stream on).
+//! HTTP/1.1 and h2c on the same port, per-connection time limits (head, idle, write),
+//! the rapid-reset guard, graceful drain. TLS will slot in at `serve_stream` (accept the
+//! handshake under the same time limit, then hand the stream on).
 
+pub mod clock;
 pub mod guard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Limits;
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::proxy::{ConnInfo, Proxy};
+use clock::{ConnClock, Expiry, Tracked};
 use guard::{GuardedIo, H1Tracker};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -32,6 +35,8 @@ pub struct Server {
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
     head_timeout: Duration,
+    idle_timeout: Duration,
+    write_timeout: Duration,
     max_head: usize,
     max_headers: usize,
     max_connections: usize,
@@ -42,10 +47,12 @@ impl Server {
         let max_head = limits.max_header_bytes.value.as_usize();
         let max_headers = limits.max_headers.value;
         let head_timeout = limits.request_head_timeout.value.get();
+        // Head and idle time limits are kept by the connection's clock (hyper's own head
+        // timer also runs through keep-alive idle time, so it is turned off).
         let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
         h1.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(head_timeout)
+            .header_read_timeout(None)
             .max_buf_size(max_head.max(8192))
             .max_headers(max_headers)
             .keep_alive(true);
@@ -55,12 +62,15 @@ impl Server {
             .max_concurrent_streams(limits.max_concurrent_streams.value)
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(256))
             .keep_alive_interval(Some(Duration::from_secs(30)));
         Server {
             proxy,
             h1,
             h2,
             head_timeout,
+            idle_timeout: limits.idle_timeout.value.get(),
+            write_timeout: limits.write_timeout.value.get(),
             max_head,
             max_headers,
             max_connections: limits.max_connections.value,
@@ -68,12 +78,11 @@ impl Server {
     }
 
     /// Accepts connections until `shutdown` turns true; returns the connection tasks,
-    /// which the graceful-shutdown watcher drains.
+    /// which were told to drain by the same signal.
     pub async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
         metrics: ListenerMetrics,
-        graceful: Arc<GracefulShutdown>,
         mut shutdown: watch::Receiver<bool>,
     ) -> JoinSet<()> {
         let mut conns = JoinSet::new();
@@ -98,15 +107,17 @@ impl Server {
                     metrics.accepted.inc();
                     let open = OpenConn::new(&metrics);
                     let server = self.clone();
-                    let watcher = graceful.watcher();
+                    let m = metrics.clone();
+                    let stop = shutdown.clone();
                     conns.spawn(async move {
                         let _open = open;
                         let _slot = slot;
-                        server.serve_conn(stream, peer, watcher).await;
+                        server.serve_stream(stream, peer, &m, stop).await;
                     });
                 }
                 Err(e) => {
                     // EMFILE and friends: log, wait, retry; never spin, never exit.
+                    metrics.accept_errors.inc();
                     tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
                     tokio::select! {
                         _ = crate::stopped(&mut shutdown) => break,
@@ -119,38 +130,101 @@ impl Server {
         conns
     }
 
-    async fn serve_conn(&self, mut stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
-        let (is_h2, prefix) =
-            match tokio::time::timeout(self.head_timeout, detect(&mut stream)).await {
-                Ok(Ok(Some(found))) => found,
-                Ok(Ok(None)) | Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::debug!(%peer, "closing a connection that sent no request in time");
-                    return;
-                }
-            };
-        let tracker = (!is_h2).then(|| H1Tracker::new(self.max_head, self.max_headers));
-        let io = TokioIo::new(GuardedIo::new(stream, prefix, tracker));
+    /// Serves one client connection (any byte stream) until it ends, a time limit ends
+    /// it, or `stop` turns true (then: HTTP/1 finishes the request in progress and
+    /// closes, HTTP/2 sends GOAWAY and finishes its streams).
+    pub async fn serve_stream<S>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        metrics: &ListenerMetrics,
+        mut stop: watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let clock = ConnClock::new();
+        let deadline = clock.started() + self.head_timeout;
+        let (is_h2, prefix) = match tokio::time::timeout_at(deadline, detect(&mut stream)).await {
+            Ok(Ok(Some(found))) => found,
+            Ok(Ok(None)) | Ok(Err(_)) => return,
+            Err(_) => {
+                metrics.closed(CloseReason::head_timeout);
+                tracing::debug!(%peer, "closing a connection that sent no request in time");
+                return;
+            }
+        };
+        let tracker = if is_h2 {
+            clock.head_done();
+            None
+        } else {
+            Some(H1Tracker::new(self.max_head, self.max_headers).with_clock(clock.clone()))
+        };
+        let io = TokioIo::new(GuardedIo::new(
+            stream,
+            prefix,
+            tracker,
+            self.write_timeout,
+            Some(clock.clone()),
+        ));
         let proxy = self.proxy.clone();
         let info = ConnInfo {
             peer,
             proto: "http",
         };
+        let svc_clock = clock.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+            let mut guard = svc_clock.request();
+            async move {
+                let resp = proxy.handle(req, info).await;
+                guard.answered();
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, guard)))
+            }
         });
         let builder = if is_h2 { &self.h2 } else { &self.h1 };
-        let conn = builder.serve_connection(io, svc).into_owned();
-        if let Err(e) = watcher.watch(conn).await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if clock.write_timed_out.load(Ordering::Relaxed) {
+                        metrics.closed(CloseReason::write_timeout);
+                        tracing::debug!(%peer, "closed a connection whose client stopped reading");
+                    } else if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                why = clock.expired(self.head_timeout, self.idle_timeout, !draining) => match why {
+                    Expiry::Head => {
+                        metrics.closed(CloseReason::head_timeout);
+                        tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
+                        return;
+                    }
+                    Expiry::Resets => {
+                        metrics.closed(CloseReason::premature_resets);
+                        tracing::warn!(%peer, "closing a connection that abandoned most of its requests (rapid reset)");
+                        return;
+                    }
+                    Expiry::Idle => {
+                        metrics.closed(CloseReason::idle_timeout);
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
+                },
+                _ = crate::stopped(&mut stop), if !draining => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+            }
         }
     }
 }
 
 /// Reads until the bytes tell HTTP/2 prior knowledge (the full preface) from HTTP/1 (any
 /// mismatch). Returns what was read, to be replayed, or `None` on a silent close.
-async fn detect(stream: &mut TcpStream) -> std::io::Result<Option<(bool, Bytes)>> {
+async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<(bool, Bytes)>> {
     let mut buf = [0u8; 24];
     let mut n = 0;
     while n < H2_PREFACE.len() {

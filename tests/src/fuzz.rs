@@ -1,0 +1,1 @@
+//! Fuzz harnesses shared by `proxy/fuzz` targets and the corpus replay tests.

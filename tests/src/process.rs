@@ -1,0 +1,1 @@
+//! A real `teeproxy` process for black-box tests: spawn, configure, observe, stop.
