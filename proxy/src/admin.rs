@@ -96,12 +96,14 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         "/api/mismatches" => json(report::mismatches(&state.proxy).to_string()),
         "/api/config" => json(state.config.clone()),
         "/metrics" => {
-            let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+            let tasks = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
             state.proxy.metrics().runtime_tasks.set(tasks as i64);
             Response::builder()
-            .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
-            .body(Full::new(Bytes::from(metrics::encode(&state.registry))))
-            .expect("static parts are valid")
+                .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(metrics::encode(&state.registry))))
+                .expect("static parts are valid")
         }
         "/live" => text(StatusCode::OK, "live\n"),
         "/ready" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),

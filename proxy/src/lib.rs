@@ -128,11 +128,7 @@ pub async fn run(
             tracing::info!(listener = %name, %addr, "listening");
         }
         let lm = metrics.listener(&name);
-        loops.spawn(
-            server
-                .clone()
-                .accept_loop(listener, lm, stop_rx.clone()),
-        );
+        loops.spawn(server.clone().accept_loop(listener, lm, stop_rx.clone()));
     }
     admin_state.ready.store(true, Ordering::Relaxed);
 

@@ -558,7 +558,8 @@ impl Metrics {
             m.runtime_tasks.clone(),
         );
         for result in ["ok", "error"] {
-            m.config_reloads.get_or_create_owned(&ReloadLabels { result });
+            m.config_reloads
+                .get_or_create_owned(&ReloadLabels { result });
         }
         r.register(
             "rejected_requests",

@@ -142,14 +142,29 @@ impl Proxy {
             Err(e) => (None, None, Err(e)),
             Ok(route) => {
                 let cluster = &route.primary;
-                let ep = cluster.pick();
+                let mut ep = cluster.pick();
                 let path = route.paths.entry(req.uri().path());
                 let (upstream_req, mirror, body_sent) =
                     prepare(req, route, ep, conn, &snap, &request_id, &path);
                 let sink = mirror.as_ref().and_then(|m| m.primary_body_sink());
                 let mut report = PrimaryReport(mirror);
+                // A refused connection means nothing was sent: a request without a body
+                // may go to the next endpoint (the refusing one was just ejected).
+                let attempts = cluster.endpoint_count().min(MAX_CONNECT_ATTEMPTS);
+                let resend = (attempts > 1 && upstream_req.body().is_end_stream())
+                    .then(|| head_of(&upstream_req));
                 let sent = Instant::now();
-                let result = cluster.send(ep, upstream_req, body_sent).await;
+                let mut result = cluster.send(ep, upstream_req, body_sent).await;
+                if let Some(head) = resend {
+                    let mut tried = 1;
+                    while tried < attempts && matches!(result, Err(UpstreamError::Connect { .. })) {
+                        ep = cluster.pick();
+                        tracing::debug!(request_id = ?request_id, endpoint = %ep.label, "connection refused; resending to the next endpoint");
+                        let req = resend_to(&head, ep, cluster.host_mode);
+                        result = cluster.send(ep, req, None).await;
+                        tried += 1;
+                    }
+                }
                 let elapsed = sent.elapsed();
                 match &result {
                     Ok(r) => path.primary_head(r.status(), elapsed),
@@ -220,6 +235,34 @@ impl Proxy {
         }
         resp
     }
+}
+
+/// Endpoints tried at most for a request without a body whose connections are refused.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// The head of a request without a body, kept to resend it elsewhere.
+fn head_of(req: &Request<PrimaryBody>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
+/// `head` addressed to endpoint `ep` instead, with an empty body.
+fn resend_to(head: &Request<()>, ep: &EndpointState, host_mode: HostMode) -> Request<PrimaryBody> {
+    let mut req = Request::new(Either::Right(http_body_util::Empty::new()));
+    *req.method_mut() = head.method().clone();
+    *req.uri_mut() = upstream_uri(ep, head.uri());
+    *req.version_mut() = head.version();
+    *req.headers_mut() = head.headers().clone();
+    if host_mode == HostMode::Rewrite
+        && let Ok(h) = HeaderValue::from_str(ep.endpoint.authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    req
 }
 
 /// Hands the primary's outcome to the mirror once; if the handler is dropped first (the
@@ -312,5 +355,9 @@ fn prepare(
     };
     parts.uri = upstream_uri(ep, &parts.uri);
     parts.version = Version::HTTP_11;
-    (Request::from_parts(parts, body), mirror, body_sent)
+    (
+        Request::from_parts(parts, Either::Left(body)),
+        mirror,
+        body_sent,
+    )
 }

@@ -14,7 +14,12 @@ use crate::stats::PathRegistry;
 use crate::upstream::Cluster;
 
 /// The body type primary clusters send: the client's body, teed for the shadows.
-pub type PrimaryBody = crate::shadow::TeeBody<crate::idle::IdleTimeout<hyper::body::Incoming>>;
+/// The body sent to the primary: the client's, teed; or nothing, for a request without
+/// a body resent to another endpoint after a refused connection.
+pub type PrimaryBody = http_body_util::Either<
+    crate::shadow::TeeBody<crate::idle::IdleTimeout<hyper::body::Incoming>>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 /// A route, ready to serve.
 pub struct Route {

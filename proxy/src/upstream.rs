@@ -176,6 +176,10 @@ where
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
     /// The next endpoint round-robin, skipping ejected ones while any other is available.
     pub fn pick(&self) -> &EndpointState {
         let n = self.endpoints.len();
