@@ -28,8 +28,8 @@ pub struct AdminState {
     /// True while the proxy accepts traffic; false before start and while draining.
     pub ready: AtomicBool,
     pub proxy: Arc<Proxy>,
-    /// `/api/config`, rendered once.
-    pub config: String,
+    /// `/api/config`, rendered at start and at each reload.
+    pub config: arc_swap::ArcSwap<String>,
 }
 
 /// The live dashboard: one self-contained page, assets inline, no network beyond the
@@ -94,7 +94,7 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             .expect("static parts are valid"),
         "/api/paths" => json(report::paths(&state.proxy).to_string()),
         "/api/mismatches" => json(report::mismatches(&state.proxy).to_string()),
-        "/api/config" => json(state.config.clone()),
+        "/api/config" => json(state.config.load().as_ref().clone()),
         "/metrics" => {
             let tasks = tokio::runtime::Handle::current()
                 .metrics()

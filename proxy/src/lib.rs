@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::admin::AdminState;
@@ -94,6 +94,15 @@ impl Listeners {
     }
 }
 
+/// A config reload, as the caller read it (for example on SIGHUP).
+pub enum Reload {
+    /// A valid config: served from the next request on.
+    Apply(Box<Config>),
+    /// The config could not be read or is invalid: the running one stays. The reason is
+    /// logged and counted.
+    Failed(String),
+}
+
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
 /// up to the config's `drain_timeout` (HTTP/1 answers carry `Connection: close`, HTTP/2
 /// connections get GOAWAY), closes what is left, gives the shadow queues `shadow_drain`,
@@ -101,8 +110,23 @@ impl Listeners {
 pub async fn run(
     config: Config,
     listeners: Listeners,
+    registry: Registry,
+    shutdown: impl Future<Output = ()>,
+) -> String {
+    let (_keep, reloads) = mpsc::channel(1);
+    run_with_reloads(config, listeners, registry, shutdown, reloads).await
+}
+
+/// `run`, also applying the configs that arrive on `reloads`: routes, clusters, shadows,
+/// request limits and logging switch for new requests (in-flight ones finish on the old
+/// config); listener addresses and connection-level limits keep their first values until
+/// a restart (a reload that changes them says so in the log).
+pub async fn run_with_reloads(
+    config: Config,
+    listeners: Listeners,
     mut registry: Registry,
     shutdown: impl Future<Output = ()>,
+    reloads: mpsc::Receiver<Reload>,
 ) -> String {
     let metrics = Metrics::new(&mut registry);
     let proxy = Arc::new(Proxy::new(&config, metrics.clone()));
@@ -114,7 +138,7 @@ pub async fn run(
         registry,
         ready: AtomicBool::new(false),
         proxy: proxy.clone(),
-        config: report::config(&config).to_string(),
+        config: arc_swap::ArcSwap::from_pointee(report::config(&config).to_string()),
     });
     let admin = tokio::spawn(admin::serve(
         listeners.admin,
@@ -131,6 +155,15 @@ pub async fn run(
         loops.spawn(server.clone().accept_loop(listener, lm, stop_rx.clone()));
     }
     admin_state.ready.store(true, Ordering::Relaxed);
+
+    let (reloader_stop, reloader_stop_rx) = watch::channel(false);
+    let reloader = tokio::spawn(reload_loop(
+        reloads,
+        config.clone(),
+        dispatchers,
+        admin_state.clone(),
+        reloader_stop_rx,
+    ));
 
     shutdown.await;
     let drain = config.drain_timeout.get();
@@ -167,11 +200,131 @@ pub async fn run(
         shadow_drain_ms = shadow_drain.as_millis() as u64,
         "draining shadow queues"
     );
-    dispatchers.drain(shadow_drain).await;
+    let _ = reloader_stop.send(true);
+    if let Ok(generations) = reloader.await {
+        let drains: Vec<_> = generations
+            .into_iter()
+            .map(|d| d.drain(shadow_drain))
+            .collect();
+        futures_join_all(drains).await;
+    }
     let _ = admin_stop_tx.send(true);
     let _ = admin.await;
     tracing::info!("stopped");
     metrics::encode(&admin_state.registry)
+}
+
+/// Applies reloads until `stop`; returns every dispatcher generation still running
+/// (the current one, and older ones whose config is still in use), to be drained.
+async fn reload_loop(
+    mut reloads: mpsc::Receiver<Reload>,
+    mut running: Config,
+    mut current: Dispatchers,
+    admin: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Dispatchers> {
+    let proxy = admin.proxy.clone();
+    let shadow_drain = running.shadow_drain.get();
+    // Older generations retire once no request holds their config any more.
+    let mut retiring: JoinSet<Option<Dispatchers>> = JoinSet::new();
+    let (retire_now, retire_rx) = watch::channel(false);
+    loop {
+        let reload = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            r = reloads.recv() => match r {
+                Some(r) => r,
+                None => {
+                    stopped(&mut stop).await;
+                    break;
+                }
+            },
+        };
+        match reload {
+            Reload::Failed(reason) => {
+                proxy.metrics().config_reload(false);
+                tracing::error!(%reason, "config reload failed; the running config stays");
+            }
+            Reload::Apply(config) => {
+                for note in restart_only_changes(&running, &config) {
+                    tracing::warn!("config reload: {note} takes effect only after a restart");
+                }
+                let old = proxy.reload(&config);
+                let previous =
+                    std::mem::replace(&mut current, Dispatchers::start(&proxy.shadow_clusters()));
+                let held = Arc::downgrade(&old);
+                drop(old);
+                let mut now = retire_rx.clone();
+                retiring.spawn(async move {
+                    // Requests in progress on the old config may still offer copies to
+                    // its shadow queues; those drain once the last of them is done.
+                    while held.strong_count() > 0 && !*now.borrow() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                            _ = stopped(&mut now) => {}
+                        }
+                    }
+                    if *now.borrow() {
+                        return Some(previous);
+                    }
+                    previous.drain(shadow_drain).await;
+                    None
+                });
+                admin
+                    .config
+                    .store(Arc::new(report::config(&config).to_string()));
+                proxy.metrics().config_reload(true);
+                tracing::info!(
+                    routes = config.routes.len(),
+                    clusters = config.clusters.len(),
+                    "config reloaded"
+                );
+                running = *config;
+            }
+        }
+        while retiring.try_join_next().is_some() {}
+    }
+    let _ = retire_now.send(true);
+    let mut generations = vec![current];
+    while let Some(done) = retiring.join_next().await {
+        if let Ok(Some(d)) = done {
+            generations.push(d);
+        }
+    }
+    generations
+}
+
+/// What a reload cannot change on a running process.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.listener_addrs() != new.listener_addrs() {
+        out.push("a listener change");
+    }
+    if old.admin_addr() != new.admin_addr() {
+        out.push("an admin address change");
+    }
+    let (a, b) = (&old.limits, &new.limits);
+    if a.request_head_timeout.value != b.request_head_timeout.value
+        || a.idle_timeout.value != b.idle_timeout.value
+        || a.write_timeout.value != b.write_timeout.value
+        || a.max_connections.value != b.max_connections.value
+        || a.max_concurrent_streams.value != b.max_concurrent_streams.value
+        || a.max_header_bytes.value != b.max_header_bytes.value
+    {
+        out.push("a change to connection limits (head, idle and write timeouts, max_connections, max_concurrent_streams, max_header_bytes)");
+    }
+    if old.drain_timeout != new.drain_timeout || old.shadow_drain != new.shadow_drain {
+        out.push("a drain_timeout or shadow_drain change");
+    }
+    out
+}
+
+/// Runs futures side by side and waits for all of them.
+async fn futures_join_all<F: Future<Output = ()> + Send + 'static>(futs: Vec<F>) {
+    let mut set = JoinSet::new();
+    for f in futs {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
 }
 
 /// Completes once `rx` holds `true` (or its sender is gone).

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use teeproxy::config::Config;
 use teeproxy::demo::{DemoUpstream, UpstreamStats, demo_config, generate_traffic, serve_upstream};
 use teeproxy::logging::{self, LogFormat};
-use teeproxy::{Listeners, run};
+use teeproxy::{Listeners, Reload, run, run_with_reloads};
 
 /// Exit status for a configuration error (EX_CONFIG would be 78; 64 is EX_USAGE, which
 /// the project uses for every bad-input case).
@@ -74,7 +74,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             logging::init(cli.log_format);
-            report(runtime().and_then(|rt| rt.block_on(serve(config))))
+            let path = cli.config.expect("loaded from a path");
+            report(runtime().and_then(|rt| rt.block_on(serve(config, path))))
         }
     }
 }
@@ -185,10 +186,45 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
-    run(config, listeners, Registry::default(), shutdown_signal()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hangups = tokio::spawn(reload_on_hangup(path, tx));
+    run_with_reloads(
+        config,
+        listeners,
+        Registry::default(),
+        shutdown_signal(),
+        rx,
+    )
+    .await;
+    hangups.abort();
     Ok(())
+}
+
+/// On each SIGHUP, reads and validates the config file again and hands the result over:
+/// a config that does not load is reported, and the running one stays.
+async fn reload_on_hangup(path: PathBuf, tx: tokio::sync::mpsc::Sender<Reload>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: config reload is off");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+            let reload = match Config::load(&path) {
+                Ok(c) => Reload::Apply(Box::new(c)),
+                Err(e) => Reload::Failed(e.to_string()),
+            };
+            if tx.send(reload).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop((path, tx));
 }
 
 async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Result<()> {

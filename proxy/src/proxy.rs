@@ -42,11 +42,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(config: &Config, metrics: &Arc<Metrics>, mismatches: &Arc<MismatchRing>) -> Self {
+    /// Builds the handler's view of `config`; path statistics of routes that did not
+    /// change are carried over from `previous`.
+    pub fn new(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        mismatches: &Arc<MismatchRing>,
+        previous: Option<&Snapshot>,
+    ) -> Self {
         let clusters = build_clusters(config, metrics);
         let shadows = build_shadow_clusters(config, metrics);
         Snapshot {
-            router: Router::new(config, &clusters, &shadows, metrics, mismatches),
+            router: Router::new(
+                config,
+                &clusters,
+                &shadows,
+                metrics,
+                mismatches,
+                previous.map(|p| &p.router),
+            ),
             shadow_clusters: shadows.into_values().collect(),
             limits: RequestLimits::from(&config.limits),
             body_timeout: config.limits.body_timeout.value.get(),
@@ -94,7 +108,7 @@ impl Proxy {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         let mismatches = Arc::new(MismatchRing::new(config.mismatch_ring.value));
         Proxy {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics, &mismatches)),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics, &mismatches, None)),
             no_route: metrics.route(NO_ROUTE),
             metrics,
             ids: RequestIds::default(),
@@ -104,6 +118,15 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Serves `config` from the next request on; requests already in progress finish on
+    /// the config they started with. Returns the config it replaced (its shadow
+    /// clusters' dispatchers can retire once nothing holds it any more).
+    pub fn reload(&self, config: &Config) -> Arc<Snapshot> {
+        let current = self.snapshot.load_full();
+        let next = Snapshot::new(config, &self.metrics, &self.mismatches, Some(&current));
+        self.snapshot.swap(Arc::new(next))
     }
 
     /// The current config's routes and clusters.

@@ -31,8 +31,10 @@ pub struct Route {
     pub primary: Arc<Cluster<PrimaryBody>>,
     /// Shadow policies, in config order.
     pub shadows: Vec<Arc<ShadowPolicy>>,
-    /// Path templates and their statistics.
-    pub paths: PathRegistry,
+    /// Path templates and their statistics (kept across a reload that leaves the route's
+    /// name, templates, primary and shadows as they were).
+    pub paths: Arc<PathRegistry>,
+    paths_key: String,
     pub metrics: RouteMetrics,
 }
 
@@ -49,11 +51,13 @@ impl Router {
         shadows: &HashMap<String, Arc<ShadowCluster>>,
         metrics: &Arc<Metrics>,
         mismatches: &Arc<MismatchRing>,
+        previous: Option<&Router>,
     ) -> Self {
         let routes = config
             .routes
             .iter()
-            .map(|r| Route {
+            .map(|r| (r, paths_key(r)))
+            .map(|(r, key)| Route {
                 name: r.name.value.clone(),
                 path_prefix: r.match_.path_prefix.value.clone(),
                 host: r
@@ -68,14 +72,24 @@ impl Router {
                 }),
                 primary: clusters[&r.primary.value].clone(),
                 shadows: route_policies(config, r, shadows, metrics, mismatches),
-                paths: PathRegistry::new(
-                    &r.name.value,
-                    &r.paths.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
-                    r.max_paths.value,
-                    &r.primary.value,
-                    r.shadows.iter().map(|s| s.cluster.value.clone()).collect(),
-                    metrics.clone(),
-                ),
+                paths: previous
+                    .and_then(|p| {
+                        p.routes
+                            .iter()
+                            .find(|old| old.name == r.name.value && old.paths_key == key)
+                    })
+                    .map(|old| old.paths.clone())
+                    .unwrap_or_else(|| {
+                        Arc::new(PathRegistry::new(
+                            &r.name.value,
+                            &r.paths.iter().map(|p| p.value.clone()).collect::<Vec<_>>(),
+                            r.max_paths.value,
+                            &r.primary.value,
+                            r.shadows.iter().map(|s| s.cluster.value.clone()).collect(),
+                            metrics.clone(),
+                        ))
+                    }),
+                paths_key: key,
                 metrics: metrics.route(&r.name.value),
             })
             .collect();
@@ -98,6 +112,16 @@ impl Router {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+}
+
+/// What a route's path statistics depend on.
+fn paths_key(r: &crate::config::RouteConfig) -> String {
+    let templates: Vec<&str> = r.paths.iter().map(|p| p.value.as_str()).collect();
+    let shadows: Vec<&str> = r.shadows.iter().map(|s| s.cluster.value.as_str()).collect();
+    format!(
+        "{templates:?} {} {} {shadows:?}",
+        r.max_paths.value, r.primary.value
+    )
 }
 
 /// `host:port` -> `host`; `[::1]:80` -> `[::1]`.
@@ -133,6 +157,7 @@ mod tests {
             &shadows,
             &metrics,
             &Arc::new(MismatchRing::new(10)),
+            None,
         )
     }
 

@@ -27,6 +27,9 @@ use crate::proxy::{ConnInfo, Proxy};
 use clock::{ConnClock, Expiry, Tracked};
 use guard::{GuardedIo, H1Tracker};
 
+/// Response bytes buffered per HTTP/2 stream beyond what the client's window allows.
+pub const H2_SEND_BUFFER: usize = 128 * 1024;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Connection settings shared by every listener.
@@ -63,6 +66,8 @@ impl Server {
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(50))
             .max_local_error_reset_streams(Some(256))
+            // Response data buffered per stream for a client that grants no window.
+            .max_send_buf_size(H2_SEND_BUFFER)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         Server {
             proxy,

@@ -1,0 +1,471 @@
+//! C18-C20 (and HTTP/2 idle connections) against a real process, with raw frames.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use teeproxy_tests::process::*;
+use teeproxy_tests::*;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK string or integer length with a 7-bit prefix (no Huffman).
+fn hpack_len(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128 + 128) as u8);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// A literal header field without indexing, new name.
+fn literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.push(0);
+    hpack_len(out, name.len());
+    out.extend_from_slice(name.as_bytes());
+    hpack_len(out, value.len());
+    out.extend_from_slice(value);
+}
+
+/// `GET path` (`:method GET`, `:scheme http` from the static table) plus `extra`.
+fn request_block(path: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = vec![0x82, 0x86];
+    b.push(0x04); // :path, literal without indexing, indexed name 4
+    hpack_len(&mut b, path.len());
+    b.extend_from_slice(path.as_bytes());
+    b.push(0x01); // :authority, indexed name 1
+    hpack_len(&mut b, 1);
+    b.push(b'a');
+    for (n, v) in extra {
+        literal(&mut b, n, v);
+    }
+    b
+}
+
+/// A connection that has sent the preface and its SETTINGS (`settings` pairs).
+async fn h2_conn(addr: std::net::SocketAddr, settings: &[(u16, u32)]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut payload = Vec::new();
+    for (id, v) in settings {
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(&v.to_be_bytes());
+    }
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &payload));
+    s.write_all(&hello).await.expect("preface");
+    s
+}
+
+/// Frames read until EOF or `limit`: (type, flags, stream, payload) and whether EOF came.
+async fn read_frames(s: &mut TcpStream, limit: Duration) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut chunk = vec![0u8; 65536];
+    let eof = loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            frames.push((buf[3], buf[4], stream, buf[9..9 + len].to_vec()));
+            buf.drain(..9 + len);
+        }
+    };
+    (frames, eof)
+}
+
+fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
+    frames
+        .iter()
+        .find(|f| f.0 == GOAWAY)
+        .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
+}
+
+fn closed(reason: &str) -> String {
+    format!("teeproxy_connections_closed_total{{listener=\"public\",reason=\"{reason}\"}}")
+}
+
+/// C18: streams opened and cancelled at once, thousands of times: the connection is
+/// closed early, few requests reach the primary, nothing is mirrored for them.
+#[tokio::test]
+async fn rapid_reset_closes_the_connection_and_mirrors_nothing_reset() {
+    let primary = FakeUpstream::builder()
+        .delay(Duration::from_millis(50))
+        .start()
+        .await;
+    let shadow = FakeUpstream::start().await;
+    let mut p = ProxyProcess::start(&shadow_yaml(&primary.url(), &shadow.url(), "", "")).await;
+    let mut s = h2_conn(p.addr(), &[]).await;
+    const STREAMS: u32 = 5000;
+    let mut sent = 0;
+    'flood: for batch in 0..STREAMS / 50 {
+        let mut bytes = Vec::new();
+        for i in 0..50 {
+            let id = 2 * (batch * 50 + i) + 1;
+            bytes.extend(frame(
+                HEADERS,
+                END_STREAM | END_HEADERS,
+                id,
+                &request_block("/rr", &[]),
+            ));
+            bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        }
+        if s.write_all(&bytes).await.is_err() {
+            break 'flood;
+        }
+        sent += 50;
+    }
+    let (frames, eof) = read_frames(&mut s, Duration::from_secs(10)).await;
+    assert!(eof, "the connection stayed open after {sent} reset streams");
+    let m = p.metrics().await;
+    let guard = metric_value(&m, &closed("premature_resets"));
+    let calm = goaway_code(&frames) == Some(0xb);
+    eprintln!(
+        "rapid reset: {sent} streams sent, primary saw {}, premature-reset guard {guard}, GOAWAY {:?}",
+        primary.count(),
+        goaway_code(&frames)
+    );
+    assert!(
+        guard == 1.0 || calm,
+        "closed by neither guard: GOAWAY {:?}",
+        goaway_code(&frames)
+    );
+    assert!(
+        primary.count() < 1000,
+        "{} of {sent} reset streams reached the primary",
+        primary.count()
+    );
+    // Copies exist only for answered requests, never for the cancelled ones.
+    let answered: Vec<_> = primary.received();
+    assert_eventually!(
+        metric_value(
+            &p.metrics().await,
+            "teeproxy_shadow_queue_depth{shadow=\"candidate\"}"
+        ) == 0.0
+    );
+    assert!(
+        shadow.count() <= answered.len(),
+        "shadow {} > primary {}",
+        shadow.count(),
+        answered.len()
+    );
+    p.assert_alive();
+    assert_eq!(
+        http_get(p.addr(), "/after", Duration::from_secs(5))
+            .await
+            .map(|r| r.0),
+        Some(200)
+    );
+}
+
+/// C18, the slower shape: streams that reach the primary and are then cancelled, round
+/// after round. teeproxy's own guard closes the connection once most of at least 100
+/// requests were abandoned; the copies of the abandoned requests are dropped `cancelled`.
+#[tokio::test]
+async fn streams_abandoned_after_forwarding_trip_the_premature_reset_guard() {
+    let primary = FakeUpstream::builder()
+        .delay(Duration::from_secs(5))
+        .start()
+        .await;
+    let shadow = FakeUpstream::start().await;
+    let mut p = ProxyProcess::start(&shadow_yaml(&primary.url(), &shadow.url(), "", "")).await;
+    let mut s = h2_conn(p.addr(), &[]).await;
+    let mut next_id = 1u32;
+    let mut closed_after = None;
+    for round in 0..6 {
+        let ids: Vec<u32> = (0..50).map(|i| next_id + 2 * i).collect();
+        next_id += 100;
+        let mut heads = Vec::new();
+        for id in &ids {
+            heads.extend(frame(
+                HEADERS,
+                END_STREAM | END_HEADERS,
+                *id,
+                &request_block("/slow", &[]),
+            ));
+        }
+        if s.write_all(&heads).await.is_err() {
+            closed_after = Some(round);
+            break;
+        }
+        let want = 50 * (round + 1);
+        assert_eventually!(
+            primary.count() >= want || !p.alive(),
+            "round {round}: {} forwarded",
+            primary.count()
+        );
+        let mut resets = Vec::new();
+        for id in &ids {
+            resets.extend(frame(RST_STREAM, 0, *id, &CANCEL.to_be_bytes()));
+        }
+        if s.write_all(&resets).await.is_err() {
+            closed_after = Some(round);
+            break;
+        }
+        let mut guard = 0.0;
+        for _ in 0..50 {
+            guard = p.metric(&closed("premature_resets")).await;
+            if guard >= 1.0 || round == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if guard >= 1.0 {
+            closed_after = Some(round);
+            break;
+        }
+    }
+    assert!(
+        closed_after.is_some(),
+        "the guard never closed the connection"
+    );
+    assert_eq!(p.metric(&closed("premature_resets")).await, 1.0);
+    let (_, eof) = read_frames(&mut s, Duration::from_secs(5)).await;
+    assert!(eof, "the connection is closed");
+    assert!(primary.count() <= 150, "{} forwarded", primary.count());
+    assert_eventually!(p.metric("teeproxy_requests_in_flight").await == 0.0);
+    assert_eq!(shadow.count(), 0, "abandoned requests were mirrored");
+    assert!(
+        p.metric(
+            "teeproxy_shadow_dropped_total{route=\"all\",shadow=\"candidate\",reason=\"cancelled\"}"
+        )
+        .await
+            >= 100.0
+    );
+    p.assert_alive();
+}
+
+/// C18: a header block that never ends (CONTINUATION after CONTINUATION): the connection
+/// is closed long before the flood is sent, memory stays flat, the primary sees nothing.
+#[tokio::test]
+async fn continuation_flood_is_cut_off() {
+    let primary = FakeUpstream::start().await;
+    let mut p = ProxyProcess::start(&simple_yaml(&[primary.url()], "")).await;
+    let rss_before = p.rss_kib().unwrap_or(0);
+    let mut s = h2_conn(p.addr(), &[]).await;
+    s.write_all(&frame(HEADERS, END_STREAM, 1, &request_block("/cf", &[])))
+        .await
+        .unwrap();
+    let value = vec![b'v'; 1000];
+    let mut block = Vec::new();
+    for i in 0..15 {
+        literal(&mut block, &format!("x-flood-{i}"), &value);
+    }
+    let cont = frame(CONTINUATION, 0, 1, &block);
+    let total = 20 << 20;
+    let mut written = 0usize;
+    while written < total {
+        match tokio::time::timeout(Duration::from_secs(5), s.write_all(&cont)).await {
+            Ok(Ok(())) => written += cont.len(),
+            Ok(Err(_)) => break,
+            Err(_) => break, // the proxy stopped reading
+        }
+    }
+    assert!(
+        written < total,
+        "the proxy took all {written} bytes of the flood"
+    );
+    let (frames, _) = read_frames(&mut s, Duration::from_secs(5)).await;
+    let _ = frames;
+    assert_eq!(primary.count(), 0);
+    let rss_after = p.rss_kib().unwrap_or(0);
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    p.assert_alive();
+    assert_eq!(
+        http_get(p.addr(), "/after", Duration::from_secs(5))
+            .await
+            .map(|r| r.0),
+        Some(200)
+    );
+}
+
+/// C19: malformed requests are stream (or connection) errors and never reach an
+/// upstream; a body shorter than its content-length aborts the upstream request and is
+/// not mirrored.
+#[tokio::test]
+async fn malformed_http2_requests_never_reach_an_upstream() {
+    let primary = FakeUpstream::start().await;
+    let shadow = FakeUpstream::start().await;
+    let mut p = ProxyProcess::start(&shadow_yaml(&primary.url(), &shadow.url(), "", "")).await;
+    let cases: [(&str, Vec<(&str, &[u8])>); 4] = [
+        ("uppercase name", vec![("X-Upper", b"1")]),
+        (
+            "connection-specific header",
+            vec![("connection", b"keep-alive")],
+        ),
+        ("CRLF in a value", vec![("x-bad", b"a\r\nb")]),
+        ("transfer-encoding", vec![("transfer-encoding", b"chunked")]),
+    ];
+    for (what, extra) in cases {
+        let mut s = h2_conn(p.addr(), &[]).await;
+        s.write_all(&frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            1,
+            &request_block("/bad", &extra),
+        ))
+        .await
+        .unwrap();
+        let (frames, _) = read_frames(&mut s, Duration::from_millis(1500)).await;
+        let refused = frames.iter().any(|f| f.0 == RST_STREAM && f.2 == 1)
+            || frames.iter().any(|f| f.0 == GOAWAY)
+            || frames
+                .iter()
+                .any(|f| f.0 == HEADERS && f.2 == 1 && f.3.first() == Some(&0x8c)); // :status 400
+        assert!(refused, "{what}: not refused: {frames:?}");
+    }
+    assert_eq!(
+        primary.count(),
+        0,
+        "a malformed request reached the primary"
+    );
+
+    // content-length 10, 5 bytes of DATA, end of stream.
+    let mut s = h2_conn(p.addr(), &[]).await;
+    let mut block = request_block("/short", &[("content-length", b"10")]);
+    block[0] = 0x83; // :method POST
+    s.write_all(&frame(HEADERS, END_HEADERS, 1, &block))
+        .await
+        .unwrap();
+    s.write_all(&frame(DATA, END_STREAM, 1, b"12345"))
+        .await
+        .unwrap();
+    let (frames, _) = read_frames(&mut s, Duration::from_millis(1500)).await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| (f.0 == RST_STREAM && f.2 == 1) || f.0 == GOAWAY),
+        "short body not refused: {frames:?}"
+    );
+    assert!(
+        primary.received().iter().all(|r| !r.complete),
+        "the primary saw a complete request: {:?}",
+        primary.received()
+    );
+    assert_eq!(shadow.count(), 0, "a short body was mirrored");
+    p.assert_alive();
+}
+
+/// C20: many streams whose client grants no window: each stream buffers a bounded amount,
+/// RSS stays far below what the responses add up to, and closing the connection frees
+/// everything.
+#[tokio::test]
+async fn many_streams_with_a_reader_that_grants_no_window_stay_bounded() {
+    let body = vec![b'x'; 4 << 20];
+    let primary = FakeUpstream::builder().body(body).start().await;
+    let mut p = ProxyProcess::start(&simple_yaml(&[primary.url()], "")).await;
+    let rss_before = p.rss_kib().unwrap_or(0);
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no response DATA may be sent.
+    let mut s = h2_conn(p.addr(), &[(0x4, 0)]).await;
+    let mut bytes = Vec::new();
+    for i in 0..100u32 {
+        bytes.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &request_block("/big", &[]),
+        ));
+    }
+    s.write_all(&bytes).await.unwrap();
+    // Every stream gets its response head; then nothing moves.
+    let mut heads = 0;
+    let mut frames_seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while heads < 100 && tokio::time::Instant::now() < deadline {
+        let (frames, eof) = read_frames(&mut s, Duration::from_millis(300)).await;
+        heads += frames.iter().filter(|f| f.0 == HEADERS).count();
+        frames_seen.extend(frames.into_iter().map(|f| (f.0, f.2)));
+        assert!(!eof, "the proxy closed the connection");
+    }
+    assert_eq!(heads, 100, "response heads: {heads}");
+    assert_eventually!(primary.count() == 100);
+    let rss = p.rss_kib().unwrap_or(0);
+    // 100 responses of 4 MiB are 400 MiB; per-stream buffering keeps the proxy small.
+    assert!(
+        rss < rss_before + 64 * 1024,
+        "RSS {rss} KiB (from {rss_before}) with 100 stalled streams"
+    );
+    drop(s);
+    assert_eventually!(p.metric("teeproxy_requests_in_flight").await == 0.0);
+    assert_eventually!(
+        p.metric("teeproxy_open_connections{listener=\"public\"}")
+            .await
+            == 0.0
+    );
+    p.assert_alive();
+}
+
+/// An HTTP/2 connection with no stream open is closed at the idle limit with GOAWAY.
+#[tokio::test]
+async fn an_idle_http2_connection_gets_goaway() {
+    let primary = FakeUpstream::start().await;
+    let p = ProxyProcess::start(&format!(
+        "{}limits: {{ idle_timeout: 700ms }}\n",
+        simple_yaml(&[primary.url()], "")
+    ))
+    .await;
+    let mut s = h2_conn(p.addr(), &[]).await;
+    let started = std::time::Instant::now();
+    // Answer PINGs like a real client: the graceful close waits for the PING ACK that
+    // confirms the GOAWAY was seen.
+    let mut frames = Vec::new();
+    let mut eof = false;
+    while !eof && started.elapsed() < Duration::from_secs(5) {
+        let (got, closed) = read_frames(&mut s, Duration::from_millis(100)).await;
+        for f in &got {
+            if f.0 == PING && f.1 & 0x1 == 0 {
+                let _ = s.write_all(&frame(PING, 0x1, 0, &f.3)).await;
+            }
+        }
+        frames.extend(got);
+        eof = closed;
+    }
+    assert!(eof, "still open after 5 s: {frames:?}");
+    assert_eq!(
+        goaway_code(&frames),
+        Some(0),
+        "GOAWAY NO_ERROR expected: {frames:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.metric(&closed("idle_timeout")).await, 1.0);
+}
