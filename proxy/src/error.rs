@@ -26,6 +26,8 @@ pub enum ProxyError {
     UriTooLong,
     #[error("request header fields too large")]
     HeadersTooLarge,
+    #[error("WebSocket upgrades are not enabled on this route")]
+    UpgradeRefused,
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
 }
@@ -38,6 +40,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UpgradeRefused => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::ClientBody {
                 timed_out: true, ..
@@ -55,6 +58,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => RejectReason::bad_request,
             ProxyError::UriTooLong => RejectReason::uri_too_long,
             ProxyError::HeadersTooLarge => RejectReason::headers_too_large,
+            ProxyError::UpgradeRefused => RejectReason::upgrade_refused,
             ProxyError::Upstream(_) => return None,
         })
     }
@@ -92,6 +96,7 @@ impl ProxyError {
                 | ProxyError::HeadersTooLarge
                 | ProxyError::UriTooLong
                 | ProxyError::MethodNotAllowed(_)
+                | ProxyError::UpgradeRefused
                 | ProxyError::Upstream(UpstreamError::ClientBody { .. })
         ) {
             resp.headers_mut().insert(

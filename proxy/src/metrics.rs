@@ -132,15 +132,17 @@ pub enum RejectReason {
     bad_request,
     uri_too_long,
     headers_too_large,
+    upgrade_refused,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         Self::no_route,
         Self::method_not_allowed,
         Self::bad_request,
         Self::uri_too_long,
         Self::headers_too_large,
+        Self::upgrade_refused,
     ];
 }
 
@@ -398,7 +400,9 @@ pub struct Metrics {
     /// Tasks alive on the runtime, set when `/metrics` is read.
     pub runtime_tasks: Gauge,
     /// One counter per `RejectReason`, created up front so every reason shows at 0.
-    rejected: [Counter; 5],
+    rejected: [Counter; 6],
+    /// WebSocket tunnels open.
+    pub tunnels: Gauge,
     pub in_flight: Gauge,
 }
 
@@ -426,6 +430,7 @@ impl Metrics {
             rejected: RejectReason::ALL
                 .map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
             in_flight: Gauge::default(),
+            tunnels: Gauge::default(),
             shadow_offered: Family::default(),
             shadow_sent: Family::default(),
             shadow_dropped: Family::default(),
@@ -551,6 +556,11 @@ impl Metrics {
             "config_reloads",
             "Config reloads (SIGHUP), by result (ok, error); a failed reload keeps the running config",
             m.config_reloads.clone(),
+        );
+        r.register(
+            "tunnels",
+            "WebSocket tunnels open between a client and the primary",
+            m.tunnels.clone(),
         );
         r.register(
             "runtime_tasks",

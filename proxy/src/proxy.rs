@@ -156,19 +156,40 @@ impl Proxy {
             .access_log
             .then(|| (req.method().clone(), req.uri().path().to_string()));
 
+        let websocket = websocket_upgrade(&req);
+        // Any other upgrade request that is not taken up ends its connection after the
+        // answer (the bytes after its head are the client's own protocol, not HTTP/1).
+        let other_upgrade = websocket.is_none()
+            && req.version() == Version::HTTP_11
+            && req
+                .headers()
+                .get_all(header::UPGRADE)
+                .iter()
+                .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"h2c"));
         let routed = checked.and_then(|()| {
             snap.router
                 .route(req.method(), request_host(&req), req.uri().path())
                 .ok_or(ProxyError::NoRoute)
         });
+        let routed = match (routed, &websocket) {
+            (Ok(route), Some(_)) if !route.websocket => Err(ProxyError::UpgradeRefused),
+            (r, _) => r,
+        };
+        let mut tunnel = None;
         let (route, mut endpoint, result) = match routed {
             Err(e) => (None, None, Err(e)),
             Ok(route) => {
                 let cluster = &route.primary;
                 let mut ep = cluster.pick();
                 let path = route.paths.entry(req.uri().path());
-                let (upstream_req, mirror, body_sent) =
+                let client_upgrade = websocket.as_ref().map(|_| hyper::upgrade::on(&mut req));
+                let (mut upstream_req, mirror, body_sent) =
                     prepare(req, route, ep, conn, &snap, &request_id, &path);
+                if let Some(protocol) = &websocket {
+                    let h = upstream_req.headers_mut();
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    h.insert(header::UPGRADE, protocol.clone());
+                }
                 let sink = mirror.as_ref().and_then(|m| m.primary_body_sink());
                 let mut report = PrimaryReport(mirror);
                 // A refused connection means nothing was sent: a request without a body
@@ -187,6 +208,14 @@ impl Proxy {
                         result = cluster.send(ep, req, None).await;
                         tried += 1;
                     }
+                }
+                if let (Some(on_client), Ok(resp)) = (client_upgrade, result.as_mut())
+                    && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    tunnel = resp.headers().get(header::UPGRADE).cloned();
+                    let on_primary = hyper::upgrade::on(&mut *resp);
+                    let gauge = self.metrics.tunnels.clone();
+                    tokio::spawn(splice(on_client, on_primary, gauge, request_id.clone()));
                 }
                 let elapsed = sent.elapsed();
                 match &result {
@@ -238,6 +267,18 @@ impl Proxy {
         };
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        match tunnel {
+            Some(protocol) => {
+                let h = resp.headers_mut();
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, protocol);
+            }
+            None if websocket.is_some() || other_upgrade => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            None => {}
+        }
 
         let elapsed = start.elapsed();
         route
@@ -257,6 +298,49 @@ impl Proxy {
             );
         }
         resp
+    }
+}
+
+/// The protocol a WebSocket upgrade asks for: HTTP/1.1 `GET` with `Connection: upgrade`
+/// and `Upgrade: websocket`.
+fn websocket_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || req.method() != http::Method::GET {
+        return None;
+    }
+    let h = req.headers();
+    let connection_upgrade = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = h.get(header::UPGRADE)?;
+    (connection_upgrade && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        .then(|| upgrade.clone())
+}
+
+/// Relays bytes both ways between an upgraded client connection and the primary's,
+/// until either side closes.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    primary: hyper::upgrade::OnUpgrade,
+    open: Gauge,
+    request_id: HeaderValue,
+) {
+    let (client, primary) = match tokio::join!(client, primary) {
+        (Ok(c), Ok(p)) => (c, p),
+        (c, p) => {
+            tracing::debug!(request_id = ?request_id, client_ok = c.is_ok(), primary_ok = p.is_ok(), "upgrade did not complete");
+            return;
+        }
+    };
+    let _open = InFlight::new(&open);
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut primary = hyper_util::rt::TokioIo::new(primary);
+    match tokio::io::copy_bidirectional(&mut client, &mut primary).await {
+        Ok((up, down)) => {
+            tracing::debug!(request_id = ?request_id, bytes_up = up, bytes_down = down, "tunnel closed")
+        }
+        Err(e) => tracing::debug!(request_id = ?request_id, error = %e, "tunnel broke off"),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Route {
     pub paths: Arc<PathRegistry>,
     paths_key: String,
     pub metrics: RouteMetrics,
+    /// WebSocket upgrades are relayed (else refused with 501).
+    pub websocket: bool,
 }
 
 /// The ordered route table.
@@ -91,6 +93,7 @@ impl Router {
                     }),
                 paths_key: key,
                 metrics: metrics.route(&r.name.value),
+                websocket: r.websocket,
             })
             .collect();
         Router { routes }

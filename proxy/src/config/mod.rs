@@ -171,6 +171,10 @@ pub struct RouteConfig {
     /// Distinct path templates tracked for the route; past it, paths are `{other}`.
     #[serde(default = "default_max_paths")]
     pub max_paths: Spanned<usize>,
+    /// WebSocket upgrades: relayed to the primary (never mirrored) when true; answered
+    /// 501 when false.
+    #[serde(default = "yes")]
+    pub websocket: bool,
 }
 
 /// One shadow policy of a route.

@@ -270,7 +270,15 @@ impl H1Tracker {
             Ok(httparse::Status::Complete(_)) => {
                 let mut cl: Option<Option<u64>> = None;
                 let mut te_chunked = None;
+                // After an upgrade request the stream may carry another protocol: stop
+                // following it (the handler closes the connection unless it upgrades).
+                let mut upgrade = false;
                 for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("upgrade")
+                        && !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c")
+                    {
+                        upgrade = true;
+                    }
                     if h.name.eq_ignore_ascii_case("content-length") {
                         cl = Some(
                             std::str::from_utf8(h.value)
@@ -290,6 +298,7 @@ impl H1Tracker {
                     return true;
                 }
                 match (req.method, te_chunked, cl) {
+                    _ if upgrade => State::Off,
                     (Some("CONNECT"), _, _) => State::Off,
                     (_, Some(true), _) => State::ChunkSize,
                     (_, Some(false), _) | (_, _, Some(None)) => State::Off,

@@ -187,7 +187,7 @@ impl Server {
             }
         });
         let builder = if is_h2 { &self.h2 } else { &self.h1 };
-        let conn = builder.serve_connection(io, svc);
+        let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);
         let mut draining = false;
         loop {
