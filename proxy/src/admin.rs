@@ -38,6 +38,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until `stop` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin listening");
+    }
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}

@@ -1,6 +1,7 @@
 //! `teeproxy`: parses the command line, sets up logging, loads the config (exit 64 when it
 //! is invalid) and hands over to the library.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -126,16 +127,19 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     let path = path.expect("loaded from a path");
-    println!("{}: ok", path.display());
-    println!("listeners:");
+    // Written at once, and a closed stdout (`| head`) is not an error.
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: ok", path.display());
+    let _ = writeln!(out, "listeners:");
     for l in &config.listeners {
-        println!("  {:<12} {}", l.name.value, l.address.value);
+        let _ = writeln!(out, "  {:<12} {}", l.name.value, l.address.value);
     }
-    println!("admin:        {}", config.admin.address.value);
-    println!("clusters:");
+    let _ = writeln!(out, "admin:        {}", config.admin.address.value);
+    let _ = writeln!(out, "clusters:");
     for (name, c) in &config.clusters {
         let eps: Vec<&str> = c.endpoints.iter().map(|e| e.value.as_str()).collect();
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<12} {} (connect {}, timeout {}, host {:?})",
             name,
             eps.join(", "),
@@ -144,7 +148,7 @@ fn check(path: Option<PathBuf>) -> ExitCode {
             c.host
         );
     }
-    println!("routes (first match wins):");
+    let _ = writeln!(out, "routes (first match wins):");
     for r in &config.routes {
         let m = &r.match_;
         let host = m.host.as_ref().map_or("*".to_string(), |h| h.value.clone());
@@ -154,7 +158,8 @@ fn check(path: Option<PathBuf>) -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<12} prefix {} host {} methods {} -> {}",
             r.name.value, m.path_prefix.value, host, methods, r.primary.value
         );
@@ -163,7 +168,8 @@ fn check(path: Option<PathBuf>) -> ExitCode {
                 teeproxy::config::ShadowMethods::Keyword(k) => k.clone(),
                 teeproxy::config::ShadowMethods::List(l) => l.join(","),
             };
-            println!(
+            let _ = writeln!(
+                out,
                 "  {:<12}   shadow {} {}% methods {} max_body {} timeout {}",
                 "",
                 sh.cluster.value,
@@ -175,7 +181,8 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         }
     }
     let l = &config.limits;
-    println!(
+    let _ = writeln!(
+        out,
         "limits:       headers {} / {} fields, uri {}, head timeout {}; drain {}",
         l.max_header_bytes.value,
         l.max_headers.value,
@@ -183,6 +190,7 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         l.request_head_timeout.value,
         config.drain_timeout
     );
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     ExitCode::SUCCESS
 }
 
