@@ -131,7 +131,11 @@ pub async fn run_with_reloads(
     let metrics = Metrics::new(&mut registry);
     let proxy = Arc::new(Proxy::new(&config, metrics.clone()));
     let dispatchers = Dispatchers::start(&proxy.shadow_clusters());
-    let server = Arc::new(Server::new(proxy.clone(), &config.limits));
+    let server = Arc::new(Server::new(
+        proxy.clone(),
+        &config.limits,
+        listeners.proxy.len(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin_state = Arc::new(AdminState {

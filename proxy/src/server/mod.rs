@@ -46,7 +46,8 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(proxy: Arc<Proxy>, limits: &Limits) -> Self {
+    /// `listeners` is how many listeners share the process's file descriptors.
+    pub fn new(proxy: Arc<Proxy>, limits: &Limits, listeners: usize) -> Self {
         let max_head = limits.max_header_bytes.value.as_usize();
         let max_headers = limits.max_headers.value;
         let head_timeout = limits.request_head_timeout.value.get();
@@ -78,7 +79,7 @@ impl Server {
             write_timeout: limits.write_timeout.value.get(),
             max_head,
             max_headers,
-            max_connections: limits.max_connections.value,
+            max_connections: connection_cap(limits, listeners, open_files_limit()),
         }
     }
 
@@ -227,6 +228,55 @@ impl Server {
     }
 }
 
+/// File descriptors kept back from client connections: listeners, the admin endpoint,
+/// idle pooled upstream connections, logs.
+const FD_RESERVE: u64 = 256;
+
+/// The per-listener connection cap. Each client connection may hold an upstream
+/// connection too, so the default cap is brought down to what the open-files limit
+/// allows (with a warning); a cap the config sets explicitly is kept (with a warning if
+/// it is above that), and accept errors then back off.
+pub fn connection_cap(limits: &Limits, listeners: usize, open_files: Option<u64>) -> usize {
+    let configured = limits.max_connections.value;
+    let Some(soft) = open_files else {
+        return configured;
+    };
+    let fit = (soft.saturating_sub(FD_RESERVE) / 2 / listeners.max(1) as u64).max(16);
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    if configured <= fit {
+        return configured;
+    }
+    let explicit = limits.max_connections.referenced != serde_saphyr::Location::UNKNOWN;
+    if explicit {
+        tracing::warn!(
+            max_connections = configured,
+            open_files_limit = soft,
+            fits = fit,
+            "limits.max_connections is above what the open-files limit allows; accepting will back off on EMFILE (raise `ulimit -n`)"
+        );
+        configured
+    } else {
+        tracing::warn!(
+            max_connections = fit,
+            open_files_limit = soft,
+            "the default connection cap was lowered to fit the open-files limit (raise `ulimit -n` or set limits.max_connections)"
+        );
+        fit
+    }
+}
+
+/// The soft limit on open files, from /proc/self/limits (`None` where unavailable or
+/// unlimited).
+pub fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Reads until the bytes tell HTTP/2 prior knowledge (the full preface) from HTTP/1 (any
 /// mismatch). Returns what was read, to be replayed, or `None` on a silent close.
 async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<(bool, Bytes)>> {
@@ -258,5 +308,39 @@ impl OpenConn {
 impl Drop for OpenConn {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn limits(yaml_limits: &str) -> Limits {
+        let yaml = format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:1\" }}]\nclusters:\n  a: {{ endpoints: [\"http://127.0.0.1:2\"] }}\nroutes: [{{ name: r, primary: a }}]\n{yaml_limits}"
+        );
+        Config::from_yaml(&yaml).unwrap().limits
+    }
+
+    #[test]
+    fn the_default_cap_fits_the_open_files_limit_and_an_explicit_one_is_kept() {
+        let default = limits("");
+        assert_eq!(connection_cap(&default, 1, None), 10_000);
+        assert_eq!(connection_cap(&default, 1, Some(1_000_000)), 10_000);
+        // 1024 files: (1024 - 256) / 2 = 384 per listener, 192 each for two.
+        assert_eq!(connection_cap(&default, 1, Some(1024)), 384);
+        assert_eq!(connection_cap(&default, 2, Some(1024)), 192);
+        assert_eq!(connection_cap(&default, 1, Some(100)), 16);
+        let explicit = limits("limits: { max_connections: 5000 }");
+        assert_eq!(connection_cap(&explicit, 1, Some(1024)), 5000);
+        assert_eq!(connection_cap(&explicit, 1, Some(1_000_000)), 5000);
+    }
+
+    #[test]
+    fn the_open_files_limit_is_read() {
+        if std::path::Path::new("/proc/self/limits").exists() {
+            assert!(open_files_limit().is_some_and(|n| n > 0));
+        }
     }
 }

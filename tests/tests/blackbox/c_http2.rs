@@ -323,7 +323,8 @@ async fn malformed_http2_requests_never_reach_an_upstream() {
     let primary = FakeUpstream::start().await;
     let shadow = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&shadow_yaml(&primary.url(), &shadow.url(), "", "")).await;
-    let cases: [(&str, Vec<(&str, &[u8])>); 4] = [
+    type Extra<'a> = Vec<(&'a str, &'a [u8])>;
+    let cases: [(&str, Extra); 4] = [
         ("uppercase name", vec![("X-Upper", b"1")]),
         (
             "connection-specific header",
