@@ -235,15 +235,18 @@ pub enum ShadowOutcome {
     body_error,
     /// No complete answer within the shadow's `timeout`.
     timeout,
+    /// Still in flight when the shadow drain deadline passed at shutdown.
+    aborted,
 }
 
 impl ShadowOutcome {
-    pub const ALL: [ShadowOutcome; 5] = [
+    pub const ALL: [ShadowOutcome; 6] = [
         Self::ok,
         Self::connect_error,
         Self::protocol_error,
         Self::body_error,
         Self::timeout,
+        Self::aborted,
     ];
 }
 
@@ -775,7 +778,7 @@ pub struct ShadowPolicyMetrics {
     pub offered: Counter,
     pub sent: Counter,
     dropped: [Counter; 9],
-    outcomes: [Counter; 5],
+    outcomes: [Counter; 6],
     statuses: [Counter; 5],
     latency: [Histogram; 2],
 }

@@ -664,6 +664,20 @@ async fn shutdown_abandons_queued_copies_at_the_shadow_drain_and_counts_them() {
         2,
         "only the two in flight ever reached the shadow"
     );
+    // The two in flight were cut at the deadline: each sent copy has its one outcome.
+    assert_eq!(outcome(&m, "all", "candidate", "aborted"), 2.0);
+    let outcomes: f64 = [
+        "ok",
+        "connect_error",
+        "protocol_error",
+        "body_error",
+        "timeout",
+        "aborted",
+    ]
+    .iter()
+    .map(|o| outcome(&m, "all", "candidate", o))
+    .sum();
+    assert_eq!(outcomes, n.sent);
 }
 
 #[tokio::test]

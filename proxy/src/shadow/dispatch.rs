@@ -279,6 +279,8 @@ impl ShadowCluster {
     /// everything for the path.
     async fn send(&self, job: ShadowJob, permit: OwnedSemaphorePermit) {
         let gauge = GaugeGuard::new(&self.metrics.in_flight);
+        // Every sent copy gets one outcome, also when shutdown abandons it mid-way.
+        let mut unrecorded = Unrecorded(Some(job.policy.clone()));
         let ep = self.upstream.pick();
         let ShadowJob {
             policy,
@@ -348,6 +350,7 @@ impl ShadowCluster {
         policy
             .metrics
             .outcome(answer.outcome, ok_status, answer.to_headers, answer.to_end);
+        unrecorded.0 = None;
         let stats = path.shadows.get(policy.index);
         if let Some(stats) = stats {
             match (answer.status, answer.to_headers) {
@@ -412,6 +415,19 @@ impl ShadowCluster {
             result = verdict.result.as_str(),
             "shadow exchange done"
         );
+    }
+}
+
+/// Records `aborted` for a copy whose exchange was dropped before its outcome.
+struct Unrecorded(Option<Arc<super::ShadowPolicy>>);
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        if let Some(policy) = self.0.take() {
+            policy
+                .metrics
+                .outcome(ShadowOutcome::aborted, None, None, None);
+        }
     }
 }
 
