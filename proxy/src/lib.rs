@@ -61,13 +61,11 @@ impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, BindError> {
         let mut proxy = Vec::new();
         for (name, address) in config.listener_addrs() {
-            let l = TcpListener::bind(address)
-                .await
-                .map_err(|source| BindError {
-                    what: format!("listener {name}"),
-                    address,
-                    source,
-                })?;
+            let l = listen(address).map_err(|source| BindError {
+                what: format!("listener {name}"),
+                address,
+                source,
+            })?;
             proxy.push((name, l));
         }
         let address = config.admin_addr();
@@ -101,6 +99,22 @@ pub enum Reload {
     /// The config could not be read or is invalid: the running one stays. The reason is
     /// logged and counted.
     Failed(String),
+}
+
+/// Connections the kernel may hold for a listener before they are accepted (it caps this
+/// at `net.core.somaxconn`): room for bursts, and for the time accepting pauses.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a proxy listener with `LISTEN_BACKLOG` (and address reuse, for quick restarts).
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
