@@ -470,3 +470,47 @@ async fn an_idle_http2_connection_gets_goaway() {
     );
     assert_eq!(p.metric(&closed("idle_timeout")).await, 1.0);
 }
+
+/// B10 over HTTP/2: a `host` header that differs from `:authority` is refused with 400,
+/// one that agrees is served.
+#[tokio::test]
+async fn http2_host_differing_from_authority_is_refused() {
+    let primary = FakeUpstream::start().await;
+    let mut p = ProxyProcess::start(&simple_yaml(&[primary.url()], "")).await;
+    let mut s = h2_conn(p.addr(), &[]).await;
+    s.write_all(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &request_block("/differs", &[("host", b"b")]),
+    ))
+    .await
+    .unwrap();
+    s.write_all(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        3,
+        &request_block("/agrees", &[("host", b"a")]),
+    ))
+    .await
+    .unwrap();
+    let mut statuses = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while statuses.len() < 2 && std::time::Instant::now() < deadline {
+        let (frames, eof) = read_frames(&mut s, Duration::from_millis(200)).await;
+        for f in frames.iter().filter(|f| f.0 == HEADERS) {
+            // :status 200 and 400 are static-table entries 8 and 12.
+            statuses.insert(f.2, f.3.first().copied());
+        }
+        assert!(!eof, "the connection was closed");
+    }
+    assert_eq!(statuses.get(&1), Some(&Some(0x8c)), "stream 1 answered 400");
+    assert_eq!(statuses.get(&3), Some(&Some(0x88)), "stream 3 answered 200");
+    let paths: Vec<String> = primary
+        .received()
+        .iter()
+        .map(|r| r.uri.path().to_string())
+        .collect();
+    assert_eq!(paths, ["/agrees"]);
+    p.assert_alive();
+}
