@@ -350,3 +350,50 @@ async fn e30_primary_closing_mid_body_aborts_the_clients_message() {
     proxy.assert_alive();
     assert!(proxy.live().await);
 }
+
+/// A primary whose body never ends: the proxy streams it with bounded memory; when the
+/// client stops reading, the write limit closes the connection, the upstream connection is
+/// dropped, and the gauges return to zero.
+#[tokio::test]
+async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
+    use tokio::io::AsyncReadExt;
+    let (addr, _task) = teeproxy_tests::endless_body_server(2 << 30).await;
+    let mut p = ProxyProcess::start(&format!(
+        "{}limits: {{ write_timeout: 1s }}\n",
+        teeproxy_tests::simple_yaml(&[format!("http://{addr}")], "")
+    ))
+    .await;
+    let rss_before = p.rss_kib().unwrap_or(0);
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Read 64 MiB of it, then stop reading.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < 64 << 20 {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the body keeps coming")
+            .unwrap();
+        assert!(n > 0, "closed after {got} bytes");
+        got += n;
+    }
+    let rss = p.rss_kib().unwrap_or(0);
+    assert!(
+        rss < rss_before + 32 * 1024,
+        "RSS {rss} KiB after 64 MiB streamed (from {rss_before})"
+    );
+    teeproxy_tests::assert_eventually!(
+        p.metric("teeproxy_connections_closed_total{listener=\"public\",reason=\"write_timeout\"}")
+            .await
+            == 1.0
+    );
+    teeproxy_tests::assert_eventually!(p.metric("teeproxy_requests_in_flight").await == 0.0);
+    teeproxy_tests::assert_eventually!(
+        p.metric("teeproxy_open_connections{listener=\"public\"}")
+            .await
+            == 0.0
+    );
+    p.assert_alive();
+}
