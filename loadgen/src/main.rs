@@ -1,5 +1,8 @@
 //! `loadgen`: `drive` sends load and reports; `upstream` serves the demo application, or
-//! one of its fault modes, as a fake upstream.
+//! one of its fault modes, as a fake upstream; `slowloris` holds connections open while
+//! sending (almost) nothing.
+
+mod slowloris;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +84,28 @@ enum Command {
         /// Fail instead: blackhole, reset, garbage, close-mid-body.
         #[arg(long)]
         fault: Option<Fault>,
+    },
+    /// Hold connections open sending an endless request head one byte at a time (or
+    /// nothing), reconnecting whenever the server closes one; stops at --duration.
+    Slowloris {
+        /// Server address, `host:port`.
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Time between two bytes of a trickling connection.
+        #[arg(long, default_value = "200ms")]
+        interval: Dur,
+        #[arg(long, default_value = "60s")]
+        duration: Dur,
+        /// First connections spread over this long.
+        #[arg(long, default_value = "1s")]
+        ramp: Dur,
+        #[arg(long, value_enum, default_value_t = slowloris::Mode::Mixed)]
+        mode: slowloris::Mode,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -215,6 +240,31 @@ async fn main() -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
             let _ = server.await;
             eprintln!("served {}", served.load(Ordering::Relaxed));
+            Ok(())
+        }
+        Command::Slowloris {
+            target,
+            connections,
+            interval,
+            duration,
+            ramp,
+            mode,
+            json,
+        } => {
+            let report = slowloris::run(slowloris::Options {
+                target,
+                connections,
+                interval: interval.get(),
+                duration: duration.get(),
+                ramp: ramp.get(),
+                mode,
+            })
+            .await;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.summary());
+            }
             Ok(())
         }
     }
