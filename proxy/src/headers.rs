@@ -176,6 +176,24 @@ impl RequestIds {
     }
 }
 
+/// A copy of `v` in its own allocation. Values parsed by hyper are slices of the
+/// connection's read buffer: one kept beyond the request (a queued shadow copy) would keep
+/// that whole buffer alive.
+pub fn detached_value(v: &HeaderValue) -> HeaderValue {
+    let mut d = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    d.set_sensitive(v.is_sensitive());
+    d
+}
+
+/// `headers` with every value in its own allocation (see `detached_value`).
+pub fn detached(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        out.append(name.clone(), detached_value(value));
+    }
+    out
+}
+
 fn is_sane_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())

@@ -199,6 +199,9 @@ pub async fn run_with_reloads(
     }
     // Every connection saw the stop signal: HTTP/1 closes after the request in progress,
     // HTTP/2 sent GOAWAY. Wait for them up to the drain deadline, then close the rest.
+    for set in &mut conns {
+        while set.try_join_next().is_some() {}
+    }
     let open: usize = conns.iter().map(JoinSet::len).sum();
     let drained = tokio::time::timeout(drain, async {
         for set in &mut conns {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Version};
@@ -229,7 +230,7 @@ impl Proxy {
                         error: result.as_ref().err().map(UpstreamError::kind_str),
                         headers: result
                             .as_ref()
-                            .map(|r| r.headers().clone())
+                            .map(|r| headers::detached(r.headers()))
                             .unwrap_or_default(),
                     });
                 }
@@ -438,14 +439,19 @@ fn prepare(
         Arc::new(Mirror::new(MirrorPlan {
             targets,
             method: parts.method.clone(),
+            // Copies, not slices of the client connection's read buffer: a queued copy
+            // must not keep that buffer alive.
             path_and_query: parts
                 .uri
                 .path_and_query()
-                .cloned()
+                .and_then(|pq| {
+                    PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))
+                        .ok()
+                })
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            headers: parts.headers.clone(),
-            host: host.clone(),
-            request_id: request_id.clone(),
+            headers: headers::detached(&parts.headers),
+            host: host.as_ref().map(headers::detached_value),
+            request_id: headers::detached_value(request_id),
             path: path.clone(),
         }))
     });

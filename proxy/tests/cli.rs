@@ -188,7 +188,7 @@ fn serve_one_request_and_collect_logs(access_log: bool) -> String {
             "teeproxy exited early: {logs}"
         );
         logs.push_str(&line);
-        if line.contains("\"listening\"") {
+        if line.contains("\"message\":\"listening\"") {
             let at = line.find("\"addr\":\"").expect("addr field") + 8;
             break line[at..].split('"').next().unwrap().to_string();
         }

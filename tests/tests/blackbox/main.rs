@@ -19,6 +19,7 @@ mod d_slow;
 mod d_slow_reader;
 mod e_faults;
 mod f_shadow;
+mod f_shadow_memory;
 mod g_lifecycle;
 mod g_reload;
 
