@@ -2,11 +2,13 @@
 //! premature-reset guard, watched by one timer per connection.
 //!
 //! The HTTP/1 framing tracker marks when a head starts and completes; the service marks
-//! when a request starts and when its response is finished (or abandoned). A watchdog
-//! sleeps until the earliest deadline those marks allow. A head that starts while the
-//! watchdog sleeps cannot expire before `now + head_timeout`, so the watchdog never
-//! sleeps past that: every deadline is met without waking it on each request.
+//! when a request starts and when its response is finished (or abandoned); response
+//! bodies mark whether they wait for the client. A watchdog sleeps until the earliest
+//! deadline those marks allow. Anything that starts while it sleeps (a head, an idle
+//! spell, a stall) cannot expire before its own limit from now, so the watchdog never
+//! sleeps past the shortest limit: every deadline is met without waking it per request.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -22,6 +24,9 @@ pub const PREMATURE_RESET_MIN_STREAMS: u64 = 100;
 pub enum Expiry {
     /// A request head (or the connection's first bytes) took longer than the head limit.
     Head,
+    /// Response data waited for the client longer than the write limit (an HTTP/2
+    /// client that grants no window, for example).
+    Stalled,
     /// No request in progress for the idle limit.
     Idle,
     /// More than half of at least `PREMATURE_RESET_MIN_STREAMS` requests were abandoned
@@ -46,6 +51,11 @@ pub struct ConnClock {
     resets: Notify,
     /// Set by the IO when a response write timed out.
     pub write_timed_out: AtomicBool,
+    /// Response bodies waiting for the connection to take their next frame (not waiting
+    /// on the upstream): a client that reads nothing leaves them there.
+    waiting_on_client: AtomicUsize,
+    /// Milliseconds since `start` when a response body was last polled.
+    body_progress: AtomicU64,
 }
 
 impl ConnClock {
@@ -61,6 +71,8 @@ impl ConnClock {
             abandoned: AtomicU64::new(0),
             resets: Notify::new(),
             write_timed_out: AtomicBool::new(false),
+            waiting_on_client: AtomicUsize::new(0),
+            body_progress: AtomicU64::new(0),
         })
     }
 
@@ -103,17 +115,28 @@ impl ConnClock {
         requests >= PREMATURE_RESET_MIN_STREAMS && self.abandoned.load(Relaxed) * 2 > requests
     }
 
-    /// Completes when the connection should end: a head over `head`, no request for
-    /// `idle` (only when `watch_idle`), or a rapid-reset pattern.
-    pub async fn expired(&self, head: Duration, idle: Duration, watch_idle: bool) -> Expiry {
-        let head_ms = head.as_millis() as u64;
-        let idle_ms = idle.as_millis() as u64;
+    /// Completes when the connection should end: a head over `limits.head`, no request
+    /// for `limits.idle` (only when `watch_idle`), response data not taken for
+    /// `limits.write`, or a rapid-reset pattern.
+    pub async fn expired(&self, limits: ClockLimits, watch_idle: bool) -> Expiry {
+        let head_ms = limits.head.as_millis() as u64;
+        let idle_ms = limits.idle.as_millis() as u64;
+        let write_ms = limits.write.as_millis() as u64;
         loop {
             if self.resets_abusive() {
                 return Expiry::Resets;
             }
             let now = self.now_ms();
-            let mut next = now + head_ms.max(1);
+            // Whatever starts while the watchdog sleeps (a head, an idle spell, a stall)
+            // is due no earlier than its own limit from now.
+            let mut next = now + head_ms.min(idle_ms).min(write_ms).max(1);
+            if self.waiting_on_client.load(Relaxed) > 0 {
+                let due = self.body_progress.load(Relaxed) + write_ms;
+                if now >= due {
+                    return Expiry::Stalled;
+                }
+                next = next.min(due);
+            }
             let head_since = self.head_since.load(Relaxed);
             if head_since != 0 {
                 let due = head_since - 1 + head_ms;
@@ -142,6 +165,14 @@ impl ConnClock {
             }
         }
     }
+}
+
+/// The connection's time limits, as the watchdog applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockLimits {
+    pub head: Duration,
+    pub idle: Duration,
+    pub write: Duration,
 }
 
 /// One request's hold on the connection: dropped when its response is finished, or when
@@ -174,17 +205,36 @@ impl Drop for ActiveGuard {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that holds its request's `ActiveGuard` until it is dropped.
+    /// A response body that holds its request's `ActiveGuard` until it is dropped, and
+    /// tells the clock whether it waits for the client (its last frame was taken, or it
+    /// was never polled) or for the upstream (its last poll was pending).
     pub struct Tracked<B> {
         #[pin]
         inner: B,
         guard: ActiveGuard,
+        waiting_on_client: bool,
+    }
+
+    impl<B> PinnedDrop for Tracked<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.waiting_on_client {
+                this.guard.clock.waiting_on_client.fetch_sub(1, Relaxed);
+            }
+        }
     }
 }
 
 impl<B> Tracked<B> {
     pub fn new(inner: B, guard: ActiveGuard) -> Self {
-        Tracked { inner, guard }
+        let c = &guard.clock;
+        c.body_progress.store(c.now_ms(), Relaxed);
+        c.waiting_on_client.fetch_add(1, Relaxed);
+        Tracked {
+            inner,
+            guard,
+            waiting_on_client: true,
+        }
     }
 }
 
@@ -193,10 +243,23 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
     type Error = B::Error;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let clock = &this.guard.clock;
+        clock.body_progress.store(clock.now_ms(), Relaxed);
+        let r = this.inner.poll_frame(cx);
+        let waits = matches!(r, std::task::Poll::Ready(Some(Ok(_))));
+        if waits != *this.waiting_on_client {
+            *this.waiting_on_client = waits;
+            if waits {
+                clock.waiting_on_client.fetch_add(1, Relaxed);
+            } else {
+                clock.waiting_on_client.fetch_sub(1, Relaxed);
+            }
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -212,13 +275,19 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
 mod tests {
     use super::*;
 
+    fn limits(head: u64, idle: u64) -> ClockLimits {
+        ClockLimits {
+            head: Duration::from_secs(head),
+            idle: Duration::from_secs(idle),
+            write: Duration::from_secs(3600),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn first_head_is_due_from_the_connection_start() {
         let c = ConnClock::new();
         let t = Instant::now();
-        let why = c
-            .expired(Duration::from_secs(10), Duration::from_secs(60), true)
-            .await;
+        let why = c.expired(limits(10, 60), true).await;
         assert_eq!(why, Expiry::Head);
         assert_eq!(t.elapsed(), Duration::from_secs(10));
     }
@@ -232,19 +301,12 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(g);
         let t = Instant::now();
-        assert_eq!(
-            c.expired(Duration::from_secs(10), Duration::from_secs(30), true)
-                .await,
-            Expiry::Idle
-        );
+        assert_eq!(c.expired(limits(10, 30), true).await, Expiry::Idle);
         assert_eq!(t.elapsed(), Duration::from_secs(30));
 
         // A head starting while the watchdog sleeps is still cut at its own deadline.
         let c2 = c.clone();
-        let watch = tokio::spawn(async move {
-            c2.expired(Duration::from_secs(10), Duration::from_secs(300), true)
-                .await
-        });
+        let watch = tokio::spawn(async move { c2.expired(limits(10, 300), true).await });
         tokio::time::sleep(Duration::from_secs(7)).await;
         let started = Instant::now();
         c.head_started();
@@ -261,11 +323,8 @@ mod tests {
         let c = ConnClock::new();
         c.head_done();
         let busy = c.request();
-        let expired = tokio::time::timeout(
-            Duration::from_secs(600),
-            c.expired(Duration::from_secs(10), Duration::from_secs(60), true),
-        )
-        .await;
+        let expired =
+            tokio::time::timeout(Duration::from_secs(600), c.expired(limits(10, 60), true)).await;
         assert!(expired.is_err(), "a request in progress is not idle");
         drop(busy);
         for i in 0..PREMATURE_RESET_MIN_STREAMS {
@@ -274,10 +333,66 @@ mod tests {
                 g.answered();
             }
         }
-        assert_eq!(
-            c.expired(Duration::from_secs(10), Duration::from_secs(60), false)
-                .await,
-            Expiry::Resets
+        assert_eq!(c.expired(limits(10, 60), false).await, Expiry::Resets);
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+    use http_body::Body as _;
+
+    /// A body that gives one frame, then waits for ever (an upstream with nothing to say).
+    struct OneThenPending(bool);
+
+    impl http_body::Body for OneThenPending {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            if self.0 {
+                return std::task::Poll::Pending;
+            }
+            self.0 = true;
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"x",
+            )))))
+        }
+    }
+
+    fn limits() -> ClockLimits {
+        ClockLimits {
+            head: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_the_client_does_not_take_stalls_one_waiting_on_the_upstream_does_not() {
+        let c = ConnClock::new();
+        c.head_done();
+        let mut g = c.request();
+        g.answered();
+        let mut body = Box::pin(Tracked::new(OneThenPending(false), g));
+        // Never polled: the client has not taken even the first frame.
+        let t = Instant::now();
+        assert_eq!(c.expired(limits(), true).await, Expiry::Stalled);
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+
+        // Polled: the frame is taken, then the body waits on its upstream: no stall.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(body.as_mut().poll_frame(&mut cx).is_ready());
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        let waited = tokio::time::timeout(Duration::from_secs(60), c.expired(limits(), true)).await;
+        assert!(
+            waited.is_err(),
+            "waiting on the upstream is not a stall: {waited:?}"
         );
+        drop(body);
+        assert_eq!(c.waiting_on_client.load(Relaxed), 0);
     }
 }

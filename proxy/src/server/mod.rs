@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::Limits;
 use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::proxy::{ConnInfo, Proxy};
-use clock::{ConnClock, Expiry, Tracked};
+use clock::{ClockLimits, ConnClock, Expiry, Tracked};
 use guard::{GuardedIo, H1Tracker};
 
 /// Response bytes buffered per HTTP/2 stream beyond what the client's window allows.
@@ -189,6 +189,11 @@ impl Server {
         });
         let builder = if is_h2 { &self.h2 } else { &self.h1 };
         let conn = builder.serve_connection_with_upgrades(io, svc);
+        let limits = ClockLimits {
+            head: self.head_timeout,
+            idle: self.idle_timeout,
+            write: self.write_timeout,
+        };
         tokio::pin!(conn);
         let mut draining = false;
         loop {
@@ -202,10 +207,15 @@ impl Server {
                     }
                     return;
                 }
-                why = clock.expired(self.head_timeout, self.idle_timeout, !draining) => match why {
+                why = clock.expired(limits, !draining) => match why {
                     Expiry::Head => {
                         metrics.closed(CloseReason::head_timeout);
                         tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
+                        return;
+                    }
+                    Expiry::Stalled => {
+                        metrics.closed(CloseReason::write_timeout);
+                        tracing::debug!(%peer, "closing a connection whose client took no response data in time");
                         return;
                     }
                     Expiry::Resets => {

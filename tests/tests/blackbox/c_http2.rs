@@ -514,3 +514,45 @@ async fn http2_host_differing_from_authority_is_refused() {
     assert_eq!(paths, ["/agrees"]);
     p.assert_alive();
 }
+
+/// C20 with a write limit: a client that grants no window anywhere is closed once its
+/// responses have waited `write_timeout`, and the upstream requests are released.
+#[tokio::test]
+async fn a_client_that_grants_no_window_is_closed_at_the_write_limit() {
+    let primary = FakeUpstream::builder()
+        .body(vec![b'x'; 1 << 20])
+        .start()
+        .await;
+    let mut p = ProxyProcess::start(&format!(
+        "{}limits: {{ write_timeout: 1s }}\n",
+        simple_yaml(&[primary.url()], "")
+    ))
+    .await;
+    let mut s = h2_conn(p.addr(), &[(0x4, 0)]).await;
+    let mut bytes = Vec::new();
+    for i in 0..20u32 {
+        bytes.extend(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &request_block("/big", &[]),
+        ));
+    }
+    s.write_all(&bytes).await.unwrap();
+    let started = std::time::Instant::now();
+    let (frames, eof) = read_frames(&mut s, Duration::from_secs(10)).await;
+    assert!(eof, "still open after 10 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        frames.iter().filter(|f| f.0 == HEADERS).count(),
+        20,
+        "every stream got its head first"
+    );
+    assert_eq!(p.metric(&closed("write_timeout")).await, 1.0);
+    assert_eventually!(p.metric("teeproxy_requests_in_flight").await == 0.0);
+    p.assert_alive();
+}
