@@ -107,12 +107,13 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, mode: Forwa
 fn join_cookies(headers: &mut HeaderMap) {
     let mut all = headers.get_all(header::COOKIE).iter();
     if let (Some(_), Some(_)) = (all.next(), all.next()) {
-        let joined: Vec<&str> = headers
+        // Bytes, not text: a cookie with non-ASCII bytes is passed on like the others.
+        let joined: Vec<&[u8]> = headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(HeaderValue::as_bytes)
             .collect();
-        if let Ok(v) = HeaderValue::from_str(&joined.join("; ")) {
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
             headers.insert(header::COOKIE, v);
         }
     }
@@ -322,6 +323,18 @@ mod tests {
             h.get_all("cookie").iter().collect::<Vec<_>>(),
             ["a=1; b=2"],
             "one cookie line for HTTP/1.1"
+        );
+
+        // A cookie with non-ASCII bytes is joined like the rest, not dropped.
+        let mut h = map(&[("cookie", "a=1")]);
+        h.append("cookie", HeaderValue::from_bytes(b"n=caf\xc3\xa9").unwrap());
+        rewrite_request(&mut h, &fwd, ForwardedMode::Append);
+        assert_eq!(
+            h.get_all("cookie")
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>(),
+            [&b"a=1; n=caf\xc3\xa9"[..]]
         );
     }
 
