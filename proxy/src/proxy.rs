@@ -82,11 +82,16 @@ pub struct Proxy {
 }
 
 /// What the handler knows about the connection a request came on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `http`, or `https` for TLS listeners.
     pub proto: &'static str,
+    /// The connection's clock: a WebSocket tunnel holds the connection (and its slot)
+    /// through it, stops at the idle limit, and stops when the connection's task ends.
+    pub clock: Option<Arc<crate::server::clock::ConnClock>>,
+    /// Idle limit for a tunnel (no byte either way).
+    pub tunnel_idle: Duration,
 }
 
 /// Decrements the in-flight gauge when the request ends, however it ends.
@@ -185,7 +190,7 @@ impl Proxy {
                 let path = route.paths.entry(req.uri().path());
                 let client_upgrade = websocket.as_ref().map(|_| hyper::upgrade::on(&mut req));
                 let (mut upstream_req, mirror, body_sent) =
-                    prepare(req, route, ep, conn, &snap, &request_id, &path);
+                    prepare(req, route, ep, &conn, &snap, &request_id, &path);
                 if let Some(protocol) = &websocket {
                     let h = upstream_req.headers_mut();
                     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -210,13 +215,36 @@ impl Proxy {
                         tried += 1;
                     }
                 }
+                // 101 only answers an upgrade the client asked for; anything else from
+                // the primary is a protocol error.
+                if websocket.is_none()
+                    && result
+                        .as_ref()
+                        .is_ok_and(|r| r.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    let e = UpstreamError::Protocol {
+                        endpoint: ep.label.clone(),
+                        reason: "101 Switching Protocols to a request that asked for no upgrade"
+                            .to_string(),
+                    };
+                    cluster.count_error(&e);
+                    result = Err(e);
+                }
                 if let (Some(on_client), Ok(resp)) = (client_upgrade, result.as_mut())
                     && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                 {
                     tunnel = resp.headers().get(header::UPGRADE).cloned();
                     let on_primary = hyper::upgrade::on(&mut *resp);
                     let gauge = self.metrics.tunnels.clone();
-                    tokio::spawn(splice(on_client, on_primary, gauge, request_id.clone()));
+                    let hold = conn.clock.as_ref().map(|c| c.tunnel());
+                    tokio::spawn(splice(
+                        on_client,
+                        on_primary,
+                        gauge,
+                        request_id.clone(),
+                        hold,
+                        conn.tunnel_idle,
+                    ));
                 }
                 let elapsed = sent.elapsed();
                 match &result {
@@ -320,12 +348,15 @@ fn websocket_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Relays bytes both ways between an upgraded client connection and the primary's,
-/// until either side closes.
+/// until either side closes, nothing moves for `idle`, or the client connection's task
+/// ends (`hold`'s clock closes: drain deadline).
 async fn splice(
     client: hyper::upgrade::OnUpgrade,
     primary: hyper::upgrade::OnUpgrade,
     open: Gauge,
     request_id: HeaderValue,
+    hold: Option<crate::server::clock::TunnelGuard>,
+    idle: Duration,
 ) {
     let (client, primary) = match tokio::join!(client, primary) {
         (Ok(c), Ok(p)) => (c, p),
@@ -335,14 +366,29 @@ async fn splice(
         }
     };
     let _open = InFlight::new(&open);
-    let mut client = hyper_util::rt::TokioIo::new(client);
+    let activity = Arc::new(crate::idle::Activity::new());
+    let mut client =
+        crate::idle::Active::new(hyper_util::rt::TokioIo::new(client), activity.clone());
     let mut primary = hyper_util::rt::TokioIo::new(primary);
-    match tokio::io::copy_bidirectional(&mut client, &mut primary).await {
-        Ok((up, down)) => {
-            tracing::debug!(request_id = ?request_id, bytes_up = up, bytes_down = down, "tunnel closed")
+    let closed = async {
+        match hold.as_ref() {
+            Some(h) => h.clock().closed().await,
+            None => std::future::pending().await,
         }
-        Err(e) => tracing::debug!(request_id = ?request_id, error = %e, "tunnel broke off"),
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut primary) => match r {
+            Ok((up, down)) => {
+                tracing::debug!(request_id = ?request_id, bytes_up = up, bytes_down = down, "tunnel closed")
+            }
+            Err(e) => tracing::debug!(request_id = ?request_id, error = %e, "tunnel broke off"),
+        },
+        _ = activity.idle_for(idle) => {
+            tracing::debug!(request_id = ?request_id, idle_ms = idle.as_millis() as u64, "tunnel closed at the idle limit")
+        }
+        _ = closed => tracing::debug!(request_id = ?request_id, "tunnel closed with its connection"),
     }
+    drop(hold);
 }
 
 /// Endpoints tried at most for a request without a body whose connections are refused.
@@ -402,7 +448,7 @@ fn prepare(
     req: Request<Incoming>,
     route: &Route,
     ep: &EndpointState,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     snap: &Snapshot,
     request_id: &HeaderValue,
     path: &Arc<PathEntry>,

@@ -176,6 +176,13 @@ where
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Counts an error found in an answer after the exchange itself succeeded.
+    pub fn count_error(&self, e: &UpstreamError) {
+        if let Some(kind) = e.kind() {
+            self.metrics.error(kind);
+        }
+    }
+
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
     }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::Limits;
 use crate::metrics::{CloseReason, ListenerMetrics};
 use crate::proxy::{ConnInfo, Proxy};
-use clock::{ClockLimits, ConnClock, Expiry, Tracked};
+use clock::{ClockLimits, CloseOnDrop, ConnClock, Expiry, Tracked};
 use guard::{GuardedIo, H1Tracker};
 
 /// Response bytes buffered per HTTP/2 stream beyond what the client's window allows.
@@ -176,11 +176,15 @@ impl Server {
         let info = ConnInfo {
             peer,
             proto: "http",
+            clock: Some(clock.clone()),
+            tunnel_idle: self.idle_timeout,
         };
+        let _close = CloseOnDrop(clock.clone());
         let svc_clock = clock.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             let mut guard = svc_clock.request();
+            let info = info.clone();
             async move {
                 let resp = proxy.handle(req, info).await;
                 guard.answered();
@@ -205,23 +209,23 @@ impl Server {
                     } else if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                    return;
+                    break;
                 }
                 why = clock.expired(limits, !draining) => match why {
                     Expiry::Head => {
                         metrics.closed(CloseReason::head_timeout);
                         tracing::debug!(%peer, "closing a connection whose request head did not arrive in time");
-                        return;
+                        break;
                     }
                     Expiry::Stalled => {
                         metrics.closed(CloseReason::write_timeout);
                         tracing::debug!(%peer, "closing a connection whose client took no response data in time");
-                        return;
+                        break;
                     }
                     Expiry::Resets => {
                         metrics.closed(CloseReason::premature_resets);
                         tracing::warn!(%peer, "closing a connection that abandoned most of its requests (rapid reset)");
-                        return;
+                        break;
                     }
                     Expiry::Idle => {
                         metrics.closed(CloseReason::idle_timeout);
@@ -235,6 +239,9 @@ impl Server {
                 }
             }
         }
+        // An upgraded connection lives on as a tunnel: it keeps its slot until it ends
+        // (at the latest at the drain deadline, when this task is aborted).
+        clock.tunnels_done().await;
     }
 }
 

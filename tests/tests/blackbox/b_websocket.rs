@@ -146,3 +146,82 @@ async fn a_route_without_websocket_refuses_upgrades_with_501() {
     );
     p.assert_alive();
 }
+
+/// A tunnel is still a client connection: it holds its slot under `max_connections`,
+/// ends after `idle_timeout` without a byte either way, and does not hold up shutdown past
+/// the drain deadline.
+#[tokio::test]
+async fn tunnels_hold_their_slot_end_when_idle_and_at_the_drain_deadline() {
+    let (primary, _, _) = upgrade_echo().await;
+    let yaml = format!(
+        "{}limits: {{ max_connections: 1, idle_timeout: 1500ms }}\ndrain_timeout: 1s\n",
+        simple_yaml(&[format!("http://{primary}")], "")
+    );
+    let mut p = ProxyProcess::start(&yaml).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(UPGRADE.as_bytes()).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    s.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"PING");
+
+    // The one slot is the tunnel's: another connection is not served meanwhile.
+    let waiting = http_get(p.addr(), "/other", Duration::from_millis(500)).await;
+    assert_eq!(
+        waiting, None,
+        "served beside a tunnel holding the only slot"
+    );
+
+    // Idle for the limit: the tunnel is closed, the slot freed.
+    let started = std::time::Instant::now();
+    let (rest, eof) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(eof && rest.is_empty(), "tunnel not closed: {rest:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eventually!(p.metric("teeproxy_tunnels").await == 0.0);
+    // Served now (this primary answers everything with 101: to a plain request, that is
+    // a protocol error, 502).
+    assert_eq!(
+        http_get(p.addr(), "/other", Duration::from_secs(5))
+            .await
+            .map(|r| r.0),
+        Some(502)
+    );
+    assert_eq!(
+        p.metric(
+            "teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"protocol\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // A busy tunnel at SIGTERM is cut at the drain deadline; the process exits 0.
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(UPGRADE.as_bytes()).await.unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
+    let keep_busy = tokio::spawn(async move {
+        let mut b = [0u8; 4];
+        for _ in 0..100 {
+            if s.write_all(b"busy").await.is_err() || s.read_exact(&mut b).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    assert_eventually!(p.metric("teeproxy_tunnels").await == 1.0);
+    let stop = std::time::Instant::now();
+    p.signal(Signal::Term);
+    let status = p.wait_exit(Duration::from_secs(5)).await.expect("exited");
+    assert!(status.success(), "{status}");
+    assert!(
+        stop.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stop.elapsed()
+    );
+    assert!(keep_busy.await.unwrap(), "the tunnel was cut");
+}
