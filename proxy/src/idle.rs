@@ -255,7 +255,7 @@ mod activity_tests {
         let a = std::sync::Arc::new(Activity::new());
         let (mut near, far) = tokio::io::duplex(64);
         let mut far = Active::new(far, a.clone());
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::advance(Duration::from_secs(3)).await;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         near.write_all(b"x").await.unwrap();
         let mut b = [0u8; 1];

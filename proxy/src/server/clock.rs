@@ -372,7 +372,7 @@ mod tests {
         c.head_done();
         let mut g = c.request();
         g.answered();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
         drop(g);
         let t = Instant::now();
         assert_eq!(c.expired(limits(10, 30), true).await, Expiry::Idle);
@@ -381,7 +381,7 @@ mod tests {
         // A head starting while the watchdog sleeps is still cut at its own deadline.
         let c2 = c.clone();
         let watch = tokio::spawn(async move { c2.expired(limits(10, 300), true).await });
-        tokio::time::sleep(Duration::from_secs(7)).await;
+        tokio::time::advance(Duration::from_secs(7)).await;
         let started = Instant::now();
         c.head_started();
         assert_eq!(watch.await.unwrap(), Expiry::Head);
