@@ -556,3 +556,57 @@ async fn a_client_that_grants_no_window_is_closed_at_the_write_limit() {
     assert_eventually!(p.metric("teeproxy_requests_in_flight").await == 0.0);
     p.assert_alive();
 }
+
+/// E30 over HTTP/2: a primary that closes mid-body gives the client a reset stream, never
+/// an ended one (no END_STREAM on the cut response).
+#[tokio::test]
+async fn a_primary_closing_mid_body_resets_the_http2_stream() {
+    use teeproxy::demo::faults::{Fault, spawn_faulty};
+    let (addr, _, _stop) = spawn_faulty(Fault::CloseMidBody).await.unwrap();
+    let mut p = ProxyProcess::start(&simple_yaml(&[format!("http://{addr}")], "")).await;
+    let mut s = h2_conn(p.addr(), &[]).await;
+    s.write_all(&frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &request_block("/cut", &[]),
+    ))
+    .await
+    .unwrap();
+    let mut frames = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !frames
+        .iter()
+        .any(|f: &(u8, u8, u32, Vec<u8>)| f.2 == 1 && (f.0 == RST_STREAM || f.1 & END_STREAM != 0))
+        && std::time::Instant::now() < deadline
+    {
+        let (got, eof) = read_frames(&mut s, Duration::from_millis(200)).await;
+        frames.extend(got);
+        if eof {
+            break;
+        }
+    }
+    let on_stream: Vec<_> = frames.iter().filter(|f| f.2 == 1).collect();
+    assert!(
+        on_stream.iter().any(|f| f.0 == HEADERS),
+        "the response head was passed on: {on_stream:?}"
+    );
+    assert!(
+        on_stream.iter().any(|f| f.0 == RST_STREAM),
+        "the stream was reset: {on_stream:?}"
+    );
+    assert!(
+        !on_stream.iter().any(|f| f.1 & END_STREAM != 0),
+        "the cut response was presented as complete"
+    );
+    let data: usize = on_stream
+        .iter()
+        .filter(|f| f.0 == DATA)
+        .map(|f| f.3.len())
+        .sum();
+    assert!(
+        data < 1000,
+        "{data} body bytes of a 1000-byte body cut at 100"
+    );
+    p.assert_alive();
+}
