@@ -397,3 +397,52 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
     );
     p.assert_alive();
 }
+
+/// A client that leaves while its response is streaming: the proxy drops the upstream
+/// response at once (not at a time limit) and its gauges return to zero.
+#[tokio::test]
+async fn client_gone_mid_response_releases_the_upstream_at_once() {
+    use tokio::io::AsyncReadExt;
+    let (addr, _task) = teeproxy_tests::endless_body_server(1 << 30).await;
+    let p = ProxyProcess::start(&teeproxy_tests::simple_yaml(
+        &[format!("http://{addr}")],
+        "",
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0;
+    while got < 1 << 20 {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the body keeps coming")
+            .unwrap();
+        assert!(n > 0, "closed after {got} bytes");
+        got += n;
+    }
+    assert_eq!(
+        p.metric("teeproxy_open_connections{listener=\"public\"}")
+            .await,
+        1.0
+    );
+    drop(s);
+    let left = Instant::now();
+    teeproxy_tests::assert_eventually!(
+        p.metric("teeproxy_open_connections{listener=\"public\"}")
+            .await
+            == 0.0
+    );
+    assert!(
+        left.elapsed() < Duration::from_secs(5),
+        "released after {:?} (write_timeout is 60 s)",
+        left.elapsed()
+    );
+    assert_eq!(
+        p.metric("teeproxy_connections_closed_total{listener=\"public\",reason=\"write_timeout\"}")
+            .await,
+        0.0
+    );
+}
