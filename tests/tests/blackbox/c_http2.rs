@@ -128,6 +128,7 @@ async fn rapid_reset_closes_the_connection_and_mirrors_nothing_reset() {
         .await;
     let shadow = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&shadow_yaml(&primary.url(), &shadow.url(), "", "")).await;
+    let (cpu_before, rss_before) = (p.cpu_ticks().unwrap_or(0), p.rss_kib().unwrap_or(0));
     let mut s = h2_conn(p.addr(), &[]).await;
     const STREAMS: u32 = 5000;
     let mut sent = 0;
@@ -150,6 +151,16 @@ async fn rapid_reset_closes_the_connection_and_mirrors_nothing_reset() {
     }
     let (frames, eof) = read_frames(&mut s, Duration::from_secs(10)).await;
     assert!(eof, "the connection stayed open after {sent} reset streams");
+    // Bounded work: the flood costs the proxy little CPU (clock ticks are 10 ms) and no
+    // lasting memory.
+    let cpu = p.cpu_ticks().unwrap_or(0) - cpu_before;
+    let rss = p.rss_kib().unwrap_or(0);
+    eprintln!("rapid reset: proxy CPU {cpu} ticks, RSS {rss_before} -> {rss} KiB");
+    assert!(cpu < 300, "{cpu} ticks of CPU for {sent} reset streams");
+    assert!(
+        rss < rss_before + 16 * 1024,
+        "RSS {rss_before} -> {rss} KiB"
+    );
     let m = p.metrics().await;
     let guard = metric_value(&m, &closed("premature_resets"));
     let calm = goaway_code(&frames) == Some(0xb);
