@@ -439,6 +439,12 @@ pub async fn read_until_close(s: &mut TcpStream, limit: Duration) -> (String, bo
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// The sample name of `teeproxy_connections_closed_total` for the `public` listener and
+/// `reason` (`head_timeout`, `idle_timeout`, `write_timeout`, `premature_resets`).
+pub fn closed_metric(reason: &str) -> String {
+    format!("teeproxy_connections_closed_total{{listener=\"public\",reason=\"{reason}\"}}")
+}
+
 /// The status code of the first response in raw HTTP/1 text (0 when none).
 pub fn raw_status(text: &str) -> u16 {
     text.split_whitespace()

@@ -10,12 +10,6 @@ use tokio::net::TcpStream;
 
 use teeproxy_tests::*;
 
-const CLOSED: &str = "teeproxy_connections_closed_total";
-
-fn closed(reason: &str) -> String {
-    format!("{CLOSED}{{listener=\"public\",reason=\"{reason}\"}}")
-}
-
 /// Reads one HTTP/1 response with a Content-Length body from `s`.
 async fn read_response(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -80,8 +74,8 @@ async fn keep_alive_idle_time_is_not_cut_by_the_head_limit() {
     );
     let idle = idle_from.elapsed();
     assert!(idle >= Duration::from_millis(1400), "closed after {idle:?}");
-    assert_eq!(proxy.metric(&closed("idle_timeout")).await, 1.0);
-    assert_eq!(proxy.metric(&closed("head_timeout")).await, 0.0);
+    assert_eq!(proxy.metric(&closed_metric("idle_timeout")).await, 1.0);
+    assert_eq!(proxy.metric(&closed_metric("head_timeout")).await, 0.0);
     assert_eq!(up.count(), 2);
 }
 
@@ -124,7 +118,7 @@ async fn a_head_trickled_on_a_kept_alive_connection_is_cut_at_the_head_limit() {
         took >= Duration::from_millis(450) && took < Duration::from_secs(3),
         "cut after {took:?}"
     );
-    assert_eq!(proxy.metric(&closed("head_timeout")).await, 1.0);
+    assert_eq!(proxy.metric(&closed_metric("head_timeout")).await, 1.0);
     assert_eq!(up.count(), 1, "nothing of the partial head went upstream");
 }
 
@@ -144,7 +138,7 @@ async fn a_client_that_stops_reading_is_closed_at_the_write_limit() {
         .await
         .unwrap();
     // Never read: the proxy's writes block, and after write_timeout it gives up.
-    assert_eventually!(proxy.metric(&closed("write_timeout")).await == 1.0);
+    assert_eventually!(proxy.metric(&closed_metric("write_timeout")).await == 1.0);
     assert_eventually!(proxy.metric("teeproxy_requests_in_flight").await == 0.0);
     assert_eventually!(
         proxy

@@ -82,26 +82,32 @@ async fn h2_conn(addr: std::net::SocketAddr, settings: &[(u16, u32)]) -> TcpStre
 }
 
 /// Frames read until EOF or `limit`: (type, flags, stream, payload) and whether EOF came.
+/// Only whole frames are taken off the socket (the wait for `limit` happens before a
+/// frame starts), so calling it again in a loop never loses part of a frame.
 async fn read_frames(s: &mut TcpStream, limit: Duration) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
-    let mut buf = Vec::new();
     let mut frames = Vec::new();
     let deadline = tokio::time::Instant::now() + limit;
-    let mut chunk = vec![0u8; 65536];
     let eof = loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout_at(deadline, s.peek(&mut probe)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Err(_) => break false,
         }
-        while buf.len() >= 9 {
+        let whole = async {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await?;
             let len =
-                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
-            if buf.len() < 9 + len {
-                break;
-            }
-            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-            frames.push((buf[3], buf[4], stream, buf[9..9 + len].to_vec()));
-            buf.drain(..9 + len);
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await?;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            Ok::<_, std::io::Error>((head[3], head[4], stream, payload))
+        };
+        match tokio::time::timeout(Duration::from_secs(5), whole).await {
+            Ok(Ok(f)) => frames.push(f),
+            Ok(Err(_)) => break true,
+            Err(_) => panic!("a frame started and never finished"),
         }
     };
     (frames, eof)
@@ -112,10 +118,6 @@ fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
         .iter()
         .find(|f| f.0 == GOAWAY)
         .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
-}
-
-fn closed(reason: &str) -> String {
-    format!("teeproxy_connections_closed_total{{listener=\"public\",reason=\"{reason}\"}}")
 }
 
 /// C18: streams opened and cancelled at once, thousands of times: the connection is
@@ -162,7 +164,7 @@ async fn rapid_reset_closes_the_connection_and_mirrors_nothing_reset() {
         "RSS {rss_before} -> {rss} KiB"
     );
     let m = p.metrics().await;
-    let guard = metric_value(&m, &closed("premature_resets"));
+    let guard = metric_value(&m, &closed_metric("premature_resets"));
     let calm = goaway_code(&frames) == Some(0xb);
     eprintln!(
         "rapid reset: {sent} streams sent, primary saw {}, premature-reset guard {guard}, GOAWAY {:?}",
@@ -248,7 +250,7 @@ async fn streams_abandoned_after_forwarding_trip_the_premature_reset_guard() {
         }
         let mut guard = 0.0;
         for _ in 0..50 {
-            guard = p.metric(&closed("premature_resets")).await;
+            guard = p.metric(&closed_metric("premature_resets")).await;
             if guard >= 1.0 || round == 0 {
                 break;
             }
@@ -263,7 +265,7 @@ async fn streams_abandoned_after_forwarding_trip_the_premature_reset_guard() {
         closed_after.is_some(),
         "the guard never closed the connection"
     );
-    assert_eq!(p.metric(&closed("premature_resets")).await, 1.0);
+    assert_eq!(p.metric(&closed_metric("premature_resets")).await, 1.0);
     let (_, eof) = read_frames(&mut s, Duration::from_secs(5)).await;
     assert!(eof, "the connection is closed");
     assert!(primary.count() <= 150, "{} forwarded", primary.count());
@@ -479,7 +481,7 @@ async fn an_idle_http2_connection_gets_goaway() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(p.metric(&closed("idle_timeout")).await, 1.0);
+    assert_eq!(p.metric(&closed_metric("idle_timeout")).await, 1.0);
 }
 
 /// B10 over HTTP/2: a `host` header that differs from `:authority` is refused with 400,
@@ -563,7 +565,7 @@ async fn a_client_that_grants_no_window_is_closed_at_the_write_limit() {
         20,
         "every stream got its head first"
     );
-    assert_eq!(p.metric(&closed("write_timeout")).await, 1.0);
+    assert_eq!(p.metric(&closed_metric("write_timeout")).await, 1.0);
     assert_eventually!(p.metric("teeproxy_requests_in_flight").await == 0.0);
     p.assert_alive();
 }
@@ -597,11 +599,9 @@ async fn a_primary_closing_mid_body_resets_the_http2_stream() {
             break;
         }
     }
+    // The head may or may not get out first (a reset can overtake the queued HEADERS);
+    // either way the stream ends in a reset, never in END_STREAM.
     let on_stream: Vec<_> = frames.iter().filter(|f| f.2 == 1).collect();
-    assert!(
-        on_stream.iter().any(|f| f.0 == HEADERS),
-        "the response head was passed on: {on_stream:?}"
-    );
     assert!(
         on_stream.iter().any(|f| f.0 == RST_STREAM),
         "the stream was reset: {on_stream:?}"

@@ -31,7 +31,7 @@ async fn a_client_that_stops_reading_is_closed_with_bounded_buffering() {
     }
     assert_eventually!(primary.count() == 4);
     let mut peak = 0;
-    let closed = "teeproxy_connections_closed_total{listener=\"public\",reason=\"write_timeout\"}";
+    let closed = &closed_metric("write_timeout");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while p.metric(closed).await < 4.0 {
         peak = peak.max(p.rss_kib().unwrap_or(0));

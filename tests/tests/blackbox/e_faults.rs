@@ -385,7 +385,7 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
         "RSS {rss} KiB after 64 MiB streamed (from {rss_before})"
     );
     teeproxy_tests::assert_eventually!(
-        p.metric("teeproxy_connections_closed_total{listener=\"public\",reason=\"write_timeout\"}")
+        p.metric(&teeproxy_tests::closed_metric("write_timeout"))
             .await
             == 1.0
     );
@@ -441,7 +441,7 @@ async fn client_gone_mid_response_releases_the_upstream_at_once() {
         left.elapsed()
     );
     assert_eq!(
-        p.metric("teeproxy_connections_closed_total{listener=\"public\",reason=\"write_timeout\"}")
+        p.metric(&teeproxy_tests::closed_metric("write_timeout"))
             .await,
         0.0
     );
