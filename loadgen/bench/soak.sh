@@ -132,7 +132,7 @@ sample() { # sample PHASE T: one row in samples.tsv and one line on stdout
     /^teeproxy_connections_closed_total\{.*reason="head_timeout"/ { head += $2 }
     /^teeproxy_requests_total\{.*status_class="5xx"/ { e5 += $2 }
     /^teeproxy_shadow_dropped_total\{/ { drops += $2 }
-    /^teeproxy_upstream_errors_total\{.*role="primary".*kind="connect"/ { conn += $2 }
+    /^teeproxy_upstream_errors_total\{.*leg="primary".*kind="connect"/ { conn += $2 }
     /^teeproxy_shadow_(queue_depth|in_flight)\{/ { held += $2 }
     END { printf "%d\t%d\t%d\t%d\t%d\t%d\t%d", tasks, open, head, e5, drops, conn, held }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rss" "$fds" "$threads" "$m" >>"$SAMPLES"

@@ -34,6 +34,7 @@ pin_project! {
 }
 
 impl<B: Body> IdleTimeout<B> {
+    #[cfg(test)]
     pub fn new(inner: B, limit: Duration) -> Self {
         Self::with_end_signal(inner, limit).0
     }
@@ -147,121 +148,5 @@ mod tests {
         );
         assert!(b.sleep.is_none());
         assert!(b.is_end_stream());
-    }
-}
-
-/// When bytes last moved on a stream, for an idle limit.
-#[derive(Debug)]
-pub struct Activity {
-    start: Instant,
-    last_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Activity {
-    pub fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms
-            .store(now, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Completes once nothing moved for `idle`.
-    pub async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
-            let due = self.start + Duration::from_millis(last) + idle;
-            if Instant::now() >= due {
-                return;
-            }
-            tokio::time::sleep_until(due).await;
-        }
-    }
-}
-
-pin_project! {
-    /// A stream that notes in `activity` every time bytes move either way.
-    pub struct Active<S> {
-        #[pin]
-        inner: S,
-        activity: std::sync::Arc<Activity>,
-    }
-}
-
-impl<S> Active<S> {
-    pub fn new(inner: S, activity: std::sync::Arc<Activity>) -> Self {
-        Active { inner, activity }
-    }
-}
-
-impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for Active<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
-        }
-        r
-    }
-}
-
-impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Active<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r
-            && *n > 0
-        {
-            this.activity.touch();
-        }
-        r
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod activity_tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_counts_from_the_last_byte() {
-        let a = std::sync::Arc::new(Activity::new());
-        let (mut near, far) = tokio::io::duplex(64);
-        let mut far = Active::new(far, a.clone());
-        tokio::time::advance(Duration::from_secs(3)).await;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        near.write_all(b"x").await.unwrap();
-        let mut b = [0u8; 1];
-        far.read_exact(&mut b).await.unwrap();
-        let t = Instant::now();
-        a.idle_for(Duration::from_secs(10)).await;
-        assert_eq!(t.elapsed(), Duration::from_secs(10));
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use teeproxy::config::Config;
 use teeproxy::demo::{DemoUpstream, UpstreamStats, demo_config, generate_traffic, serve_upstream};
 use teeproxy::logging::{self, LogFormat};
-use teeproxy::{Listeners, Reload, run, run_with_reloads};
+use teeproxy::{App, Listeners, Reload};
 
 /// Exit status for a configuration error (EX_CONFIG would be 78; 64 is EX_USAGE, which
 /// the project uses for every bad-input case).
@@ -39,7 +39,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Validate a config and print a summary; exit 0 when valid, 64 when not.
-    Check,
+    Check {
+        /// Print the checked config as JSON (as `/api/config` shows it) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a self-contained demo: in-process upstreams on loopback and the proxy in front.
     Demo {
         /// Where the proxy listens.
@@ -57,7 +61,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => check(cli.config),
+        Some(Command::Check { json }) => check(cli.config, json),
         Some(Command::Demo {
             listen,
             admin,
@@ -121,91 +125,103 @@ fn load_config(path: Option<&std::path::Path>, missing: &str) -> Result<Config, 
     })
 }
 
-fn check(path: Option<PathBuf>) -> ExitCode {
+fn check(path: Option<PathBuf>, json: bool) -> ExitCode {
     let config = match load_config(path.as_deref(), "teeproxy check: --config FILE is required") {
         Ok(c) => c,
         Err(code) => return code,
     };
     let path = path.expect("loaded from a path");
     // Written at once, and a closed stdout (`| head`) is not an error.
+    let out = if json {
+        format!("{:#}\n", config.to_json())
+    } else {
+        summary(&path, &config)
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// A human summary of a checked config, read from the typed config itself.
+fn summary(path: &std::path::Path, config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", path.display());
     let _ = writeln!(out, "listeners:");
     for l in &config.listeners {
-        let _ = writeln!(out, "  {:<12} {}", l.name.value, l.address.value);
+        let _ = writeln!(out, "  {:<12} {}", l.name, l.address);
     }
-    let _ = writeln!(out, "admin:        {}", config.admin.address.value);
+    let _ = writeln!(out, "admin:        {}", config.admin.address);
     let _ = writeln!(out, "clusters:");
+    let json = config.to_json();
     for (name, c) in &config.clusters {
-        let eps: Vec<&str> = c.endpoints.iter().map(|e| e.value.as_str()).collect();
+        let eps: Vec<String> = c.endpoints.iter().map(ToString::to_string).collect();
+        let j = &json["clusters"][name];
         let _ = writeln!(
             out,
-            "  {:<12} {} (connect {}, timeout {}, host {:?})",
+            "  {:<12} {} (connect {}, timeout {}, host {})",
             name,
             eps.join(", "),
-            c.connect_timeout.value,
-            c.timeout.value,
-            c.host
+            j["connect_timeout"].as_str().unwrap_or("?"),
+            j["timeout"].as_str().unwrap_or("?"),
+            j["host"].as_str().unwrap_or("?"),
         );
     }
     let _ = writeln!(out, "routes (first match wins):");
-    for r in &config.routes {
+    for (i, r) in config.routes.iter().enumerate() {
         let m = &r.match_;
-        let host = m.host.as_ref().map_or("*".to_string(), |h| h.value.clone());
         let methods = m.methods.as_ref().map_or("any".to_string(), |ms| {
-            ms.iter()
-                .map(|m| m.value.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            ms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
         });
         let _ = writeln!(
             out,
             "  {:<12} prefix {} host {} methods {} -> {}",
-            r.name.value, m.path_prefix.value, host, methods, r.primary.value
+            r.name,
+            m.path_prefix,
+            m.host.as_deref().unwrap_or("*"),
+            methods,
+            r.primary
         );
-        for sh in &r.shadows {
-            let methods = match &sh.methods {
-                teeproxy::config::ShadowMethods::Keyword(k) => k.clone(),
-                teeproxy::config::ShadowMethods::List(l) => l.join(","),
+        for (j, sh) in r.shadows.iter().enumerate() {
+            let s = &json["routes"][i]["shadows"][j];
+            let methods = match &s["methods"] {
+                serde_json::Value::Array(l) => l
+                    .iter()
+                    .filter_map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => other.as_str().unwrap_or("any").to_string(),
             };
             let _ = writeln!(
                 out,
                 "  {:<12}   shadow {} {}% methods {} max_body {} timeout {}",
                 "",
-                sh.cluster.value,
-                sh.percent.value,
+                sh.cluster,
+                sh.percent,
                 methods,
-                sh.max_body.value,
-                sh.timeout.value
+                s["max_body"].as_str().unwrap_or("?"),
+                s["timeout"].as_str().unwrap_or("?"),
             );
         }
     }
-    let l = &config.limits;
+    let l = &json["limits"];
     let _ = writeln!(
         out,
         "limits:       headers {} / {} fields, uri {}, head timeout {}; drain {}",
-        l.max_header_bytes.value,
-        l.max_headers.value,
-        l.max_uri_bytes.value,
-        l.request_head_timeout.value,
-        config.drain_timeout
+        l["max_header_bytes"].as_str().unwrap_or("?"),
+        config.limits.max_headers,
+        l["max_uri_bytes"].as_str().unwrap_or("?"),
+        l["request_head_timeout"].as_str().unwrap_or("?"),
+        json["drain_timeout"].as_str().unwrap_or("?"),
     );
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
-    ExitCode::SUCCESS
+    out
 }
 
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hangups = tokio::spawn(reload_on_hangup(path, tx));
-    run_with_reloads(
-        config,
-        listeners,
-        Registry::default(),
-        shutdown_signal(),
-        rx,
-    )
-    .await;
+    let mut registry = Registry::default();
+    let app = App::build(config, &mut registry);
+    app.serve(listeners, registry, shutdown_signal(), rx).await;
     hangups.abort();
     Ok(())
 }
@@ -286,7 +302,11 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Resul
     println!("  curl -s http://{admin}/api/mismatches");
     println!("  curl -s http://{admin}/metrics | grep shadow");
     println!("Ctrl-C stops it.");
-    run(config, listeners, Registry::default(), shutdown_signal()).await;
+    let mut registry = Registry::default();
+    let app = App::build(config, &mut registry);
+    let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+    app.serve(listeners, registry, shutdown_signal(), reloads)
+        .await;
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(())

@@ -1,7 +1,6 @@
 //! Upstream clusters: one pooled client per cluster, round-robin over its endpoints, and
 //! passive ejection of endpoints that refuse connections.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -13,8 +12,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{ClusterConfig, Config, Endpoint, HostMode, parse_endpoint};
-use crate::metrics::{ClusterMetrics, Metrics, UpstreamErrorKind};
+use crate::config::{ClusterConfig, Endpoint, HostMode};
+use crate::metrics::{ClusterMetrics, UpstreamErrorKind};
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,12 +78,12 @@ impl EndpointState {
 
     #[cfg(test)]
     pub fn for_tests(url: &str) -> Self {
-        Self::new(parse_endpoint(url).expect("valid test endpoint"))
+        Self::new(crate::config::parse_endpoint(url).expect("valid test endpoint"))
     }
 }
 
 /// A cluster, ready to send requests with bodies of type `B`. Each `Cluster` value has its
-/// own connection pool: the primary and shadow roles of one configured cluster never share
+/// own connection pool: the primary and shadow legs of one configured cluster never share
 /// connections.
 pub struct Cluster<B = Incoming> {
     pub name: String,
@@ -96,29 +95,6 @@ pub struct Cluster<B = Incoming> {
     ejection_time: Duration,
     epoch: Instant,
     metrics: ClusterMetrics,
-}
-
-/// Builds every cluster of the config for the primary role.
-pub fn build_clusters<B>(config: &Config, metrics: &Metrics) -> HashMap<String, Arc<Cluster<B>>>
-where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    config
-        .clusters
-        .iter()
-        .map(|(name, c)| {
-            (
-                name.clone(),
-                Arc::new(Cluster::new(
-                    name,
-                    c,
-                    metrics.cluster(name, crate::metrics::Leg::primary),
-                )),
-            )
-        })
-        .collect()
 }
 
 fn tls_config() -> rustls::ClientConfig {
@@ -141,7 +117,7 @@ where
     pub fn new(name: &str, c: &ClusterConfig, metrics: ClusterMetrics) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(c.connect_timeout.value.get()));
+        http.set_connect_timeout(Some(c.connect_timeout));
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config())
@@ -151,22 +127,23 @@ where
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(c.idle_timeout.value.get())
+            .pool_idle_timeout(c.idle_timeout)
             .pool_max_idle_per_host(c.max_idle_per_endpoint)
             .build(https);
         let endpoints = c
             .endpoints
             .iter()
-            .map(|e| EndpointState::new(parse_endpoint(&e.value).expect("validated")))
+            .cloned()
+            .map(EndpointState::new)
             .collect();
         Cluster {
             name: name.to_string(),
             endpoints,
             next: AtomicUsize::new(0),
             client,
-            timeout: c.timeout.value.get(),
+            timeout: c.timeout,
             host_mode: c.host,
-            ejection_time: c.ejection_time.value.get(),
+            ejection_time: c.ejection_time,
             epoch: Instant::now(),
             metrics,
         }

@@ -27,21 +27,17 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
+use teeproxy::App;
 use teeproxy::config::{Config, ForwardedMode};
-use teeproxy::headers::{Forwarded, RequestIds};
-use teeproxy::metrics::{ListenerMetrics, Metrics, ShadowClusterMetrics, ShadowPolicyMetrics};
-use teeproxy::proxy::Proxy;
-use teeproxy::server::Server;
-use teeproxy::server::clock::ConnClock;
-use teeproxy::server::guard::H1Tracker;
-use teeproxy::shadow::dispatch::Dispatchers;
-use teeproxy::validate::{RequestLimits, check_request, request_host};
+use teeproxy::testing::{
+    Activity, ConnClock, Forwarded, H1Tracker, RequestIds, RequestLimits, check_request,
+    request_host,
+};
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf,
 };
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
-use tokio::sync::watch;
 
 // ---------------------------------------------------------------------------------------
 // Head sanitiser
@@ -255,7 +251,7 @@ fn request_checks(req: &Request<()>) {
                 "refusal with status {}",
                 e.status()
             );
-            let _ = e.to_response();
+            let _ = teeproxy::testing::reject_response(e);
         }
     }
     let _ = request_host(req);
@@ -336,7 +332,7 @@ fn header_rewrites(req: &Request<()>) {
     let cookies_named = connection_options(before).contains(&header::COOKIE);
     for mode in [ForwardedMode::Append, ForwardedMode::Replace] {
         let mut after = before.clone();
-        teeproxy::headers::rewrite_request(&mut after, &fwd, mode);
+        teeproxy::testing::rewrite_request(&mut after, &fwd, mode);
         check_stripped(
             before,
             &after,
@@ -381,7 +377,7 @@ fn header_rewrites(req: &Request<()>) {
         }
     }
     let mut after = before.clone();
-    teeproxy::headers::rewrite_response(&mut after);
+    teeproxy::testing::rewrite_response(&mut after);
     check_stripped(before, &after, &[], &[]);
 }
 
@@ -389,13 +385,13 @@ fn request_ids(before: &HeaderMap) {
     let ids = RequestIds::default();
     let mut h = before.clone();
     let id = ids.ensure(&mut h);
-    assert_eq!(values(&h, &teeproxy::headers::X_REQUEST_ID), [&id]);
+    assert_eq!(values(&h, &teeproxy::testing::X_REQUEST_ID), [&id]);
     let b = id.as_bytes();
     assert!(
         !b.is_empty() && b.len() <= 200 && b.iter().all(u8::is_ascii_graphic),
         "insane request id {id:?}"
     );
-    let sent = values(before, &teeproxy::headers::X_REQUEST_ID);
+    let sent = values(before, &teeproxy::testing::X_REQUEST_ID);
     if let [one] = sent[..]
         && !one.is_empty()
         && one.len() <= 200
@@ -435,13 +431,17 @@ pub fn config_parser(data: &[u8]) {
         (a, b) => panic!("the same text parsed differently: {a:?} / {b:?}"),
     };
     let _ = config.listener_addrs();
-    let _ = config.admin_addr();
-    let _ = teeproxy::report::config(&config).to_string();
+    let _ = config.to_json().to_string();
     let _ = RequestLimits::from(&config.limits);
-    let metrics = Metrics::new(&mut Registry::default());
-    let proxy = Arc::new(Proxy::new(&config, metrics));
-    let _ = proxy.shadow_clusters();
-    let _ = Server::new(proxy, &config.limits, 1);
+    // Building starts the shadow dispatchers: it needs a runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let app = App::build(config, &mut Registry::default());
+        let _ = app.shadow_dispatchers();
+    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -581,17 +581,10 @@ async fn recording_upstream(name: &'static str) -> (SocketAddr, Records) {
 /// The proxy, its upstreams and the runtime they live on, built once per process.
 struct Harness {
     rt: Runtime,
-    server: Arc<Server>,
-    metrics: Arc<Metrics>,
+    app: Arc<App>,
     registry: Registry,
-    listener: ListenerMetrics,
-    policy: ShadowPolicyMetrics,
-    shadow: ShadowClusterMetrics,
     primary_recs: Records,
     shadow_recs: Records,
-    stop: watch::Receiver<bool>,
-    _stop_tx: watch::Sender<bool>,
-    _dispatchers: Dispatchers,
     /// Runs so far: each gets its own peer address.
     runs: u64,
 }
@@ -625,37 +618,16 @@ static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| {
         );
         let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("fuzz config: {e}\n{yaml}"));
         let mut registry = Registry::default();
-        let metrics = Metrics::new(&mut registry);
-        let proxy = Arc::new(Proxy::new(&config, metrics.clone()));
-        let dispatchers = Dispatchers::start(&proxy.shadow_clusters());
-        let server = Arc::new(Server::new(proxy, &config.limits, 1));
-        let (stop_tx, stop) = watch::channel(false);
-        (
-            server,
-            metrics,
-            registry,
-            primary_recs,
-            shadow_recs,
-            stop,
-            stop_tx,
-            dispatchers,
-        )
+        let app = Arc::new(App::build(config, &mut registry));
+        (app, registry, primary_recs, shadow_recs)
     });
-    let (server, metrics, registry, primary_recs, shadow_recs, stop, stop_tx, dispatchers) =
-        harness;
+    let (app, registry, primary_recs, shadow_recs) = harness;
     Mutex::new(Harness {
         rt,
-        server,
-        listener: metrics.listener("fuzz"),
-        policy: metrics.shadow_policy("all", "candidate"),
-        shadow: metrics.shadow_cluster("candidate"),
-        metrics,
+        app,
         registry,
         primary_recs,
         shadow_recs,
-        stop,
-        _stop_tx: stop_tx,
-        _dispatchers: dispatchers,
         runs: 0,
     })
 });
@@ -747,10 +719,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 }
 
 /// Everything that moves while the proxy works on a connection.
+/// The shadow policy's and queue's counters.
+fn shadow(h: &Harness) -> Activity {
+    h.app.activity("all", "candidate")
+}
+
 fn activity(h: &Harness, consumed: usize) -> [u64; 10] {
+    let a = shadow(h);
     [
         consumed as u64,
-        h.metrics.in_flight.get() as u64,
+        a.requests_in_flight as u64,
         h.primary_recs.in_progress.load(Ordering::SeqCst) as u64,
         h.shadow_recs.in_progress.load(Ordering::SeqCst) as u64,
         h.primary_recs
@@ -763,10 +741,10 @@ fn activity(h: &Harness, consumed: usize) -> [u64; 10] {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len() as u64,
-        h.policy.offered.get(),
-        h.policy.sent.get(),
-        h.policy.dropped_total(),
-        h.shadow.in_flight.get() as u64,
+        a.offered,
+        a.sent,
+        a.dropped,
+        a.shadow_in_flight as u64,
     ]
 }
 
@@ -928,10 +906,8 @@ fn run(h: &mut Harness, input: &[u8], close: Close) -> RunResult {
     let ip = Ipv6Addr::from((0xfd00_u128 << 112) | u128::from(h.runs));
     let tag = ip.to_string();
     let peer = SocketAddr::new(IpAddr::V6(ip), 40000);
-    let sent_before = h.policy.sent.get();
-    let server = h.server.clone();
-    let listener = h.listener.clone();
-    let stop = h.stop.clone();
+    let sent_before = shadow(h).sent;
+    let app = h.app.clone();
     let mut timing = [Duration::ZERO; 3];
     h.rt.block_on(async {
         let t0 = tokio::time::Instant::now();
@@ -942,7 +918,7 @@ fn run(h: &mut Harness, input: &[u8], close: Close) -> RunResult {
             consumed: consumed.clone(),
         };
         let serve = tokio::spawn(async move {
-            server.serve_stream(server_io, peer, &listener, stop).await;
+            app.serve_stream(server_io, peer).await;
         });
         match close {
             Close::Shutdown | Close::Linger => {
@@ -1009,7 +985,7 @@ fn run(h: &mut Harness, input: &[u8], close: Close) -> RunResult {
         );
         assert!(r.complete, "the shadow got an incomplete body: {r:?}");
     }
-    let sent = h.policy.sent.get() - sent_before;
+    let sent = shadow(h).sent - sent_before;
     assert_eq!(
         shadow_all.len() as u64,
         sent,
@@ -1042,7 +1018,7 @@ fn run(h: &mut Harness, input: &[u8], close: Close) -> RunResult {
             complete_summary(&primary),
             complete_summary(&shadow_all)
         );
-        for line in teeproxy::metrics::encode(&h.registry).lines() {
+        for line in teeproxy::testing::encode_metrics(&h.registry).lines() {
             if line.starts_with("teeproxy_shadow_dropped_total{") && !line.ends_with(" 0") {
                 eprintln!("  {line}");
             }
@@ -1077,15 +1053,16 @@ async fn settle(h: &Harness) {
     let mut quiet_before = false;
     loop {
         turns += 1;
-        let sent = h.policy.sent.get();
+        let sent = shadow(h).sent;
         let reading = h.primary_recs.in_progress.load(Ordering::SeqCst)
             + h.shadow_recs.in_progress.load(Ordering::SeqCst);
+        let a = shadow(h);
         let quiet = reading == 0
-            && h.metrics.in_flight.get() == 0
-            && h.policy.offered.get() == sent + h.policy.dropped_total()
-            && h.shadow.queue_depth.get() == 0
-            && h.shadow.in_flight.get() == 0
-            && h.shadow.held_bytes.get() == 0;
+            && a.requests_in_flight == 0
+            && a.offered == sent + a.dropped
+            && a.queue_depth == 0
+            && a.shadow_in_flight == 0
+            && a.held_bytes == 0;
         if quiet && quiet_before {
             return;
         }
@@ -1094,12 +1071,12 @@ async fn settle(h: &Harness) {
             start.elapsed() < DEADLINE,
             "the proxy did not settle within {DEADLINE:?}: upstreams reading {reading}, in flight {}, \
              offered {}, sent {sent}, dropped {}, queued {}, shadow in flight {}, held bytes {}",
-            h.metrics.in_flight.get(),
-            h.policy.offered.get(),
-            h.policy.dropped_total(),
-            h.shadow.queue_depth.get(),
-            h.shadow.in_flight.get(),
-            h.shadow.held_bytes.get(),
+            a.requests_in_flight,
+            a.offered,
+            a.dropped,
+            a.queue_depth,
+            a.shadow_in_flight,
+            a.held_bytes,
         );
         if quiet || turns < 256 {
             tokio::task::yield_now().await;

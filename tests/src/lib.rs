@@ -322,13 +322,17 @@ impl TestProxy {
         let addr = listeners.proxy_addrs()[0];
         let admin = listeners.admin_addr().expect("admin addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(teeproxy::run(
-            config,
+        let mut registry = Registry::default();
+        let app = teeproxy::App::build(config, &mut registry);
+        let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(app.serve(
             listeners,
-            Registry::default(),
+            registry,
             async move {
                 let _ = rx.await;
+                drop(_keep);
             },
+            reloads,
         ));
         TestProxy {
             addr,

@@ -100,7 +100,7 @@ impl ProxyProcessBuilder {
             let yaml = with_admin_port(&self.yaml, if pick_port { free_port() } else { 0 });
             let config = Config::from_yaml(&yaml)
                 .unwrap_or_else(|e| panic!("black-box test config: {e}\n{yaml}"));
-            let admin = config.admin_addr();
+            let admin = config.admin.address;
             let names: Vec<String> = config
                 .listener_addrs()
                 .into_iter()

@@ -262,7 +262,7 @@ async fn refused_connection_is_502_and_counted() {
     );
     assert_eq!(
         proxy
-            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"connect\"}")
+            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"connect\"}")
             .await,
         1.0
     );
@@ -282,7 +282,7 @@ async fn slow_upstream_is_504_at_the_cluster_timeout() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(
         proxy
-            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"timeout\"}")
+            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"timeout\"}")
             .await,
         1.0
     );
@@ -323,7 +323,7 @@ async fn an_endpoint_that_refuses_is_ejected_while_others_serve() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(up.count(), 10);
     let ejections = proxy
-        .metric("teeproxy_upstream_ejections_total{cluster=\"primary\",role=\"primary\"}")
+        .metric("teeproxy_upstream_ejections_total{cluster=\"primary\",leg=\"primary\"}")
         .await;
     assert!(ejections <= 1.0, "ejected once for 30 s, got {ejections}");
 }

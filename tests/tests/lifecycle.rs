@@ -43,7 +43,7 @@ async fn admin_serves_live_ready_and_metrics() {
     assert_eq!(
         metric_value(
             &m,
-            "teeproxy_upstream_requests_total{cluster=\"primary\",role=\"primary\"}"
+            "teeproxy_upstream_requests_total{cluster=\"primary\",leg=\"primary\"}"
         ),
         3.0
     );

@@ -178,7 +178,7 @@ async fn requests_without_a_body_move_on_from_a_refusing_endpoint() {
     assert_eq!(up.count(), 4);
     let refused = proxy
         .metric(
-            "teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"connect\"}",
+            "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"connect\"}",
         )
         .await;
     assert!(
@@ -207,7 +207,7 @@ async fn requests_without_a_body_move_on_from_a_refusing_endpoint() {
     );
     assert_eq!(
         proxy2
-            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"connect\"}")
+            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"connect\"}")
             .await,
         3.0,
         "the POST tried once, the GET both endpoints"

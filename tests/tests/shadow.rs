@@ -387,7 +387,7 @@ async fn a_client_that_aborts_mid_body_produces_no_shadow_request() {
         ) == 1.0
     );
     let protocol =
-        "teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"protocol\"}";
+        "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"protocol\"}";
     assert_eq!(
         metric_value(&proxy.metrics().await, protocol),
         0.0,

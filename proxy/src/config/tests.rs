@@ -1,6 +1,7 @@
 //! Config parsing and validation: valid and invalid YAML, inline.
 
 use super::*;
+use std::time::Duration;
 
 const MINIMAL: &str = r#"
 listeners: [{ name: public, address: "127.0.0.1:8080" }]
@@ -20,20 +21,20 @@ fn err(yaml: &str) -> String {
 #[test]
 fn minimal_config_gets_defaults() {
     let c = Config::from_yaml(MINIMAL).unwrap();
-    assert_eq!(c.admin_addr().to_string(), "127.0.0.1:9901");
-    assert_eq!(c.limits.max_header_bytes.value, Size::kib(64));
-    assert_eq!(c.limits.max_headers.value, 100);
-    assert_eq!(c.limits.max_uri_bytes.value, Size::kib(8));
-    assert_eq!(c.limits.request_head_timeout.value, Dur::secs(10));
-    assert_eq!(c.limits.body_timeout.value, Dur::secs(60));
-    assert_eq!(c.limits.max_connections.value, 10_000);
-    assert_eq!(c.clusters["primary"].shadow_max_bytes.value, Size::mib(32));
-    assert_eq!(c.drain_timeout, Dur::secs(30));
+    assert_eq!(c.admin.address.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.limits.max_header_bytes, (64 * 1024));
+    assert_eq!(c.limits.max_headers, 100);
+    assert_eq!(c.limits.max_uri_bytes, (8 * 1024));
+    assert_eq!(c.limits.request_head_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.body_timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.max_connections, 10_000);
+    assert_eq!(c.clusters["primary"].shadow_max_bytes, (32 * 1024 * 1024));
+    assert_eq!(c.drain_timeout, Duration::from_secs(30));
     let p = &c.clusters["primary"];
-    assert_eq!(p.connect_timeout.value, Dur::secs(5));
-    assert_eq!(p.timeout.value, Dur::secs(30));
+    assert_eq!(p.connect_timeout, Duration::from_secs(5));
+    assert_eq!(p.timeout, Duration::from_secs(30));
     assert_eq!(p.host, HostMode::Keep);
-    assert_eq!(c.routes[0].match_.path_prefix.value, "/");
+    assert_eq!(c.routes[0].match_.path_prefix, "/");
     assert!(c.access_log.enabled);
     assert_eq!(c.x_forwarded_for, ForwardedMode::Append);
 }
@@ -58,11 +59,11 @@ x_forwarded_for: replace
     let c = Config::from_yaml(yaml).unwrap();
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(
-        c.clusters["primary"].connect_timeout.value,
-        Dur::millis(250)
+        c.clusters["primary"].connect_timeout,
+        Duration::from_millis(250)
     );
     assert_eq!(c.clusters["primary"].host, HostMode::Rewrite);
-    assert_eq!(c.limits.max_header_bytes.value.bytes(), 32 * 1024);
+    assert_eq!(c.limits.max_header_bytes, 32 * 1024);
     assert_eq!(c.routes[0].match_.methods.as_ref().unwrap().len(), 2);
     assert!(!c.access_log.enabled);
     assert_eq!(c.x_forwarded_for, ForwardedMode::Replace);
@@ -152,37 +153,50 @@ fn with_shadow(shadow: &str) -> String {
 fn shadow_config_parses_with_defaults_and_every_form() {
     let c = Config::from_yaml(&with_shadow("{ cluster: c }")).unwrap();
     let s = &c.routes[0].shadows[0];
-    assert_eq!(s.percent.value, 100.0);
-    assert_eq!(s.max_body.value, Size::mib(1));
-    assert_eq!(s.timeout.value, Dur::secs(5));
+    assert_eq!(s.percent, 100.0);
+    assert_eq!(s.max_body, (1024 * 1024));
+    assert_eq!(s.timeout, Duration::from_secs(5));
     let methods: Vec<String> = s
         .methods
-        .methods()
+        .as_ref()
         .unwrap()
         .iter()
         .map(|m| m.to_string())
         .collect();
     assert_eq!(methods, ["GET", "HEAD", "OPTIONS"]);
-    assert!(matches!(&s.host, ShadowHost::Word(w) if w == "keep"));
-    assert_eq!(c.clusters["c"].shadow_queue.value, 8);
-    assert_eq!(c.shadow_drain, Dur::secs(5));
-    assert_eq!(c.shadow_header.value, "x-teeproxy-shadow");
+    assert_eq!(s.host, ShadowHost::Keep);
+    assert_eq!(c.clusters["c"].shadow_queue, 8);
+    assert_eq!(c.shadow_drain, Duration::from_secs(5));
+    assert_eq!(
+        c.shadow_header.as_ref().map(|h| h.as_str()),
+        Some("x-teeproxy-shadow")
+    );
 
     let c = Config::from_yaml(&with_shadow(
         "{ cluster: c, percent: 0.5, methods: any, sample_key: { cookie: session }, host: { suffix: \"-shadow\" }, headers: { set: { x-env: shadow }, remove: [cookie] }, max_body: 64KiB, timeout: 250ms }",
     ))
     .unwrap();
     let s = &c.routes[0].shadows[0];
-    assert_eq!(s.percent.value, 0.5);
-    assert!(s.methods.methods().is_none(), "any");
+    assert_eq!(s.percent, 0.5);
+    assert!(s.methods.is_none(), "any");
     assert!(matches!(&s.sample_key, Some(SampleKey::Cookie(n)) if n == "session"));
-    assert!(matches!(&s.host, ShadowHost::Suffix { suffix } if suffix == "-shadow"));
-    assert_eq!(s.headers.set["x-env"], "shadow");
+    assert!(matches!(&s.host, ShadowHost::Suffix(suffix) if suffix == "-shadow"));
+    assert_eq!(
+        s.headers.set,
+        [(
+            http::HeaderName::from_static("x-env"),
+            http::HeaderValue::from_static("shadow")
+        )]
+    );
+    assert_eq!(s.headers.remove, [http::header::COOKIE]);
     let c = Config::from_yaml(&with_shadow(
         "{ cluster: c, host: shadow.example, sample_key: { header: x-user } }",
     ))
     .unwrap();
-    assert!(matches!(&c.routes[0].shadows[0].host, ShadowHost::Word(w) if w == "shadow.example"));
+    assert_eq!(
+        c.routes[0].shadows[0].host,
+        ShadowHost::Literal(http::HeaderValue::from_static("shadow.example"))
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ impl Dur {
     pub const fn secs(s: u64) -> Self {
         Dur(Duration::from_secs(s))
     }
+    #[cfg(test)]
     pub const fn millis(ms: u64) -> Self {
         Dur(Duration::from_millis(ms))
     }
@@ -168,6 +169,20 @@ impl Serialize for Size {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+/// Serializes a duration as the config writes it (`5s`, `250ms`).
+pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&Dur(*d))
+}
+
+/// Serializes a byte count as the config writes it (`64KiB`).
+pub(super) fn size<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&Size(*n))
+}
+
+pub(super) fn size_usize<S: Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&Size(*n as u64))
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ where
     loop {
         while conns.try_join_next().is_some() {}
         let stream = tokio::select! {
-            _ = crate::stopped(&mut stop) => break,
+            _ = crate::shutdown::stopped(&mut stop) => break,
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(_) => {
@@ -258,7 +258,7 @@ pub async fn generate_traffic(target: SocketAddr, rate: u32, mut stop: watch::Re
     let mut n: u64 = 0;
     loop {
         tokio::select! {
-            _ = crate::stopped(&mut stop) => break,
+            _ = crate::shutdown::stopped(&mut stop) => break,
             _ = tick.tick() => {}
         }
         while inflight.try_join_next().is_some() {}

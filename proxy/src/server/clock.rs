@@ -56,12 +56,6 @@ pub struct ConnClock {
     waiting_on_client: AtomicUsize,
     /// Milliseconds since `start` when a response body was last polled.
     body_progress: AtomicU64,
-    /// Upgraded (WebSocket) tunnels running on this connection's socket.
-    tunnels: AtomicUsize,
-    tunnel_ended: Notify,
-    /// Set when the connection's task ends: its tunnels stop too.
-    closed: AtomicBool,
-    closing: Notify,
 }
 
 impl ConnClock {
@@ -79,10 +73,6 @@ impl ConnClock {
             write_timed_out: AtomicBool::new(false),
             waiting_on_client: AtomicUsize::new(0),
             body_progress: AtomicU64::new(0),
-            tunnels: AtomicUsize::new(0),
-            tunnel_ended: Notify::new(),
-            closed: AtomicBool::new(false),
-            closing: Notify::new(),
         })
     }
 
@@ -117,44 +107,6 @@ impl ConnClock {
         ActiveGuard {
             clock: self.clone(),
             answered: false,
-        }
-    }
-
-    /// A tunnel starts on this connection; the guard ends it.
-    pub fn tunnel(self: &Arc<Self>) -> TunnelGuard {
-        self.tunnels.fetch_add(1, Relaxed);
-        TunnelGuard(self.clone())
-    }
-
-    /// Completes when no tunnel runs on this connection.
-    pub async fn tunnels_done(&self) {
-        loop {
-            let ended = self.tunnel_ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.tunnels.load(Relaxed) == 0 {
-                return;
-            }
-            ended.await;
-        }
-    }
-
-    /// Tells the connection's tunnels to stop (its task is ending).
-    pub fn close(&self) {
-        self.closed.store(true, Relaxed);
-        self.closing.notify_waiters();
-    }
-
-    /// Completes once `close` was called.
-    pub async fn closed(&self) {
-        loop {
-            let closing = self.closing.notified();
-            tokio::pin!(closing);
-            closing.as_mut().enable();
-            if self.closed.load(Relaxed) {
-                return;
-            }
-            closing.await;
         }
     }
 
@@ -212,32 +164,6 @@ impl ConnClock {
                 _ = self.resets.notified() => {}
             }
         }
-    }
-}
-
-/// One tunnel's hold on its connection (and so on the listener's connection slot).
-#[derive(Debug)]
-pub struct TunnelGuard(Arc<ConnClock>);
-
-impl TunnelGuard {
-    pub fn clock(&self) -> &Arc<ConnClock> {
-        &self.0
-    }
-}
-
-impl Drop for TunnelGuard {
-    fn drop(&mut self) {
-        self.0.tunnels.fetch_sub(1, Relaxed);
-        self.0.tunnel_ended.notify_waiters();
-    }
-}
-
-/// Calls `close` on the clock when dropped (the connection's task ended or was aborted).
-pub struct CloseOnDrop(pub Arc<ConnClock>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close();
     }
 }
 

@@ -3,8 +3,8 @@
 //! the rapid-reset guard, graceful drain. TLS will slot in at `serve_stream` (accept the
 //! handshake under the same time limit, then hand the stream on).
 
-pub mod clock;
-pub mod guard;
+pub(crate) mod clock;
+pub(crate) mod guard;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,17 +23,19 @@ use tokio::task::JoinSet;
 
 use crate::config::Limits;
 use crate::metrics::{CloseReason, ListenerMetrics};
-use crate::proxy::{ConnInfo, Proxy};
-use clock::{ClockLimits, CloseOnDrop, ConnClock, Expiry, Tracked};
+use crate::proxy::Proxy;
+use crate::proxy::conn::ConnInfo;
+use crate::shutdown::stopped;
+use clock::{ClockLimits, ConnClock, Expiry, Tracked};
 use guard::{GuardedIo, H1Tracker};
 
 /// Response bytes buffered per HTTP/2 stream beyond what the client's window allows.
-pub const H2_SEND_BUFFER: usize = 128 * 1024;
+pub(crate) const H2_SEND_BUFFER: usize = 128 * 1024;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Connection settings shared by every listener.
-pub struct Server {
+pub(crate) struct Server {
     proxy: Arc<Proxy>,
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
@@ -47,10 +49,10 @@ pub struct Server {
 
 impl Server {
     /// `listeners` is how many listeners share the process's file descriptors.
-    pub fn new(proxy: Arc<Proxy>, limits: &Limits, listeners: usize) -> Self {
-        let max_head = limits.max_header_bytes.value.as_usize();
-        let max_headers = limits.max_headers.value;
-        let head_timeout = limits.request_head_timeout.value.get();
+    pub(crate) fn new(proxy: Arc<Proxy>, limits: &Limits, listeners: usize) -> Self {
+        let max_head = limits.max_header_bytes;
+        let max_headers = limits.max_headers;
+        let head_timeout = limits.request_head_timeout;
         // Head and idle time limits are kept by the connection's clock (hyper's own head
         // timer also runs through keep-alive idle time, so it is turned off).
         let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -63,7 +65,7 @@ impl Server {
         let mut h2 = auto::Builder::new(TokioExecutor::new()).http2_only();
         h2.http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_concurrent_streams.value)
+            .max_concurrent_streams(limits.max_concurrent_streams)
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
             .max_pending_accept_reset_streams(Some(50))
             .max_local_error_reset_streams(Some(256))
@@ -75,8 +77,8 @@ impl Server {
             h1,
             h2,
             head_timeout,
-            idle_timeout: limits.idle_timeout.value.get(),
-            write_timeout: limits.write_timeout.value.get(),
+            idle_timeout: limits.idle_timeout,
+            write_timeout: limits.write_timeout,
             max_head,
             max_headers,
             max_connections: connection_cap(limits, listeners, open_files_limit()),
@@ -85,7 +87,7 @@ impl Server {
 
     /// Accepts connections until `shutdown` turns true; returns the connection tasks,
     /// which were told to drain by the same signal.
-    pub async fn accept_loop(
+    pub(crate) async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
         metrics: ListenerMetrics,
@@ -99,11 +101,11 @@ impl Server {
         loop {
             while conns.try_join_next().is_some() {}
             let slot = tokio::select! {
-                _ = crate::stopped(&mut shutdown) => break,
+                _ = stopped(&mut shutdown) => break,
                 s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
             };
             let accepted = tokio::select! {
-                _ = crate::stopped(&mut shutdown) => break,
+                _ = stopped(&mut shutdown) => break,
                 r = listener.accept() => r,
             };
             match accepted {
@@ -126,7 +128,7 @@ impl Server {
                     metrics.accept_errors.inc();
                     tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
                     tokio::select! {
-                        _ = crate::stopped(&mut shutdown) => break,
+                        _ = stopped(&mut shutdown) => break,
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -139,7 +141,7 @@ impl Server {
     /// Serves one client connection (any byte stream) until it ends, a time limit ends
     /// it, or `stop` turns true (then: HTTP/1 finishes the request in progress and
     /// closes, HTTP/2 sends GOAWAY and finishes its streams).
-    pub async fn serve_stream<S>(
+    pub(crate) async fn serve_stream<S>(
         &self,
         mut stream: S,
         peer: SocketAddr,
@@ -173,13 +175,8 @@ impl Server {
             Some(clock.clone()),
         ));
         let proxy = self.proxy.clone();
-        let info = ConnInfo {
-            peer,
-            proto: "http",
-            clock: Some(clock.clone()),
-            tunnel_idle: self.idle_timeout,
-        };
-        let _close = CloseOnDrop(clock.clone());
+        let info = ConnInfo::new(peer, self.idle_timeout);
+        let tunnels = info.tunnels.clone();
         let svc_clock = clock.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
@@ -233,15 +230,15 @@ impl Server {
                         draining = true;
                     }
                 },
-                _ = crate::stopped(&mut stop), if !draining => {
+                _ = stopped(&mut stop), if !draining => {
                     conn.as_mut().graceful_shutdown();
                     draining = true;
                 }
             }
         }
         // An upgraded connection lives on as a tunnel: it keeps its slot until it ends
-        // (at the latest at the drain deadline, when this task is aborted).
-        clock.tunnels_done().await;
+        // (at the latest at the drain deadline, when this task and its tunnels are stopped).
+        tunnels.finished().await;
     }
 }
 
@@ -253,8 +250,8 @@ const FD_RESERVE: u64 = 256;
 /// connection too, so the default cap is brought down to what the open-files limit
 /// allows (with a warning); a cap the config sets explicitly is kept (with a warning if
 /// it is above that), and accept errors then back off.
-pub fn connection_cap(limits: &Limits, listeners: usize, open_files: Option<u64>) -> usize {
-    let configured = limits.max_connections.value;
+pub(crate) fn connection_cap(limits: &Limits, listeners: usize, open_files: Option<u64>) -> usize {
+    let configured = limits.max_connections;
     let Some(soft) = open_files else {
         return configured;
     };
@@ -263,8 +260,7 @@ pub fn connection_cap(limits: &Limits, listeners: usize, open_files: Option<u64>
     if configured <= fit {
         return configured;
     }
-    let explicit = limits.max_connections.referenced != serde_saphyr::Location::UNKNOWN;
-    if explicit {
+    if limits.max_connections_set {
         tracing::warn!(
             max_connections = configured,
             open_files_limit = soft,
@@ -284,7 +280,7 @@ pub fn connection_cap(limits: &Limits, listeners: usize, open_files: Option<u64>
 
 /// The soft limit on open files, from /proc/self/limits (`None` where unavailable or
 /// unlimited).
-pub fn open_files_limit() -> Option<u64> {
+pub(crate) fn open_files_limit() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..]

@@ -102,14 +102,10 @@ impl Comparator {
     pub fn new(c: &CompareConfig) -> Self {
         Comparator {
             status: c.status,
-            headers: c
-                .headers
-                .iter()
-                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-                .collect(),
+            headers: c.headers.clone(),
             body: c.body,
             ignore: c.ignore.clone(),
-            max_body: c.max_body.value.as_usize(),
+            max_body: c.max_body,
         }
     }
 

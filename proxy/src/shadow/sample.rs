@@ -9,17 +9,17 @@ use http::HeaderMap;
 use crate::config::SampleKey;
 
 /// The sampling scale: a request is in when its draw is below the threshold.
-pub const SCALE: u64 = 1_000_000;
+pub(crate) const SCALE: u64 = 1_000_000;
 
 /// `percent` (0..=100) as a threshold on `SCALE`.
-pub fn threshold(percent: f64) -> u64 {
+pub(crate) fn threshold(percent: f64) -> u64 {
     ((percent / 100.0) * SCALE as f64)
         .round()
         .clamp(0.0, SCALE as f64) as u64
 }
 
 /// A stable 64-bit FNV-1a hash (the same on every build and machine).
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in *part {
@@ -41,7 +41,7 @@ thread_local! {
 }
 
 /// A fast per-thread pseudo-random number (xorshift64*), enough for sampling.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RNG.with(|s| {
         let mut x = s.get();
         x ^= x >> 12;
@@ -53,7 +53,7 @@ pub fn random_u64() -> u64 {
 }
 
 /// The value of the sampling key in a request, if present.
-pub fn key_value<'a>(key: &SampleKey, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+pub(crate) fn key_value<'a>(key: &SampleKey, headers: &'a HeaderMap) -> Option<&'a [u8]> {
     match key {
         SampleKey::Header(name) => headers.get(name.as_str()).map(|v| v.as_bytes()),
         SampleKey::Cookie(name) => headers
@@ -69,7 +69,7 @@ pub fn key_value<'a>(key: &SampleKey, headers: &'a HeaderMap) -> Option<&'a [u8]
 
 /// The draw for a request in `[0, SCALE)`: from the key when there is one (salted per
 /// shadow, so two shadows pick independent sets), else random.
-pub fn draw(salt: &[u8], key: Option<&[u8]>) -> u64 {
+pub(crate) fn draw(salt: &[u8], key: Option<&[u8]>) -> u64 {
     match key {
         Some(k) => fnv1a(&[salt, k]) % SCALE,
         None => random_u64() % SCALE,

@@ -2,7 +2,7 @@
 //! while the running total stays within the limit the mirror keeps `Bytes` clones of the
 //! same chunks (a reference count, not a copy). Past the limit the clones are released at
 //! once. The end of the body (complete, too large, or broken off) is reported to the
-//! `Mirror` exactly once, also when the body is dropped unfinished.
+//! `Pending` rendezvous exactly once, also when the body is dropped unfinished.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::mirror::{Captured, Mirror};
+use super::pending::{Captured, Pending};
 
 pin_project! {
     /// A request body that tees its chunks to a mirror.
@@ -33,7 +33,7 @@ pin_project! {
 }
 
 struct Tap {
-    mirror: Arc<Mirror>,
+    mirror: Arc<Pending>,
     chunks: Vec<Bytes>,
     len: u64,
     max: u64,
@@ -45,7 +45,7 @@ struct Tap {
 
 impl<B: Body<Data = Bytes>> TeeBody<B> {
     /// Wraps `inner`; with no mirror it only passes frames through.
-    pub fn new(inner: B, mirror: Option<Arc<Mirror>>) -> Self {
+    pub fn new(inner: B, mirror: Option<Arc<Pending>>) -> Self {
         let expected = inner.size_hint().exact();
         let tap = mirror.map(|mirror| Tap {
             expected,
@@ -142,13 +142,13 @@ impl<B: Body<Data = Bytes>> Body for TeeBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shadow::mirror::tests::recording_mirror;
+    use crate::shadow::pending::tests::recording_pending;
     use http_body_util::BodyExt;
     use http_body_util::channel::Channel;
 
     #[tokio::test]
     async fn captured_chunks_are_the_same_memory_as_the_forwarded_ones() {
-        let (mirror, seen) = recording_mirror(1024 * 1024);
+        let (mirror, seen) = recording_pending(1024 * 1024);
         let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
         let mut tee = TeeBody::new(body, Some(mirror));
         let chunks: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 1000])).collect();
@@ -187,7 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_limit_the_clones_are_released_and_the_body_still_flows() {
-        let (mirror, seen) = recording_mirror(1500);
+        let (mirror, seen) = recording_pending(1500);
         let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
         let mut tee = TeeBody::new(body, Some(mirror));
         tokio::spawn(async move {
@@ -219,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_or_abandoned_body_is_incomplete() {
-        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mirror, seen) = recording_pending(1 << 20);
         let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
         let mut tee = TeeBody::new(body, Some(mirror));
         tx.send_data(Bytes::from_static(b"part")).await.unwrap();
@@ -232,7 +232,7 @@ mod tests {
         );
         assert!(matches!(*seen.lock().unwrap(), Some(Captured::Incomplete)));
 
-        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mirror, seen) = recording_pending(1 << 20);
         let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
         let mut tee = TeeBody::new(body, Some(mirror));
         tx.send_data(Bytes::from_static(b"part")).await.unwrap();
@@ -266,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_declared_length_completes_the_body_even_before_end_of_stream() {
-        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mirror, seen) = recording_pending(1 << 20);
         let mut tee = TeeBody::new(Sized(Some(Bytes::from_static(b"12345")), 5), Some(mirror));
         assert!(tee.frame().await.unwrap().unwrap().is_data());
         // An HTTP/1 client that framed by length stops here and drops the body.
@@ -279,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn trailers_end_the_body_even_if_it_is_dropped_right_after() {
-        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mirror, seen) = recording_pending(1 << 20);
         let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
         let mut tee = TeeBody::new(body, Some(mirror));
         let mut t = HeaderMap::new();
@@ -297,14 +297,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_body_is_complete_at_once_and_trailers_are_kept() {
-        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mirror, seen) = recording_pending(1 << 20);
         let _tee = TeeBody::new(http_body_util::Empty::<Bytes>::new(), Some(mirror));
         assert!(matches!(
             *seen.lock().unwrap(),
             Some(Captured::Complete { len: 0, .. })
         ));
 
-        let (mirror, seen) = recording_mirror(1 << 20);
+        let (mirror, seen) = recording_pending(1 << 20);
         let (mut tx, body) = Channel::<Bytes, std::io::Error>::new(4);
         let tee = TeeBody::new(body, Some(mirror));
         tokio::spawn(async move {

@@ -55,6 +55,7 @@ impl AtomicHistogram {
         self.sum_us.fetch_add(us as u64, Ordering::Relaxed);
     }
 
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }

@@ -7,7 +7,6 @@ use std::borrow::Cow;
 /// A configured template, split into segments; `{...}` matches any one non-empty segment.
 #[derive(Debug, Clone)]
 pub struct Template {
-    pub text: String,
     segments: Vec<Option<String>>,
 }
 
@@ -24,10 +23,7 @@ impl Template {
                 }
             })
             .collect();
-        Template {
-            text: text.to_string(),
-            segments,
-        }
+        Template { segments }
     }
 
     pub fn matches(&self, path: &str) -> bool {

@@ -193,7 +193,7 @@ async fn tunnels_hold_their_slot_end_when_idle_and_at_the_drain_deadline() {
     );
     assert_eq!(
         p.metric(
-            "teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"protocol\"}"
+            "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"protocol\"}"
         )
         .await,
         1.0

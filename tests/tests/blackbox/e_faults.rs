@@ -56,7 +56,7 @@ async fn e26_client_gone_mid_body_aborts_upstream_and_mirrors_nothing() {
     assert_eq!(
         metric_value(
             &m,
-            "teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"protocol\"}"
+            "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"protocol\"}"
         ),
         0.0
     );
@@ -196,7 +196,7 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
             metric_value(
                 &m,
                 &format!(
-                    "teeproxy_upstream_errors_total{{cluster=\"{cluster}\",role=\"primary\",kind=\"{kind}\"}}"
+                    "teeproxy_upstream_errors_total{{cluster=\"{cluster}\",leg=\"primary\",kind=\"{kind}\"}}"
                 )
             ),
             1.0,
@@ -268,7 +268,7 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
     assert_eq!(
         metric_value(
             &m,
-            "teeproxy_upstream_errors_total{cluster=\"primary\",role=\"primary\",kind=\"protocol\"}"
+            "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"protocol\"}"
         ),
         3.0,
         "{m}"

@@ -127,7 +127,7 @@ impl Rig {
     /// Requests the proxy sent to the primary (`teeproxy_upstream_requests_total`).
     pub async fn forwarded(&self) -> f64 {
         self.proxy
-            .metric("teeproxy_upstream_requests_total{cluster=\"primary\",role=\"primary\"}")
+            .metric("teeproxy_upstream_requests_total{cluster=\"primary\",leg=\"primary\"}")
             .await
     }
 
@@ -157,7 +157,7 @@ impl Rig {
 /// See `Rig::settle`: the barrier for a proxy in front of `primary` mirroring route
 /// `all` to shadow `candidate` at `shadow`.
 pub async fn settle(proxy: &ProxyProcess, primary: &FakeUpstream, shadow: &FakeUpstream) {
-    let sent_to_primary = "teeproxy_upstream_requests_total{cluster=\"primary\",role=\"primary\"}";
+    let sent_to_primary = "teeproxy_upstream_requests_total{cluster=\"primary\",leg=\"primary\"}";
     assert_eventually!(
         {
             let m = proxy.metrics().await;

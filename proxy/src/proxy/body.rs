@@ -1,7 +1,9 @@
-//! The primary's response body on its way to the client: frames pass straight through,
-//! the end of the body is timed for the path's statistics, and when a shadow compares
-//! bodies the chunks are kept as `Bytes` clones (up to `compare.max_body`) and handed to
-//! the comparison once the body is complete. The client never waits for any of it.
+//! The bodies of the primary leg. On the way in: the client's body (from hyper, or any
+//! body in tests), under the body inactivity limit, teed for the shadows. On the way out:
+//! the primary's response body, whose frames pass straight through while the end of the
+//! body is timed for the path's statistics and, when a shadow compares bodies, the chunks
+//! are kept as `Bytes` clones (up to `compare.max_body`) for the comparison. The client
+//! never waits for any of it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,8 +15,46 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::watch;
 
+use crate::idle::{BoxError, IdleTimeout};
 use crate::shadow::compare::BodySide;
+use crate::shadow::tee::TeeBody;
 use crate::stats::PathEntry;
+
+/// A client's request body as the handler forwards it: hyper's, or any other body (boxed;
+/// for requests built in memory).
+pub type ClientBody = http_body_util::Either<
+    hyper::body::Incoming,
+    http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>,
+>;
+
+/// The body sent to the primary: the client's, teed for the shadows; or nothing, for a
+/// request without a body resent to another endpoint after a refused connection.
+pub(crate) type PrimaryBody =
+    http_body_util::Either<TeeBody<IdleTimeout<ClientBody>>, http_body_util::Empty<Bytes>>;
+
+/// A request body `Proxy::handle` takes.
+pub trait RequestBody: Body<Data = Bytes> + Send + Unpin + 'static {
+    fn into_client_body(self) -> ClientBody;
+}
+
+impl RequestBody for hyper::body::Incoming {
+    fn into_client_body(self) -> ClientBody {
+        http_body_util::Either::Left(self)
+    }
+}
+
+impl RequestBody for http_body_util::Full<Bytes> {
+    fn into_client_body(self) -> ClientBody {
+        use http_body_util::BodyExt;
+        http_body_util::Either::Right(self.map_err(|never| match never {}).boxed_unsync())
+    }
+}
+
+impl RequestBody for http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
+    fn into_client_body(self) -> ClientBody {
+        http_body_util::Either::Right(self)
+    }
+}
 
 struct Keep {
     sink: watch::Sender<Option<Arc<BodySide>>>,
@@ -60,11 +100,11 @@ pin_project! {
 impl<B: Body<Data = Bytes>> ResponseTee<B> {
     /// `sent` is when the request went to the primary; `sink` receives the body (up to
     /// `max` bytes) for comparisons.
-    pub fn new(
+    pub(crate) fn new(
         inner: B,
         sent: Instant,
         path: Arc<PathEntry>,
-        sink: Option<(watch::Sender<Option<Arc<BodySide>>>, usize)>,
+        sink: Option<crate::shadow::queue::PrimaryBodySink>,
     ) -> Self {
         let keep = sink.map(|(sink, max)| Keep {
             sink,

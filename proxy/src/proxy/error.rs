@@ -6,9 +6,11 @@ use http::{Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::http::checks::Reject;
 use crate::metrics::RejectReason;
-use crate::response::ResponseTee;
 use crate::upstream::UpstreamError;
+
+use super::body::ResponseTee;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or its own.
 pub type ProxyBody = Either<ResponseTee<Incoming>, Full<Bytes>>;
@@ -18,14 +20,8 @@ pub type ProxyBody = Either<ResponseTee<Incoming>, Full<Bytes>>;
 pub enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,
-    #[error("method {0} is not allowed")]
-    MethodNotAllowed(&'static str),
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
-    #[error("request URI too long")]
-    UriTooLong,
-    #[error("request header fields too large")]
-    HeadersTooLarge,
+    #[error(transparent)]
+    Rejected(#[from] Reject),
     #[error("WebSocket upgrades are not enabled on this route")]
     UpgradeRefused,
     #[error(transparent)]
@@ -36,10 +32,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Rejected(r) => r.status(),
             ProxyError::UpgradeRefused => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Upstream(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::ClientBody {
@@ -54,10 +47,10 @@ impl ProxyError {
     pub fn reject_reason(&self) -> Option<RejectReason> {
         Some(match self {
             ProxyError::NoRoute => RejectReason::no_route,
-            ProxyError::MethodNotAllowed(_) => RejectReason::method_not_allowed,
-            ProxyError::BadRequest(_) => RejectReason::bad_request,
-            ProxyError::UriTooLong => RejectReason::uri_too_long,
-            ProxyError::HeadersTooLarge => RejectReason::headers_too_large,
+            ProxyError::Rejected(Reject::MethodNotAllowed(_)) => RejectReason::method_not_allowed,
+            ProxyError::Rejected(Reject::BadRequest(_)) => RejectReason::bad_request,
+            ProxyError::Rejected(Reject::UriTooLong) => RejectReason::uri_too_long,
+            ProxyError::Rejected(Reject::HeadersTooLarge) => RejectReason::headers_too_large,
             ProxyError::UpgradeRefused => RejectReason::upgrade_refused,
             ProxyError::Upstream(_) => return None,
         })
@@ -92,10 +85,7 @@ impl ProxyError {
             .expect("static parts are valid");
         if matches!(
             self,
-            ProxyError::BadRequest(_)
-                | ProxyError::HeadersTooLarge
-                | ProxyError::UriTooLong
-                | ProxyError::MethodNotAllowed(_)
+            ProxyError::Rejected(_)
                 | ProxyError::UpgradeRefused
                 | ProxyError::Upstream(UpstreamError::ClientBody { .. })
         ) {
@@ -104,7 +94,7 @@ impl ProxyError {
                 header::HeaderValue::from_static("close"),
             );
         }
-        if matches!(self, ProxyError::MethodNotAllowed(_)) {
+        if matches!(self, ProxyError::Rejected(Reject::MethodNotAllowed(_))) {
             resp.headers_mut().insert(
                 header::ALLOW,
                 header::HeaderValue::from_static(
@@ -126,10 +116,10 @@ mod tests {
         let up = |e| ProxyError::Upstream(e);
         let table = [
             (ProxyError::NoRoute, 404),
-            (ProxyError::MethodNotAllowed("CONNECT"), 405),
-            (ProxyError::BadRequest("x"), 400),
-            (ProxyError::UriTooLong, 414),
-            (ProxyError::HeadersTooLarge, 431),
+            (Reject::MethodNotAllowed("CONNECT").into(), 405),
+            (Reject::BadRequest("x").into(), 400),
+            (Reject::UriTooLong.into(), 414),
+            (Reject::HeadersTooLarge.into(), 431),
             (
                 up(UpstreamError::Connect {
                     endpoint: "e".into(),

@@ -5,378 +5,18 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets_range};
 use prometheus_client::registry::Registry;
 
-/// The route label for requests that matched no route (route names cannot contain `(`).
-pub const NO_ROUTE: &str = "(none)";
+mod labels;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteStatusLabels {
-    pub route: String,
-    pub status_class: StatusClass,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub route: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterErrorLabels {
-    pub cluster: String,
-    pub role: Leg,
-    pub kind: UpstreamErrorKind,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterLabels {
-    pub cluster: String,
-    /// `primary` or `shadow`: one cluster can serve both roles, with separate pools.
-    pub role: Leg,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
-    pub listener: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerCloseLabels {
-    pub listener: String,
-    pub reason: CloseReason,
-}
-
-/// Why teeproxy closed a client connection itself.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum CloseReason {
-    /// No complete request head within `request_head_timeout`.
-    head_timeout,
-    /// No request for `idle_timeout`.
-    idle_timeout,
-    /// The client did not read its response for `write_timeout`.
-    write_timeout,
-    /// Most of the client's requests were abandoned right after being opened (rapid reset).
-    premature_resets,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 4] = [
-        CloseReason::head_timeout,
-        CloseReason::idle_timeout,
-        CloseReason::write_timeout,
-        CloseReason::premature_resets,
-    ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    pub result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectLabels {
-    pub reason: RejectReason,
-}
-
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum StatusClass {
-    C1xx,
-    C2xx,
-    C3xx,
-    C4xx,
-    C5xx,
-}
-
-impl EncodeLabelValue for StatusClass {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write;
-        encoder.write_str(["1xx", "2xx", "3xx", "4xx", "5xx"][*self as usize])
-    }
-}
-
-impl StatusClass {
-    pub const ALL: [StatusClass; 5] = [Self::C1xx, Self::C2xx, Self::C3xx, Self::C4xx, Self::C5xx];
-
-    pub fn of(status: http::StatusCode) -> Self {
-        match status.as_u16() {
-            0..=199 => Self::C1xx,
-            200..=299 => Self::C2xx,
-            300..=399 => Self::C3xx,
-            400..=499 => Self::C4xx,
-            _ => Self::C5xx,
-        }
-    }
-}
-
-/// Why an upstream call failed.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum UpstreamErrorKind {
-    connect,
-    timeout,
-    protocol,
-}
-
-/// Why a request was refused before it was forwarded.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum RejectReason {
-    no_route,
-    method_not_allowed,
-    bad_request,
-    uri_too_long,
-    headers_too_large,
-    upgrade_refused,
-}
-
-impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
-        Self::no_route,
-        Self::method_not_allowed,
-        Self::bad_request,
-        Self::uri_too_long,
-        Self::headers_too_large,
-        Self::upgrade_refused,
-    ];
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteShadowLabels {
-    pub route: String,
-    pub shadow: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ShadowDropLabels {
-    pub route: String,
-    pub shadow: String,
-    pub reason: DropReason,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ShadowOutcomeLabels {
-    pub route: String,
-    pub shadow: String,
-    pub outcome: ShadowOutcome,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ShadowStatusLabels {
-    pub route: String,
-    pub shadow: String,
-    pub status_class: StatusClass,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ShadowPhaseLabels {
-    pub route: String,
-    pub shadow: String,
-    pub phase: Phase,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ShadowLabels {
-    pub shadow: String,
-}
-
-/// Why a shadow copy was not sent.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum DropReason {
-    /// Not selected by `percent` / `sample_key`.
-    sampled_out,
-    /// The method is not in the shadow's `methods`.
-    method_filtered,
-    /// An upgrade (WebSocket) request: never mirrored.
-    upgrade,
-    /// The body is over the shadow's `max_body`.
-    body_too_large,
-    /// The client's body ended in an error or was abandoned.
-    body_incomplete,
-    /// The client reset the stream or left before the primary answered.
-    cancelled,
-    /// The shadow's queue was full.
-    queue_full,
-    /// The shadow refused connections repeatedly; copies are not tried for a while.
-    circuit_open,
-    /// Still queued (or offered) when the shadow drain ended.
-    shutdown,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 9] = [
-        Self::sampled_out,
-        Self::method_filtered,
-        Self::upgrade,
-        Self::body_too_large,
-        Self::body_incomplete,
-        Self::cancelled,
-        Self::queue_full,
-        Self::circuit_open,
-        Self::shutdown,
-    ];
-}
-
-/// How a sent shadow request ended.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum ShadowOutcome {
-    /// A response came back (any status).
-    ok,
-    connect_error,
-    protocol_error,
-    /// The response body failed mid-way.
-    body_error,
-    /// No complete answer within the shadow's `timeout`.
-    timeout,
-    /// Still in flight when the shadow drain deadline passed at shutdown.
-    aborted,
-}
-
-impl ShadowOutcome {
-    pub const ALL: [ShadowOutcome; 6] = [
-        Self::ok,
-        Self::connect_error,
-        Self::protocol_error,
-        Self::body_error,
-        Self::timeout,
-        Self::aborted,
-    ];
-}
-
-/// Which part of an exchange a latency covers.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Phase {
-    /// From sending to the response head.
-    headers,
-    /// From sending to the end of the response body.
-    body,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PathLegPhaseLabels {
-    pub route: String,
-    pub path: String,
-    pub leg: Leg,
-    pub cluster: String,
-    pub phase: Phase,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PathLegStatusLabels {
-    pub route: String,
-    pub path: String,
-    pub leg: Leg,
-    pub cluster: String,
-    pub status_class: StatusClass,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CompareLabels {
-    pub route: String,
-    pub path: String,
-    pub shadow: String,
-    pub result: CompareResult,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CompareSkipLabels {
-    pub route: String,
-    pub path: String,
-    pub shadow: String,
-    pub reason: SkipReason,
-}
-
-/// Which leg of a request a sample is about.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Leg {
-    primary,
-    shadow,
-}
-
-/// The result of comparing a shadow's response with the primary's.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum CompareResult {
-    Match,
-    StatusMismatch,
-    HeaderMismatch,
-    BodyMismatch,
-    ShadowError,
-    Skipped,
-}
-
-impl CompareResult {
-    pub const ALL: [CompareResult; 6] = [
-        Self::Match,
-        Self::StatusMismatch,
-        Self::HeaderMismatch,
-        Self::BodyMismatch,
-        Self::ShadowError,
-        Self::Skipped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        [
-            "match",
-            "status_mismatch",
-            "header_mismatch",
-            "body_mismatch",
-            "shadow_error",
-            "skipped",
-        ][self as usize]
-    }
-
-    pub fn is_mismatch(self) -> bool {
-        matches!(
-            self,
-            Self::StatusMismatch | Self::HeaderMismatch | Self::BodyMismatch
-        )
-    }
-}
-
-impl EncodeLabelValue for CompareResult {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write;
-        encoder.write_str(self.as_str())
-    }
-}
-
-/// Why a comparison was skipped.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum SkipReason {
-    /// The primary failed (no response to compare with).
-    primary_error,
-    /// The primary's body did not complete (client left, upstream broke off, or too slow).
-    primary_incomplete,
-    /// A body is over `compare.max_body`.
-    body_too_large,
-    /// `json` mode and the primary's body is not JSON.
-    not_json,
-    /// A body has a `Content-Encoding` (compressed bodies are not compared).
-    encoded,
-}
-
-impl SkipReason {
-    pub const ALL: [SkipReason; 5] = [
-        Self::primary_error,
-        Self::primary_incomplete,
-        Self::body_too_large,
-        Self::not_json,
-        Self::encoded,
-    ];
-}
+pub(crate) use labels::*;
 
 /// All metric families.
-pub struct Metrics {
+pub(crate) struct Metrics {
     path_latency: Family<PathLegPhaseLabels, Histogram, fn() -> Histogram>,
     path_responses: Family<PathLegStatusLabels, Counter>,
     compare_results: Family<CompareLabels, Counter>,
@@ -401,22 +41,22 @@ pub struct Metrics {
     accept_errors: Family<ListenerLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     /// Tasks alive on the runtime, set when `/metrics` is read.
-    pub runtime_tasks: Gauge,
+    pub(crate) runtime_tasks: Gauge,
     /// One counter per `RejectReason`, created up front so every reason shows at 0.
     rejected: [Counter; 6],
     /// WebSocket tunnels open.
-    pub tunnels: Gauge,
-    pub in_flight: Gauge,
+    pub(crate) tunnels: Gauge,
+    pub(crate) in_flight: Gauge,
 }
 
 /// Latency buckets: 100 us to 30 s, shared by every latency histogram.
-pub fn latency_histogram() -> Histogram {
+pub(crate) fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets_range(0.0001, 30.0, 20))
 }
 
 impl Metrics {
     /// Registers every family under the `teeproxy` prefix.
-    pub fn new(registry: &mut Registry) -> Arc<Self> {
+    pub(crate) fn new(registry: &mut Registry) -> Arc<Self> {
         let rejected = Family::<RejectLabels, Counter>::default();
         let m = Metrics {
             requests: Family::default(),
@@ -587,7 +227,7 @@ impl Metrics {
         Arc::new(m)
     }
 
-    pub fn route(&self, route: &str) -> RouteMetrics {
+    pub(crate) fn route(&self, route: &str) -> RouteMetrics {
         let by_class = StatusClass::ALL.map(|status_class| {
             self.requests.get_or_create_owned(&RouteStatusLabels {
                 route: route.to_string(),
@@ -602,16 +242,16 @@ impl Metrics {
         }
     }
 
-    pub fn cluster(&self, cluster: &str, role: Leg) -> ClusterMetrics {
+    pub(crate) fn cluster(&self, cluster: &str, leg: Leg) -> ClusterMetrics {
         let label = ClusterLabels {
             cluster: cluster.to_string(),
-            role,
+            leg,
         };
         let err = |kind| {
             self.upstream_errors
                 .get_or_create_owned(&ClusterErrorLabels {
                     cluster: cluster.to_string(),
-                    role,
+                    leg,
                     kind,
                 })
         };
@@ -624,7 +264,7 @@ impl Metrics {
         }
     }
 
-    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+    pub(crate) fn listener(&self, listener: &str) -> ListenerMetrics {
         let label = ListenerLabels {
             listener: listener.to_string(),
         };
@@ -643,7 +283,7 @@ impl Metrics {
     }
 
     /// Counts a config reload by its result.
-    pub fn config_reload(&self, ok: bool) {
+    pub(crate) fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.config_reloads
             .get_or_create(&ReloadLabels { result })
@@ -651,7 +291,7 @@ impl Metrics {
     }
 
     /// Cached handles for one (route, shadow cluster) policy.
-    pub fn shadow_policy(&self, route: &str, shadow: &str) -> ShadowPolicyMetrics {
+    pub(crate) fn shadow_policy(&self, route: &str, shadow: &str) -> ShadowPolicyMetrics {
         let rs = RouteShadowLabels {
             route: route.to_string(),
             shadow: shadow.to_string(),
@@ -693,7 +333,7 @@ impl Metrics {
     }
 
     /// Handles for one leg of one (route, path template).
-    pub fn path_leg(&self, route: &str, path: &str, leg: Leg, cluster: &str) -> LegMetrics {
+    pub(crate) fn path_leg(&self, route: &str, path: &str, leg: Leg, cluster: &str) -> LegMetrics {
         let lat = |phase| {
             self.path_latency.get_or_create_owned(&PathLegPhaseLabels {
                 route: route.to_string(),
@@ -719,7 +359,7 @@ impl Metrics {
     }
 
     /// Comparison counters for one (route, path template, shadow).
-    pub fn compare(&self, route: &str, path: &str, shadow: &str) -> CompareMetrics {
+    pub(crate) fn compare(&self, route: &str, path: &str, shadow: &str) -> CompareMetrics {
         CompareMetrics {
             results: CompareResult::ALL.map(|result| {
                 self.compare_results.get_or_create_owned(&CompareLabels {
@@ -742,7 +382,7 @@ impl Metrics {
     }
 
     /// Cached gauges for one shadow cluster.
-    pub fn shadow_cluster(&self, shadow: &str) -> ShadowClusterMetrics {
+    pub(crate) fn shadow_cluster(&self, shadow: &str) -> ShadowClusterMetrics {
         let l = ShadowLabels {
             shadow: shadow.to_string(),
         };
@@ -753,20 +393,20 @@ impl Metrics {
         }
     }
 
-    pub fn rejected(&self, reason: RejectReason) {
+    pub(crate) fn rejected(&self, reason: RejectReason) {
         self.rejected[reason as usize].inc();
     }
 }
 
 /// Cached handles for one route.
 #[derive(Clone)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
 }
 
 impl RouteMetrics {
-    pub fn record(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+    pub(crate) fn record(&self, status: http::StatusCode, elapsed: std::time::Duration) {
         self.by_class[StatusClass::of(status) as usize].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
@@ -774,9 +414,9 @@ impl RouteMetrics {
 
 /// Cached handles for one (route, shadow) policy.
 #[derive(Clone)]
-pub struct ShadowPolicyMetrics {
-    pub offered: Counter,
-    pub sent: Counter,
+pub(crate) struct ShadowPolicyMetrics {
+    pub(crate) offered: Counter,
+    pub(crate) sent: Counter,
     dropped: [Counter; 9],
     outcomes: [Counter; 6],
     statuses: [Counter; 5],
@@ -784,12 +424,12 @@ pub struct ShadowPolicyMetrics {
 }
 
 impl ShadowPolicyMetrics {
-    pub fn dropped(&self, reason: DropReason) {
+    pub(crate) fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].inc();
     }
 
     /// Counts a finished shadow exchange.
-    pub fn outcome(
+    pub(crate) fn outcome(
         &self,
         outcome: ShadowOutcome,
         status: Option<http::StatusCode>,
@@ -807,39 +447,39 @@ impl ShadowPolicyMetrics {
             self.latency[Phase::body as usize].observe(d.as_secs_f64());
         }
     }
-
     /// Total drops over every reason.
-    pub fn dropped_total(&self) -> u64 {
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn dropped_total(&self) -> u64 {
         self.dropped.iter().map(Counter::get).sum()
     }
 }
 
 /// Prometheus handles for one leg of one path.
 #[derive(Clone)]
-pub struct LegMetrics {
+pub(crate) struct LegMetrics {
     latency: [Histogram; 2],
     statuses: [Counter; 5],
 }
 
 impl LegMetrics {
-    pub fn head(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+    pub(crate) fn head(&self, status: http::StatusCode, elapsed: std::time::Duration) {
         self.statuses[StatusClass::of(status) as usize].inc();
         self.latency[Phase::headers as usize].observe(elapsed.as_secs_f64());
     }
-    pub fn end(&self, elapsed: std::time::Duration) {
+    pub(crate) fn end(&self, elapsed: std::time::Duration) {
         self.latency[Phase::body as usize].observe(elapsed.as_secs_f64());
     }
 }
 
 /// Prometheus handles for one (route, path, shadow) comparison.
 #[derive(Clone)]
-pub struct CompareMetrics {
+pub(crate) struct CompareMetrics {
     results: [Counter; 6],
     skipped: [Counter; 5],
 }
 
 impl CompareMetrics {
-    pub fn result(&self, r: CompareResult, skipped: Option<SkipReason>) {
+    pub(crate) fn result(&self, r: CompareResult, skipped: Option<SkipReason>) {
         self.results[r as usize].inc();
         if let Some(reason) = skipped {
             self.skipped[reason as usize].inc();
@@ -849,24 +489,24 @@ impl CompareMetrics {
 
 /// Cached gauges for one shadow cluster.
 #[derive(Clone)]
-pub struct ShadowClusterMetrics {
-    pub queue_depth: Gauge,
-    pub in_flight: Gauge,
-    pub held_bytes: Gauge,
+pub(crate) struct ShadowClusterMetrics {
+    pub(crate) queue_depth: Gauge,
+    pub(crate) in_flight: Gauge,
+    pub(crate) held_bytes: Gauge,
 }
 
 /// Cached handles for one cluster.
 #[derive(Clone)]
-pub struct ClusterMetrics {
-    pub requests: Counter,
-    pub ejections: Counter,
+pub(crate) struct ClusterMetrics {
+    pub(crate) requests: Counter,
+    pub(crate) ejections: Counter,
     connect_errors: Counter,
     timeout_errors: Counter,
     protocol_errors: Counter,
 }
 
 impl ClusterMetrics {
-    pub fn error(&self, kind: UpstreamErrorKind) {
+    pub(crate) fn error(&self, kind: UpstreamErrorKind) {
         match kind {
             UpstreamErrorKind::connect => self.connect_errors.inc(),
             UpstreamErrorKind::timeout => self.timeout_errors.inc(),
@@ -877,22 +517,22 @@ impl ClusterMetrics {
 
 /// Cached handles for one listener.
 #[derive(Clone)]
-pub struct ListenerMetrics {
-    pub open: Gauge,
-    pub accepted: Counter,
-    pub accept_errors: Counter,
+pub(crate) struct ListenerMetrics {
+    pub(crate) open: Gauge,
+    pub(crate) accepted: Counter,
+    pub(crate) accept_errors: Counter,
     /// Indexed like `CloseReason::ALL`.
-    pub closed: [Counter; 4],
+    pub(crate) closed: [Counter; 4],
 }
 
 impl ListenerMetrics {
-    pub fn closed(&self, reason: CloseReason) {
+    pub(crate) fn closed(&self, reason: CloseReason) {
         self.closed[reason as usize].inc();
     }
 }
 
 /// Renders the registry as OpenMetrics text.
-pub fn encode(registry: &Registry) -> String {
+pub(crate) fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)
         .expect("writing to a String cannot fail");
@@ -900,4 +540,4 @@ pub fn encode(registry: &Registry) -> String {
 }
 
 /// The content type Prometheus expects for OpenMetrics text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -6,7 +6,31 @@
 use http::{HeaderMap, Method, Request, Version, header};
 
 use crate::config::Limits;
-use crate::error::ProxyError;
+
+/// Why a request is refused before anything is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("method {0} is not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request URI too long")]
+    UriTooLong,
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+}
+
+impl Reject {
+    /// The status a refused request is answered with.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Reject::MethodNotAllowed(_) => http::StatusCode::METHOD_NOT_ALLOWED,
+            Reject::BadRequest(_) => http::StatusCode::BAD_REQUEST,
+            Reject::UriTooLong => http::StatusCode::URI_TOO_LONG,
+            Reject::HeadersTooLarge => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+}
 
 /// The limits the handler enforces, taken from the config.
 #[derive(Debug, Clone, Copy)]
@@ -19,24 +43,24 @@ pub struct RequestLimits {
 impl From<&Limits> for RequestLimits {
     fn from(l: &Limits) -> Self {
         RequestLimits {
-            max_header_bytes: l.max_header_bytes.value.as_usize(),
-            max_headers: l.max_headers.value,
-            max_uri_bytes: l.max_uri_bytes.value.as_usize(),
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            max_uri_bytes: l.max_uri_bytes,
         }
     }
 }
 
 /// Rejects requests that must not be forwarded.
-pub fn check_request<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), ProxyError> {
+pub fn check_request<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), Reject> {
     if req.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed("CONNECT"));
+        return Err(Reject::MethodNotAllowed("CONNECT"));
     }
     let uri = req.uri();
     let uri_len = uri.path_and_query().map_or(1, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len() + 3)
         + uri.scheme_str().map_or(0, str::len);
     if uri_len > limits.max_uri_bytes {
-        return Err(ProxyError::UriTooLong);
+        return Err(Reject::UriTooLong);
     }
     check_header_size(req.headers(), limits)?;
     let headers = req.headers();
@@ -46,17 +70,15 @@ pub fn check_request<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), 
             if let (Some(host), Some(authority)) = (headers.get(header::HOST), uri.authority())
                 && host.as_bytes() != authority.as_str().as_bytes()
             {
-                return Err(ProxyError::BadRequest(
-                    "host header differs from :authority",
-                ));
+                return Err(Reject::BadRequest("host header differs from :authority"));
             }
         }
         version => {
             if hosts > 1 {
-                return Err(ProxyError::BadRequest("more than one Host header"));
+                return Err(Reject::BadRequest("more than one Host header"));
             }
             if hosts == 0 && version == Version::HTTP_11 {
-                return Err(ProxyError::BadRequest("missing Host header"));
+                return Err(Reject::BadRequest("missing Host header"));
             }
             check_transfer_encoding(headers)?;
         }
@@ -64,45 +86,36 @@ pub fn check_request<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), 
     Ok(())
 }
 
-fn check_header_size(headers: &HeaderMap, limits: &RequestLimits) -> Result<(), ProxyError> {
+fn check_header_size(headers: &HeaderMap, limits: &RequestLimits) -> Result<(), Reject> {
     if headers.len() > limits.max_headers {
-        return Err(ProxyError::HeadersTooLarge);
+        return Err(Reject::HeadersTooLarge);
     }
     let bytes: usize = headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if bytes > limits.max_header_bytes {
-        return Err(ProxyError::HeadersTooLarge);
+        return Err(Reject::HeadersTooLarge);
     }
     Ok(())
 }
 
 /// HTTP/1: `Transfer-Encoding` is a single `chunked`, or absent. hyper accepts a repeated
 /// header and other codings before `chunked`; a proxy that re-frames should not.
-fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
+fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), Reject> {
     let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
     match (te.next(), te.next()) {
         (None, _) => Ok(()),
-        (Some(_), Some(_)) => Err(ProxyError::BadRequest("duplicate Transfer-Encoding header")),
+        (Some(_), Some(_)) => Err(Reject::BadRequest("duplicate Transfer-Encoding header")),
         (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => Ok(()),
-        (Some(_), None) => Err(ProxyError::BadRequest("unsupported Transfer-Encoding")),
+        (Some(_), None) => Err(Reject::BadRequest("unsupported Transfer-Encoding")),
     }
-}
-
-/// The host the client asked for: the authority of an absolute-form or HTTP/2 request,
-/// else the `Host` header.
-pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::host::request_host;
 
     const LIMITS: RequestLimits = RequestLimits {
         max_header_bytes: 1024,
@@ -195,7 +208,7 @@ mod tests {
         for (r, want) in table {
             let got = check_request(&r, &LIMITS)
                 .err()
-                .map(|e| e.status().as_u16());
+                .map(|e| crate::proxy::error::ProxyError::from(e).status().as_u16());
             assert_eq!(
                 got,
                 want,

@@ -1,6 +1,9 @@
 //! The admin listener: the dashboard (`/`), `/api/paths`, `/api/mismatches`,
 //! `/api/config`, `/metrics` (OpenMetrics text), `/live`, `/ready`. HTTP/1.1 only, meant
-//! for loopback or a private network.
+//! for loopback or a private network. It reads the current snapshot, the registry and the
+//! mismatch ring; it holds nothing of the handler.
+
+mod api;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,17 +22,38 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::proxy::Proxy;
-use crate::{metrics, report};
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics;
+use crate::proxy::Snapshots;
+use crate::shadow::compare::MismatchRing;
+use crate::shutdown::stopped;
 
 /// What the admin endpoints read.
-pub struct AdminState {
-    pub registry: Registry,
-    /// True while the proxy accepts traffic; false before start and while draining.
-    pub ready: AtomicBool,
-    pub proxy: Arc<Proxy>,
-    /// `/api/config`, rendered at start and at each reload.
-    pub config: arc_swap::ArcSwap<String>,
+pub(crate) struct AdminState {
+    pub(crate) registry: Registry,
+    /// True while the listeners accept traffic; false before start and while draining.
+    pub(crate) ready: AtomicBool,
+    snapshots: Snapshots,
+    mismatches: Arc<MismatchRing>,
+    runtime_tasks: Gauge,
+}
+
+impl AdminState {
+    pub(crate) fn new(
+        registry: Registry,
+        snapshots: Snapshots,
+        mismatches: Arc<MismatchRing>,
+        runtime_tasks: Gauge,
+    ) -> Self {
+        AdminState {
+            registry,
+            ready: AtomicBool::new(false),
+            snapshots,
+            mismatches,
+            runtime_tasks,
+        }
+    }
 }
 
 /// The live dashboard: one self-contained page, assets inline, no network beyond the
@@ -37,7 +61,11 @@ pub struct AdminState {
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves admin requests until `stop` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin listening");
     }
@@ -45,7 +73,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
     loop {
         while conns.try_join_next().is_some() {}
         let (stream, _) = tokio::select! {
-            _ = crate::stopped(&mut stop) => break,
+            _ = stopped(&mut stop) => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -95,14 +123,14 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             .header(header::CACHE_CONTROL, "no-store")
             .body(Full::new(Bytes::from_static(DASHBOARD.as_bytes())))
             .expect("static parts are valid"),
-        "/api/paths" => json(report::paths(&state.proxy).to_string()),
-        "/api/mismatches" => json(report::mismatches(&state.proxy).to_string()),
-        "/api/config" => json(state.config.load().as_ref().clone()),
+        "/api/paths" => json(api::paths(&state.snapshots.load()).to_string()),
+        "/api/mismatches" => json(api::mismatches(&state.mismatches).to_string()),
+        "/api/config" => json(state.snapshots.load().config.to_json().to_string()),
         "/metrics" => {
             let tasks = tokio::runtime::Handle::current()
                 .metrics()
                 .num_alive_tasks();
-            state.proxy.metrics().runtime_tasks.set(tasks as i64);
+            state.runtime_tasks.set(tasks as i64);
             Response::builder()
                 .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
                 .body(Full::new(Bytes::from(metrics::encode(&state.registry))))

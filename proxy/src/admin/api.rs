@@ -1,0 +1,113 @@
+//! The admin API's JSON: the per-path table (`/api/paths`) and recent mismatches
+//! (`/api/mismatches`). `/api/config` is the config's own serialization.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::metrics::CompareResult;
+use crate::proxy::snapshot::Snapshot;
+use crate::shadow::compare::MismatchRing;
+use crate::stats::{LegStats, PathEntry};
+
+fn ms(seconds: f64) -> f64 {
+    (seconds * 1e5).round() / 100.0
+}
+
+fn leg_json(leg: &LegStats) -> (Value, Option<[f64; 3]>) {
+    let count = leg.count.load(Ordering::Relaxed);
+    let errors = leg.errors.load(Ordering::Relaxed);
+    let q = leg.latency.quantiles([0.5, 0.9, 0.99]);
+    let v = json!({
+        "count": count,
+        "errors": errors,
+        "error_rate": if count == 0 { 0.0 } else { errors as f64 / count as f64 },
+        "p50_ms": q.map(|q| ms(q[0])),
+        "p90_ms": q.map(|q| ms(q[1])),
+        "p99_ms": q.map(|q| ms(q[2])),
+    });
+    (v, q)
+}
+
+fn ratio(a: Option<[f64; 3]>, b: Option<[f64; 3]>, i: usize) -> Option<f64> {
+    match (a, b) {
+        (Some(p), Some(s)) if p[i] > 0.0 => Some((s[i] / p[i] * 1000.0).round() / 1000.0),
+        _ => None,
+    }
+}
+
+fn rows_for(e: &PathEntry, out: &mut Vec<Value>) {
+    let (primary, pq) = leg_json(&e.primary);
+    let requests = e.primary.count.load(Ordering::Relaxed);
+    let total = e.primary.latency.sum_seconds();
+    let base = json!({
+        "route": e.route,
+        "path": e.template,
+        "requests": requests,
+        "rate_per_s": (e.rate.per_second() * 100.0).round() / 100.0,
+        "total_primary_seconds": (total * 1000.0).round() / 1000.0,
+        "primary": primary,
+    });
+    if e.shadows.is_empty() {
+        let mut row = base;
+        row["shadow"] = Value::Null;
+        out.push(row);
+        return;
+    }
+    for s in &e.shadows {
+        let (shadow, sq) = leg_json(&s.leg);
+        let results: serde_json::Map<String, Value> = CompareResult::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), json!(s.result_count(*r))))
+            .collect();
+        let compared: u64 = CompareResult::ALL.iter().map(|r| s.result_count(*r)).sum();
+        let mismatches: u64 = CompareResult::ALL
+            .iter()
+            .filter(|r| r.is_mismatch())
+            .map(|r| s.result_count(*r))
+            .sum();
+        let drops: serde_json::Map<String, Value> = s
+            .drop_counts()
+            .into_iter()
+            .map(|(r, n)| (format!("{r:?}"), json!(n)))
+            .collect();
+        let mut row = base.clone();
+        row["shadow"] = json!(s.shadow);
+        row["shadow_leg"] = shadow;
+        row["ratio_p50"] = json!(ratio(pq, sq, 0));
+        row["ratio_p99"] = json!(ratio(pq, sq, 2));
+        row["compared"] = json!(compared);
+        row["mismatches"] = json!(mismatches);
+        // Of the answers that could be compared: skipped ones and shadow errors do not
+        // dilute it.
+        let judged = s.result_count(CompareResult::Match) + mismatches;
+        row["mismatch_rate"] = json!(if judged == 0 {
+            0.0
+        } else {
+            mismatches as f64 / judged as f64
+        });
+        row["results"] = Value::Object(results);
+        row["drops"] = Value::Object(drops);
+        out.push(row);
+    }
+}
+
+/// `/api/paths`: one row per (route, path template, shadow), by total primary time.
+pub(super) fn paths(snap: &Snapshot) -> Value {
+    let mut rows = Vec::new();
+    for route in &snap.routes {
+        for entry in route.paths.entries() {
+            rows_for(&entry, &mut rows);
+        }
+    }
+    rows.sort_by(|a, b| {
+        let t = |v: &Value| v["total_primary_seconds"].as_f64().unwrap_or(0.0);
+        t(b).total_cmp(&t(a))
+    });
+    json!({ "paths": rows })
+}
+
+/// `/api/mismatches`: newest first.
+pub(super) fn mismatches(ring: &MismatchRing) -> Value {
+    json!({ "mismatches": ring.recent() })
+}

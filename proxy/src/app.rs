@@ -1,0 +1,303 @@
+//! The one place that wires teeproxy together: `App::build` turns a config into the first
+//! snapshot (starting its shadow dispatchers), the handler, the listener settings and the
+//! admin state; `App::serve` runs the listeners, the admin endpoint and config reloads
+//! until shutdown, then drains. `main`, the tests and the fuzz harness all go through here.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::metrics::{self, Metrics};
+use crate::proxy::Proxy;
+use crate::proxy::snapshot::{Shared, Snapshot};
+use crate::reload::{Reload, Reloader};
+use crate::server::Server;
+use crate::shadow::dispatch::Dispatchers;
+use crate::shutdown::Stop;
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({what}): {source}")]
+pub struct BindError {
+    pub what: String,
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The bound sockets `App::serve` serves on.
+pub struct Listeners {
+    /// Proxy listeners, by name.
+    pub proxy: Vec<(String, TcpListener)>,
+    pub admin: TcpListener,
+}
+
+/// Connections the kernel may hold for a listener before they are accepted (it caps this
+/// at `net.core.somaxconn`): room for bursts, and for the time accepting pauses.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+impl Listeners {
+    /// Binds every address the config names.
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        let mut proxy = Vec::new();
+        for (name, address) in config.listener_addrs() {
+            let l = listen(address).map_err(|source| BindError {
+                what: format!("listener {name}"),
+                address,
+                source,
+            })?;
+            proxy.push((name, l));
+        }
+        let address = config.admin.address;
+        let admin = TcpListener::bind(address)
+            .await
+            .map_err(|source| BindError {
+                what: "admin".to_string(),
+                address,
+                source,
+            })?;
+        Ok(Listeners { proxy, admin })
+    }
+
+    /// Addresses actually bound (useful with port 0).
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+}
+
+/// Binds a proxy listener with `LISTEN_BACKLOG` (and address reuse, for quick restarts).
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// teeproxy, built from a config and ready to serve.
+pub struct App {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    proxy: Arc<Proxy>,
+    server: Arc<Server>,
+    reloader: Arc<Reloader>,
+    dispatchers: Arc<Dispatchers>,
+    /// Tells connections served by `serve_stream` to drain.
+    stop: Stop,
+}
+
+impl App {
+    /// Registers the metrics in `registry` and builds the first snapshot, starting its
+    /// shadow dispatchers (so: call it inside a Tokio runtime).
+    pub fn build(config: Config, registry: &mut Registry) -> App {
+        let config = Arc::new(config);
+        let metrics = Metrics::new(registry);
+        let shared = Shared::new(metrics.clone(), config.mismatch_ring);
+        let (first, dispatchers) = Snapshot::build(config.clone(), &shared, None);
+        let running = Arc::new(Dispatchers::default());
+        running.start(dispatchers);
+        let snapshots = Arc::new(ArcSwap::from_pointee(first));
+        let proxy = Arc::new(Proxy::new(snapshots.clone(), metrics.clone()));
+        let server = Arc::new(Server::new(
+            proxy.clone(),
+            &config.limits,
+            config.listeners.len(),
+        ));
+        let reloader = Arc::new(Reloader::new(
+            shared,
+            snapshots,
+            running.clone(),
+            config.clone(),
+        ));
+        App {
+            config,
+            metrics,
+            proxy,
+            server,
+            reloader,
+            dispatchers: running,
+            stop: Stop::new(),
+        }
+    }
+
+    /// The handler, to drive with requests built in memory.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Serves one client connection (any byte stream) as a listener of this config would:
+    /// protocol detection, time limits, HTTP/1.1 or HTTP/2, the handler.
+    pub async fn serve_stream<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let name = self
+            .config
+            .listeners
+            .first()
+            .map_or("memory", |l| l.name.as_str());
+        let lm = self.metrics.listener(name);
+        self.server
+            .serve_stream(stream, peer, &lm, self.stop.subscribe())
+            .await;
+    }
+
+    /// Applies a reload now (as a SIGHUP would).
+    pub fn reload(&self, reload: Reload) {
+        self.reloader.apply(reload);
+    }
+
+    /// Shadow dispatchers still running, of every config generation still in use.
+    pub fn shadow_dispatchers(&self) -> usize {
+        self.dispatchers.running()
+    }
+
+    /// Tells connections from `serve_stream` to drain, and gives the shadow queues `within`
+    /// to empty; returns when every dispatcher has ended.
+    pub async fn drain_shadows(&self, within: std::time::Duration) {
+        self.stop.stop();
+        self.dispatchers.drain(within).await;
+    }
+
+    /// Serves until `shutdown` completes, applying the configs that arrive on `reloads`;
+    /// then stops accepting, lets in-flight requests finish up to `drain_timeout` (HTTP/1
+    /// answers carry `Connection: close`, HTTP/2 connections get GOAWAY), closes what is
+    /// left, gives the shadow queues `shadow_drain`, and returns the final metrics text.
+    /// `registry` is the one `build` registered the metrics in (served on `/metrics`).
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        registry: Registry,
+        shutdown: impl Future<Output = ()>,
+        reloads: mpsc::Receiver<Reload>,
+    ) -> String {
+        let stop = Stop::new();
+        let admin_stop = Stop::new();
+        let admin_state = Arc::new(AdminState::new(
+            registry,
+            self.reloader.snapshots.clone(),
+            self.reloader.shared.mismatches.clone(),
+            self.metrics.runtime_tasks.clone(),
+        ));
+        let admin = tokio::spawn(admin::serve(
+            listeners.admin,
+            admin_state.clone(),
+            admin_stop.subscribe(),
+        ));
+        let mut loops = JoinSet::new();
+        for (name, listener) in listeners.proxy {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listener = %name, %addr, "listening");
+            }
+            let lm = self.metrics.listener(&name);
+            loops.spawn(
+                self.server
+                    .clone()
+                    .accept_loop(listener, lm, stop.subscribe()),
+            );
+        }
+        admin_state.ready.store(true, Ordering::Relaxed);
+        let reloads = tokio::spawn(self.reloader.clone().run(reloads, stop.subscribe()));
+
+        shutdown.await;
+        let drain = self.config.drain_timeout;
+        tracing::info!(
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: no new connections, draining"
+        );
+        admin_state.ready.store(false, Ordering::Relaxed);
+        stop.stop();
+        self.stop.stop();
+        let _ = reloads.await;
+        let mut conns = Vec::new();
+        while let Some(done) = loops.join_next().await {
+            if let Ok(set) = done {
+                conns.push(set);
+            }
+        }
+        // Every connection saw the stop signal: HTTP/1 closes after the request in
+        // progress, HTTP/2 sent GOAWAY. Wait for them up to the drain deadline, then close
+        // the rest.
+        for set in &mut conns {
+            while set.try_join_next().is_some() {}
+        }
+        let open: usize = conns.iter().map(JoinSet::len).sum();
+        let drained = tokio::time::timeout(drain, async {
+            for set in &mut conns {
+                while set.join_next().await.is_some() {}
+            }
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!(connections = open, "drained"),
+            Err(_) => tracing::warn!("drain deadline passed; closing the connections left"),
+        }
+        for mut set in conns {
+            set.shutdown().await;
+        }
+        let shadow_drain = self.config.shadow_drain;
+        tracing::info!(
+            shadow_drain_ms = shadow_drain.as_millis() as u64,
+            "draining shadow queues"
+        );
+        self.dispatchers.drain(shadow_drain).await;
+        admin_stop.stop();
+        let _ = admin.await;
+        tracing::info!("stopped");
+        metrics::encode(&admin_state.registry)
+    }
+}
+
+/// A shadow policy's counters and its cluster's gauges, read together (tests and the fuzz
+/// harness check `offered = sent + dropped` and that everything settles to zero).
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Requests in the handler (all routes).
+    pub requests_in_flight: i64,
+    pub offered: u64,
+    pub sent: u64,
+    /// Over every drop reason.
+    pub dropped: u64,
+    pub queue_depth: i64,
+    pub shadow_in_flight: i64,
+    pub held_bytes: i64,
+}
+
+#[cfg(feature = "testing")]
+impl App {
+    /// The counters of `route`'s policy for `shadow`, and `shadow`'s queue gauges.
+    pub fn activity(&self, route: &str, shadow: &str) -> Activity {
+        let policy = self.metrics.shadow_policy(route, shadow);
+        let cluster = self.metrics.shadow_cluster(shadow);
+        Activity {
+            requests_in_flight: self.metrics.in_flight.get(),
+            offered: policy.offered.get(),
+            sent: policy.sent.get(),
+            dropped: policy.dropped_total(),
+            queue_depth: cluster.queue_depth.get(),
+            shadow_in_flight: cluster.in_flight.get(),
+            held_bytes: cluster.held_bytes.get(),
+        }
+    }
+}

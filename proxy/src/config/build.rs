@@ -1,0 +1,251 @@
+//! From YAML text to the typed `Config`: parse (unknown keys refused, strict booleans),
+//! check every value with its place, then convert. Conversions that can still fail report
+//! the key and its place like the checks do; nothing here panics on input.
+
+use serde_saphyr::{Location, Spanned};
+
+use super::file::{
+    ConfigFile, Invalid, LimitsFile, RouteFile, ShadowFile, ShadowHostFile, ShadowMethodsFile,
+    first_line, parse_addr,
+};
+use super::{
+    AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
+    Limits, ListenerConfig, MatchConfig, RouteConfig, ShadowConfig, ShadowHost, parse_endpoint,
+};
+
+/// Parses, checks and converts `text`; errors name `file`.
+pub(super) fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let parsed: ConfigFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let loc = e.location().unwrap_or(Location::UNKNOWN);
+        ConfigError::Parse {
+            file: file.to_string(),
+            line: loc.line(),
+            column: loc.column(),
+            message: first_line(&e.to_string()),
+        }
+    })?;
+    parsed.validate().map_err(|v| v.into_error(file))?;
+    Config::try_from(parsed).map_err(|v| v.into_error(file))
+}
+
+impl TryFrom<ConfigFile> for Config {
+    type Error = Invalid;
+
+    /// Converts a checked file (call `validate` first: the checks give the precise message).
+    fn try_from(f: ConfigFile) -> Result<Config, Invalid> {
+        let mut listeners = Vec::new();
+        for (i, l) in f.listeners.iter().enumerate() {
+            listeners.push(ListenerConfig {
+                name: l.name.value.clone(),
+                address: addr(&l.address, &format!("listeners[{i}].address"))?,
+            });
+        }
+        let admin = AdminConfig {
+            address: addr(&f.admin.address, "admin.address")?,
+        };
+        let mut clusters = std::collections::BTreeMap::new();
+        for (name, c) in &f.clusters {
+            let mut endpoints = Vec::new();
+            for (i, e) in c.endpoints.iter().enumerate() {
+                endpoints.push(parse_endpoint(&e.value).map_err(|m| {
+                    Invalid::at(
+                        Some(&e.referenced),
+                        &format!("clusters.{name}.endpoints[{i}]"),
+                        m,
+                    )
+                })?);
+            }
+            clusters.insert(
+                name.clone(),
+                ClusterConfig {
+                    endpoints,
+                    connect_timeout: c.connect_timeout.value.get(),
+                    timeout: c.timeout.value.get(),
+                    host: c.host,
+                    idle_timeout: c.idle_timeout.value.get(),
+                    max_idle_per_endpoint: c.max_idle_per_endpoint,
+                    ejection_time: c.ejection_time.value.get(),
+                    shadow_queue: c.shadow_queue.value,
+                    shadow_max_in_flight: c.shadow_max_in_flight.value,
+                    shadow_max_bytes: c.shadow_max_bytes.value.bytes(),
+                },
+            );
+        }
+        let mut routes = Vec::new();
+        for (i, r) in f.routes.iter().enumerate() {
+            routes.push(route(r, &format!("routes[{i}]"))?);
+        }
+        let shadow_header = (!f.shadow_header.value.is_empty())
+            .then(|| header_name(&f.shadow_header, "shadow_header"))
+            .transpose()?;
+        Ok(Config {
+            listeners,
+            admin,
+            clusters,
+            routes,
+            limits: limits(&f.limits),
+            drain_timeout: f.drain_timeout.get(),
+            access_log: AccessLogConfig {
+                enabled: f.access_log.enabled,
+            },
+            x_forwarded_for: f.x_forwarded_for,
+            shadow_drain: f.shadow_drain.get(),
+            shadow_header,
+            mismatch_ring: f.mismatch_ring.value,
+        })
+    }
+}
+
+fn route(r: &RouteFile, key: &str) -> Result<RouteConfig, Invalid> {
+    let methods = match &r.match_.methods {
+        None => None,
+        Some(ms) => Some(
+            ms.iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    method(
+                        &m.value,
+                        &m.referenced,
+                        &format!("{key}.match.methods[{i}]"),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let mut shadows = Vec::new();
+    for (j, s) in r.shadows.iter().enumerate() {
+        shadows.push(shadow(s, &format!("{key}.shadows[{j}]"))?);
+    }
+    Ok(RouteConfig {
+        name: r.name.value.clone(),
+        match_: MatchConfig {
+            path_prefix: r.match_.path_prefix.value.clone(),
+            host: r.match_.host.as_ref().map(|h| h.value.clone()),
+            methods,
+        },
+        primary: r.primary.value.clone(),
+        shadows,
+        paths: r.paths.iter().map(|p| p.value.clone()).collect(),
+        max_paths: r.max_paths.value,
+        websocket: r.websocket,
+    })
+}
+
+fn shadow(s: &ShadowFile, key: &str) -> Result<ShadowConfig, Invalid> {
+    let at = Some(&s.cluster.referenced);
+    let methods = match &s.methods {
+        ShadowMethodsFile::Keyword(_) => None,
+        ShadowMethodsFile::List(l) => Some(
+            l.iter()
+                .map(|m| method(m, &s.cluster.referenced, &format!("{key}.methods")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let host = match &s.host {
+        ShadowHostFile::Word(w) if w == "keep" => ShadowHost::Keep,
+        ShadowHostFile::Word(w) if w == "rewrite" => ShadowHost::Rewrite,
+        ShadowHostFile::Word(w) => ShadowHost::Literal(
+            http::HeaderValue::from_str(w)
+                .map_err(|_| Invalid::at(at, &format!("{key}.host"), "invalid host"))?,
+        ),
+        ShadowHostFile::Suffix { suffix } => ShadowHost::Suffix(suffix.clone()),
+    };
+    let mut set = Vec::new();
+    for (name, value) in &s.headers.set {
+        let bad = || {
+            Invalid::at(
+                at,
+                &format!("{key}.headers.set.{name}"),
+                "invalid header name or value",
+            )
+        };
+        set.push((
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?,
+            http::HeaderValue::from_str(value).map_err(|_| bad())?,
+        ));
+    }
+    let names = |list: &[String], field: &str| {
+        list.iter()
+            .map(|n| {
+                http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                    Invalid::at(
+                        at,
+                        &format!("{key}.{field}"),
+                        format!("invalid header name {n:?}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(ShadowConfig {
+        cluster: s.cluster.value.clone(),
+        percent: s.percent.value,
+        sample_key: s.sample_key.clone(),
+        methods,
+        max_body: s.max_body.value.bytes(),
+        timeout: s.timeout.value.get(),
+        host,
+        headers: HeaderOps {
+            set,
+            remove: names(&s.headers.remove, "headers.remove")?,
+        },
+        compare: CompareConfig {
+            status: s.compare.status,
+            headers: names(&s.compare.headers, "compare.headers")?,
+            body: s.compare.body,
+            ignore: s.compare.ignore.clone(),
+            max_body: s.compare.max_body.value.as_usize(),
+        },
+    })
+}
+
+/// The comparison a shadow gets when its file leaves `compare:` out.
+pub(super) fn default_compare() -> CompareConfig {
+    let c = super::file::CompareFile::default();
+    CompareConfig {
+        status: c.status,
+        headers: c
+            .headers
+            .iter()
+            .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect(),
+        body: c.body,
+        ignore: c.ignore,
+        max_body: c.max_body.value.as_usize(),
+    }
+}
+
+fn limits(l: &LimitsFile) -> Limits {
+    Limits {
+        max_header_bytes: l.max_header_bytes.value.as_usize(),
+        max_headers: l.max_headers.value,
+        max_uri_bytes: l.max_uri_bytes.value.as_usize(),
+        request_head_timeout: l.request_head_timeout.value.get(),
+        max_concurrent_streams: l.max_concurrent_streams.value,
+        body_timeout: l.body_timeout.value.get(),
+        max_connections: l.max_connections.value,
+        max_connections_set: l.max_connections.referenced != Location::UNKNOWN,
+        idle_timeout: l.idle_timeout.value.get(),
+        write_timeout: l.write_timeout.value.get(),
+    }
+}
+
+fn addr(a: &Spanned<String>, key: &str) -> Result<std::net::SocketAddr, Invalid> {
+    parse_addr(&a.value).map_err(|m| Invalid::at(Some(&a.referenced), key, m))
+}
+
+fn method(m: &str, at: &Location, key: &str) -> Result<http::Method, Invalid> {
+    http::Method::from_bytes(m.as_bytes())
+        .map_err(|_| Invalid::at(Some(at), key, format!("invalid method {m:?}")))
+}
+
+fn header_name(n: &Spanned<String>, key: &str) -> Result<http::HeaderName, Invalid> {
+    http::HeaderName::from_bytes(n.value.as_bytes()).map_err(|_| {
+        Invalid::at(
+            Some(&n.referenced),
+            key,
+            format!("invalid header name {:?}", n.value),
+        )
+    })
+}

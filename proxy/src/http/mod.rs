@@ -1,0 +1,8 @@
+//! Pure HTTP helpers, shared by the handler and the shadow leg: header rewriting, request
+//! checks, the one `Upgrade` parser, and host names. Nothing here knows routes, clusters or
+//! shadows.
+
+pub(crate) mod checks;
+pub(crate) mod headers;
+pub(crate) mod host;
+pub(crate) mod upgrade;

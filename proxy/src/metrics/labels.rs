@@ -1,0 +1,369 @@
+//! Label sets and label values: route and cluster names from the config, and fixed kinds
+//! (status classes, drop reasons, outcomes, close reasons). One label name per meaning:
+//! `leg` (primary, shadow) everywhere.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+/// The route label for requests that matched no route (route names cannot contain `(`).
+pub(crate) const NO_ROUTE: &str = "(none)";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RouteStatusLabels {
+    pub(crate) route: String,
+    pub(crate) status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    pub(crate) route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClusterErrorLabels {
+    pub(crate) cluster: String,
+    pub(crate) leg: Leg,
+    pub(crate) kind: UpstreamErrorKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClusterLabels {
+    pub(crate) cluster: String,
+    /// `primary` or `shadow`: one cluster can serve both legs, with separate pools.
+    pub(crate) leg: Leg,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerLabels {
+    pub(crate) listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerCloseLabels {
+    pub(crate) listener: String,
+    pub(crate) reason: CloseReason,
+}
+
+/// Why teeproxy closed a client connection itself.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum CloseReason {
+    /// No complete request head within `request_head_timeout`.
+    head_timeout,
+    /// No request for `idle_timeout`.
+    idle_timeout,
+    /// The client did not read its response for `write_timeout`.
+    write_timeout,
+    /// Most of the client's requests were abandoned right after being opened (rapid reset).
+    premature_resets,
+}
+
+impl CloseReason {
+    pub(crate) const ALL: [CloseReason; 4] = [
+        CloseReason::head_timeout,
+        CloseReason::idle_timeout,
+        CloseReason::write_timeout,
+        CloseReason::premature_resets,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReloadLabels {
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RejectLabels {
+    pub(crate) reason: RejectReason,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum StatusClass {
+    C1xx,
+    C2xx,
+    C3xx,
+    C4xx,
+    C5xx,
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(["1xx", "2xx", "3xx", "4xx", "5xx"][*self as usize])
+    }
+}
+
+impl StatusClass {
+    pub(crate) const ALL: [StatusClass; 5] =
+        [Self::C1xx, Self::C2xx, Self::C3xx, Self::C4xx, Self::C5xx];
+
+    pub(crate) fn of(status: http::StatusCode) -> Self {
+        match status.as_u16() {
+            0..=199 => Self::C1xx,
+            200..=299 => Self::C2xx,
+            300..=399 => Self::C3xx,
+            400..=499 => Self::C4xx,
+            _ => Self::C5xx,
+        }
+    }
+}
+
+/// Why an upstream call failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum UpstreamErrorKind {
+    connect,
+    timeout,
+    protocol,
+}
+
+/// Why a request was refused before it was forwarded.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum RejectReason {
+    no_route,
+    method_not_allowed,
+    bad_request,
+    uri_too_long,
+    headers_too_large,
+    upgrade_refused,
+}
+
+impl RejectReason {
+    pub(crate) const ALL: [RejectReason; 6] = [
+        Self::no_route,
+        Self::method_not_allowed,
+        Self::bad_request,
+        Self::uri_too_long,
+        Self::headers_too_large,
+        Self::upgrade_refused,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RouteShadowLabels {
+    pub(crate) route: String,
+    pub(crate) shadow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowDropLabels {
+    pub(crate) route: String,
+    pub(crate) shadow: String,
+    pub(crate) reason: DropReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowOutcomeLabels {
+    pub(crate) route: String,
+    pub(crate) shadow: String,
+    pub(crate) outcome: ShadowOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowStatusLabels {
+    pub(crate) route: String,
+    pub(crate) shadow: String,
+    pub(crate) status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowPhaseLabels {
+    pub(crate) route: String,
+    pub(crate) shadow: String,
+    pub(crate) phase: Phase,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowLabels {
+    pub(crate) shadow: String,
+}
+
+/// Why a shadow copy was not sent.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum DropReason {
+    /// Not selected by `percent` / `sample_key`.
+    sampled_out,
+    /// The method is not in the shadow's `methods`.
+    method_filtered,
+    /// An upgrade (WebSocket) request: never mirrored.
+    upgrade,
+    /// The body is over the shadow's `max_body`.
+    body_too_large,
+    /// The client's body ended in an error or was abandoned.
+    body_incomplete,
+    /// The client reset the stream or left before the primary answered.
+    cancelled,
+    /// The shadow's queue was full.
+    queue_full,
+    /// The shadow refused connections repeatedly; copies are not tried for a while.
+    circuit_open,
+    /// Still queued (or offered) when the shadow drain ended.
+    shutdown,
+}
+
+impl DropReason {
+    pub(crate) const ALL: [DropReason; 9] = [
+        Self::sampled_out,
+        Self::method_filtered,
+        Self::upgrade,
+        Self::body_too_large,
+        Self::body_incomplete,
+        Self::cancelled,
+        Self::queue_full,
+        Self::circuit_open,
+        Self::shutdown,
+    ];
+}
+
+/// How a sent shadow request ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum ShadowOutcome {
+    /// A response came back (any status).
+    ok,
+    connect_error,
+    protocol_error,
+    /// The response body failed mid-way.
+    body_error,
+    /// No complete answer within the shadow's `timeout`.
+    timeout,
+    /// Still in flight when the shadow drain deadline passed at shutdown.
+    aborted,
+}
+
+impl ShadowOutcome {
+    pub(crate) const ALL: [ShadowOutcome; 6] = [
+        Self::ok,
+        Self::connect_error,
+        Self::protocol_error,
+        Self::body_error,
+        Self::timeout,
+        Self::aborted,
+    ];
+}
+
+/// Which part of an exchange a latency covers.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum Phase {
+    /// From sending to the response head.
+    headers,
+    /// From sending to the end of the response body.
+    body,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PathLegPhaseLabels {
+    pub(crate) route: String,
+    pub(crate) path: String,
+    pub(crate) leg: Leg,
+    pub(crate) cluster: String,
+    pub(crate) phase: Phase,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PathLegStatusLabels {
+    pub(crate) route: String,
+    pub(crate) path: String,
+    pub(crate) leg: Leg,
+    pub(crate) cluster: String,
+    pub(crate) status_class: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CompareLabels {
+    pub(crate) route: String,
+    pub(crate) path: String,
+    pub(crate) shadow: String,
+    pub(crate) result: CompareResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CompareSkipLabels {
+    pub(crate) route: String,
+    pub(crate) path: String,
+    pub(crate) shadow: String,
+    pub(crate) reason: SkipReason,
+}
+
+/// Which leg of a request a sample is about.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum Leg {
+    primary,
+    shadow,
+}
+
+/// The result of comparing a shadow's response with the primary's.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum CompareResult {
+    Match,
+    StatusMismatch,
+    HeaderMismatch,
+    BodyMismatch,
+    ShadowError,
+    Skipped,
+}
+
+impl CompareResult {
+    pub(crate) const ALL: [CompareResult; 6] = [
+        Self::Match,
+        Self::StatusMismatch,
+        Self::HeaderMismatch,
+        Self::BodyMismatch,
+        Self::ShadowError,
+        Self::Skipped,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        [
+            "match",
+            "status_mismatch",
+            "header_mismatch",
+            "body_mismatch",
+            "shadow_error",
+            "skipped",
+        ][self as usize]
+    }
+
+    pub(crate) fn is_mismatch(self) -> bool {
+        matches!(
+            self,
+            Self::StatusMismatch | Self::HeaderMismatch | Self::BodyMismatch
+        )
+    }
+}
+
+impl EncodeLabelValue for CompareResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Why a comparison was skipped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum SkipReason {
+    /// The primary failed (no response to compare with).
+    primary_error,
+    /// The primary's body did not complete (client left, upstream broke off, or too slow).
+    primary_incomplete,
+    /// A body is over `compare.max_body`.
+    body_too_large,
+    /// `json` mode and the primary's body is not JSON.
+    not_json,
+    /// A body has a `Content-Encoding` (compressed bodies are not compared).
+    encoded,
+}
+
+impl SkipReason {
+    pub(crate) const ALL: [SkipReason; 5] = [
+        Self::primary_error,
+        Self::primary_incomplete,
+        Self::body_too_large,
+        Self::not_json,
+        Self::encoded,
+    ];
+}

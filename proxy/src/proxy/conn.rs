@@ -1,0 +1,30 @@
+//! What the handler knows about the client connection a request came on.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::tunnel::Tunnels;
+
+/// The client connection of a request.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `http`, or `https` for TLS listeners.
+    pub proto: &'static str,
+    /// The connection's WebSocket tunnels (owned by its task).
+    pub tunnels: Tunnels,
+    /// Idle limit for a tunnel (no byte either way).
+    pub tunnel_idle: Duration,
+}
+
+impl ConnInfo {
+    /// A plain-HTTP connection from `peer`.
+    pub fn new(peer: SocketAddr, tunnel_idle: Duration) -> Self {
+        ConnInfo {
+            peer,
+            proto: "http",
+            tunnels: Tunnels::default(),
+            tunnel_idle,
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Forwarding one routed request to its primary: the request rewritten for the chosen
+//! endpoint, its shadow copies planned and its body teed, sent (a request without a body
+//! moves on to the next endpoint when a connection is refused), the primary's outcome
+//! handed to the shadows' rendezvous, a WebSocket tunnel started when both sides switched
+//! protocols, and the answer's body wrapped for timing and comparison.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::body::{ClientBody, PrimaryBody, ResponseTee};
+use super::conn::ConnInfo;
+use super::error::ProxyError;
+use super::snapshot::{RouteState, Snapshot};
+use super::tunnel;
+use crate::config::HostMode;
+use crate::http::headers::{self, Forwarded};
+use crate::http::host::request_host;
+use crate::http::upgrade::Upgrade;
+use crate::idle::IdleTimeout;
+use crate::shadow::pending::{Pending, Plan};
+use crate::shadow::queue::{CANCELLED, PrimaryOutcome};
+use crate::shadow::tee::TeeBody;
+use crate::stats::PathEntry;
+use crate::upstream::{EndpointState, UpstreamError, upstream_uri};
+
+/// Endpoints tried at most for a request without a body whose connections are refused.
+pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// What forwarding produced.
+pub(crate) struct PrimaryAnswer {
+    pub(crate) result: Result<Response<ResponseTee<Incoming>>, ProxyError>,
+    /// The endpoint that answered (or failed).
+    pub(crate) endpoint: String,
+    /// The protocol of a tunnel that started.
+    pub(crate) tunnel: Option<HeaderValue>,
+}
+
+/// The request's side of a forward: the request, its id, and what it asks to upgrade to.
+pub(crate) struct Outgoing<'a> {
+    pub(crate) req: Request<ClientBody>,
+    pub(crate) request_id: &'a HeaderValue,
+    pub(crate) upgrade: &'a Upgrade,
+}
+
+/// Forwards a routed request to the route's primary.
+pub(crate) async fn forward(
+    out: Outgoing<'_>,
+    route: &RouteState,
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    tunnels_open: &Gauge,
+) -> PrimaryAnswer {
+    let Outgoing {
+        mut req,
+        request_id,
+        upgrade,
+    } = out;
+    let cluster = &route.primary;
+    let mut ep = cluster.pick();
+    let path = route.paths.entry(req.uri().path());
+    let client_upgrade =
+        matches!(upgrade, Upgrade::WebSocket(_)).then(|| hyper::upgrade::on(&mut req));
+    let (mut upstream_req, pending, body_sent) =
+        prepare(req, route, ep, conn, snap, request_id, upgrade, &path);
+    if let Upgrade::WebSocket(protocol) = upgrade {
+        let h = upstream_req.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, protocol.clone());
+    }
+    let sink = pending.as_ref().and_then(|m| m.primary_body_sink());
+    let mut report = PrimaryReport(pending);
+    // A refused connection means nothing was sent: a request without a body may go to the
+    // next endpoint (the refusing one was just ejected).
+    let attempts = cluster.endpoint_count().min(MAX_CONNECT_ATTEMPTS);
+    let resend =
+        (attempts > 1 && upstream_req.body().is_end_stream()).then(|| head_of(&upstream_req));
+    let sent = Instant::now();
+    let mut result = cluster.send(ep, upstream_req, body_sent).await;
+    if let Some(head) = resend {
+        let mut tried = 1;
+        while tried < attempts && matches!(result, Err(UpstreamError::Connect { .. })) {
+            ep = cluster.pick();
+            tracing::debug!(request_id = ?request_id, endpoint = %ep.label, "connection refused; resending to the next endpoint");
+            let req = resend_to(&head, ep, cluster.host_mode);
+            result = cluster.send(ep, req, None).await;
+            tried += 1;
+        }
+    }
+    // 101 only answers an upgrade the client asked for; anything else from the primary is
+    // a protocol error.
+    if !matches!(upgrade, Upgrade::WebSocket(_))
+        && result
+            .as_ref()
+            .is_ok_and(|r| r.status() == StatusCode::SWITCHING_PROTOCOLS)
+    {
+        let e = UpstreamError::Protocol {
+            endpoint: ep.label.clone(),
+            reason: "101 Switching Protocols to a request that asked for no upgrade".to_string(),
+        };
+        cluster.count_error(&e);
+        result = Err(e);
+    }
+    let mut tunnel = None;
+    if let (Some(on_client), Ok(resp)) = (client_upgrade, result.as_mut())
+        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        tunnel = resp.headers().get(header::UPGRADE).cloned();
+        let on_primary = hyper::upgrade::on(&mut *resp);
+        tunnel::start(
+            &conn.tunnels,
+            on_client,
+            on_primary,
+            tunnels_open.clone(),
+            request_id.clone(),
+            conn.tunnel_idle,
+        );
+    }
+    let elapsed = sent.elapsed();
+    match &result {
+        Ok(r) => path.primary_head(r.status(), elapsed),
+        Err(_) => path.primary_failed(),
+    }
+    if report.0.is_some() {
+        report.done(PrimaryOutcome {
+            status: result.as_ref().ok().map(|r| r.status()),
+            error: result.as_ref().err().map(UpstreamError::kind_str),
+            headers: result
+                .as_ref()
+                .map(|r| headers::detached(r.headers()))
+                .unwrap_or_default(),
+        });
+    }
+    PrimaryAnswer {
+        result: result
+            .map(|resp| resp.map(|b| ResponseTee::new(b, sent, path, sink)))
+            .map_err(ProxyError::from),
+        endpoint: ep.label.clone(),
+        tunnel,
+    }
+}
+
+/// The head of a request without a body, kept to resend it elsewhere.
+fn head_of(req: &Request<PrimaryBody>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
+/// `head` addressed to endpoint `ep` instead, with an empty body.
+fn resend_to(head: &Request<()>, ep: &EndpointState, host_mode: HostMode) -> Request<PrimaryBody> {
+    let mut req = Request::new(Either::Right(http_body_util::Empty::new()));
+    *req.method_mut() = head.method().clone();
+    *req.uri_mut() = upstream_uri(ep, head.uri());
+    *req.version_mut() = head.version();
+    *req.headers_mut() = head.headers().clone();
+    if host_mode == HostMode::Rewrite
+        && let Ok(h) = HeaderValue::from_str(ep.endpoint.authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, h);
+    }
+    req
+}
+
+/// Hands the primary's outcome to the rendezvous once; if the handler is dropped first
+/// (the client left), the outcome is `cancelled`.
+struct PrimaryReport(Option<Arc<Pending>>);
+
+impl PrimaryReport {
+    fn done(&mut self, outcome: PrimaryOutcome) {
+        if let Some(m) = self.0.take() {
+            m.primary_done(outcome);
+        }
+    }
+}
+
+impl Drop for PrimaryReport {
+    fn drop(&mut self) {
+        self.done(PrimaryOutcome {
+            status: None,
+            error: Some(CANCELLED),
+            headers: http::HeaderMap::new(),
+        });
+    }
+}
+
+/// Rewrites a client request into the request for endpoint `ep` of the route's primary,
+/// and plans its shadow copies.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    req: Request<ClientBody>,
+    route: &RouteState,
+    ep: &EndpointState,
+    conn: &ConnInfo,
+    snap: &Snapshot,
+    request_id: &HeaderValue,
+    upgrade: &Upgrade,
+    path: &Arc<PathEntry>,
+) -> (
+    Request<PrimaryBody>,
+    Option<Arc<Pending>>,
+    Option<tokio::sync::oneshot::Receiver<()>>,
+) {
+    let host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
+    let (mut parts, body) = req.into_parts();
+    let fwd = Forwarded {
+        client_ip: conn.peer.ip(),
+        proto: conn.proto,
+        host: host.as_ref().and_then(|h| h.to_str().ok()),
+    };
+    headers::rewrite_request(&mut parts.headers, &fwd, snap.forwarded);
+
+    let declared_len = body.size_hint().exact();
+    let targets: Vec<_> = route
+        .shadows
+        .iter()
+        .filter(|p| p.admit(&parts, upgrade.mirrorable(), declared_len, path))
+        .cloned()
+        .collect();
+    let pending = (!targets.is_empty()).then(|| {
+        Arc::new(Pending::new(Plan {
+            targets,
+            method: parts.method.clone(),
+            // Copies, not slices of the client connection's read buffer: a queued copy
+            // must not keep that buffer alive.
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .and_then(|pq| {
+                    PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))
+                        .ok()
+                })
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers: headers::detached(&parts.headers),
+            host: host.as_ref().map(headers::detached_value),
+            request_id: headers::detached_value(request_id),
+            path: path.clone(),
+        }))
+    });
+    let (body, body_sent) = IdleTimeout::with_end_signal(body, snap.body_timeout);
+    let body = TeeBody::new(body, pending.clone());
+
+    let upstream_host = match route.primary.host_mode {
+        HostMode::Keep => host,
+        HostMode::Rewrite => HeaderValue::from_str(ep.endpoint.authority.as_str()).ok(),
+    };
+    match upstream_host {
+        Some(h) => parts.headers.insert(header::HOST, h),
+        None => parts.headers.remove(header::HOST),
+    };
+    parts.uri = upstream_uri(ep, &parts.uri);
+    parts.version = Version::HTTP_11;
+    (
+        Request::from_parts(parts, Either::Left(body)),
+        pending,
+        body_sent,
+    )
+}

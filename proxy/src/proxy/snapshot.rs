@@ -1,0 +1,229 @@
+//! The one place a `Config` becomes runtime state: the route table, each route's primary
+//! cluster, shadow policies, path statistics and metrics, and each shadow cluster's queue
+//! with its dispatcher (returned, for the caller to start). Handlers read a snapshot whole;
+//! reload swaps in a new one. An old snapshot's shadow queues close when the last request
+//! holding it is done, and their dispatchers then finish what was queued and end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use super::body::PrimaryBody;
+use crate::config::{Config, ForwardedMode, RouteConfig};
+use crate::http::checks::RequestLimits;
+use crate::metrics::{Leg, Metrics, RouteMetrics};
+use crate::route::RouteTable;
+use crate::shadow::compare::{Comparator, MismatchRing};
+use crate::shadow::dispatch::{Dispatcher, shadow_cluster};
+use crate::shadow::policy::ShadowPolicy;
+use crate::shadow::record::CopySpec;
+use crate::stats::PathRegistry;
+use crate::upstream::Cluster;
+
+/// What every snapshot shares with the ones before it.
+#[derive(Clone)]
+pub struct Shared {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) mismatches: Arc<MismatchRing>,
+}
+
+impl Shared {
+    pub(crate) fn new(metrics: Arc<Metrics>, mismatch_ring: usize) -> Self {
+        Shared {
+            metrics,
+            mismatches: Arc::new(MismatchRing::new(mismatch_ring)),
+        }
+    }
+}
+
+/// A route, ready to serve.
+pub(crate) struct RouteState {
+    pub(crate) name: String,
+    pub(crate) primary: Arc<Cluster<PrimaryBody>>,
+    /// Shadow policies, in config order.
+    pub(crate) shadows: Vec<Arc<ShadowPolicy>>,
+    /// Path templates and their statistics (kept across a reload that leaves the route's
+    /// name, templates, primary and shadows as they were).
+    pub(crate) paths: Arc<PathRegistry>,
+    paths_key: String,
+    pub(crate) metrics: RouteMetrics,
+    /// WebSocket upgrades are relayed (else refused with 501).
+    pub(crate) websocket: bool,
+}
+
+/// Everything the handler reads from one config.
+pub struct Snapshot {
+    pub(crate) config: Arc<Config>,
+    table: RouteTable,
+    pub(crate) routes: Vec<RouteState>,
+    pub(crate) limits: RequestLimits,
+    pub(crate) body_timeout: Duration,
+    pub(crate) forwarded: ForwardedMode,
+    pub(crate) access_log: bool,
+}
+
+impl Snapshot {
+    /// Builds the runtime state of `config`; path statistics of routes that did not change
+    /// are carried over from `previous`. Returns the shadow clusters' dispatchers, which
+    /// the caller starts.
+    pub(crate) fn build(
+        config: Arc<Config>,
+        shared: &Shared,
+        previous: Option<&Snapshot>,
+    ) -> (Snapshot, Vec<Dispatcher>) {
+        let metrics = &shared.metrics;
+        let primaries: HashMap<&str, Arc<Cluster<PrimaryBody>>> = config
+            .clusters
+            .iter()
+            .map(|(name, c)| {
+                let cluster = Cluster::new(name, c, metrics.cluster(name, Leg::primary));
+                (name.as_str(), Arc::new(cluster))
+            })
+            .collect();
+        let mut queues = HashMap::new();
+        let mut dispatchers = Vec::new();
+        for sh in config.routes.iter().flat_map(|r| &r.shadows) {
+            let name = sh.cluster.as_str();
+            if !queues.contains_key(name)
+                && let Some(c) = config.clusters.get(name)
+            {
+                let (queue, dispatcher) = shadow_cluster(name, c, metrics);
+                queues.insert(name, queue);
+                dispatchers.push(dispatcher);
+            }
+        }
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let key = paths_key(r);
+                let paths = previous
+                    .and_then(|p| {
+                        p.routes
+                            .iter()
+                            .find(|old| old.name == r.name && old.paths_key == key)
+                    })
+                    .map(|old| old.paths.clone())
+                    .unwrap_or_else(|| {
+                        Arc::new(PathRegistry::new(
+                            &r.name,
+                            &r.paths,
+                            r.max_paths,
+                            &r.primary,
+                            r.shadows.iter().map(|s| s.cluster.clone()).collect(),
+                            metrics.clone(),
+                        ))
+                    });
+                let shadows = r
+                    .shadows
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, sh)| {
+                        let spec = Arc::new(CopySpec {
+                            route: r.name.clone(),
+                            shadow: sh.cluster.clone(),
+                            index,
+                            compare: Comparator::new(&sh.compare),
+                            mismatches: shared.mismatches.clone(),
+                            timeout: sh.timeout,
+                            host: sh.host.clone(),
+                            metrics: metrics.shadow_policy(&r.name, &sh.cluster),
+                        });
+                        let queue = queues.get(sh.cluster.as_str())?.clone();
+                        Some(Arc::new(ShadowPolicy::new(
+                            sh,
+                            spec,
+                            queue,
+                            config.shadow_header.as_ref(),
+                        )))
+                    })
+                    .collect();
+                Some(RouteState {
+                    name: r.name.clone(),
+                    primary: primaries.get(r.primary.as_str())?.clone(),
+                    shadows,
+                    paths,
+                    paths_key: key,
+                    metrics: metrics.route(&r.name),
+                    websocket: r.websocket,
+                })
+            })
+            .collect();
+        let snapshot = Snapshot {
+            table: RouteTable::new(&config.routes),
+            routes,
+            limits: RequestLimits::from(&config.limits),
+            body_timeout: config.limits.body_timeout,
+            forwarded: config.x_forwarded_for,
+            access_log: config.access_log.enabled,
+            config,
+        };
+        (snapshot, dispatchers)
+    }
+
+    /// The route serving a request, if any.
+    pub(crate) fn route(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<&RouteState> {
+        self.table
+            .find(method, host, path)
+            .and_then(|i| self.routes.get(i))
+    }
+}
+
+/// What a route's path statistics depend on.
+fn paths_key(r: &RouteConfig) -> String {
+    let shadows: Vec<&str> = r.shadows.iter().map(|s| s.cluster.as_str()).collect();
+    format!("{:?} {} {} {shadows:?}", r.paths, r.max_paths, r.primary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn snapshot(yaml_routes: &str) -> (Snapshot, Vec<Dispatcher>) {
+        let yaml = format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:1\" }}]\nclusters:\n  a: {{ endpoints: [\"http://127.0.0.1:2\"] }}\n  b: {{ endpoints: [\"http://127.0.0.1:3\"] }}\nroutes:\n{yaml_routes}"
+        );
+        let config = Arc::new(Config::from_yaml(&yaml).unwrap());
+        let shared = Shared::new(Metrics::new(&mut Registry::default()), 10);
+        Snapshot::build(config, &shared, None)
+    }
+
+    #[test]
+    fn each_route_gets_its_primary_and_each_shadow_cluster_one_dispatcher() {
+        let (s, dispatchers) = snapshot(
+            "  - { name: one, match: { path_prefix: /one }, primary: a, shadows: [{ cluster: b }] }\n  - { name: two, primary: b, shadows: [{ cluster: b }, { cluster: a }] }\n",
+        );
+        assert_eq!(dispatchers.len(), 2, "b and a, once each");
+        let one = s.route(&Method::GET, None, "/one/x").unwrap();
+        assert_eq!((one.name.as_str(), one.primary.name.as_str()), ("one", "a"));
+        assert_eq!(one.shadows.len(), 1);
+        let two = s.route(&Method::GET, None, "/two").unwrap();
+        assert_eq!(two.primary.name, "b");
+        let names: Vec<&str> = two.shadows.iter().map(|p| p.spec.shadow.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(two.shadows[1].spec.index, 1);
+        // Routes copying to the same cluster share its queue.
+        assert!(Arc::ptr_eq(&one.shadows[0].queue, &two.shadows[0].queue));
+    }
+
+    #[test]
+    fn unchanged_routes_keep_their_path_statistics_across_a_rebuild() {
+        let yaml = "  - { name: one, primary: a, shadows: [{ cluster: b }] }\n";
+        let (first, _) = snapshot(yaml);
+        let shared = Shared::new(Metrics::new(&mut Registry::default()), 10);
+        let (same, _) = Snapshot::build(first.config.clone(), &shared, Some(&first));
+        assert!(Arc::ptr_eq(&first.routes[0].paths, &same.routes[0].paths));
+        let mut changed = (*first.config).clone();
+        changed.routes[0].max_paths = 5;
+        let (other, _) = Snapshot::build(Arc::new(changed), &shared, Some(&first));
+        assert!(!Arc::ptr_eq(&first.routes[0].paths, &other.routes[0].paths));
+    }
+}

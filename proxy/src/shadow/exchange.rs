@@ -1,0 +1,304 @@
+//! One copy's exchange with its shadow: the request rebuilt from the captured chunks, sent
+//! with the shadow cluster's own client under the policy's timeout, the answer read (up to
+//! a cap), compared with the primary's (waiting, off the primary path, for the primary's
+//! body if needed), and everything recorded.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::compare::{BodySide, Comparator, Verdict};
+use super::queue::{Circuit, ShadowJob};
+use super::queue::{PrimaryBodyWatch, PrimaryOutcome};
+use super::record::{self, Answer, Subject, Unrecorded};
+use crate::config::ShadowHost;
+use crate::http::host::strip_port;
+use crate::metrics::{CompareResult, ShadowOutcome, SkipReason};
+use crate::upstream::{Cluster, EndpointState, UpstreamError, upstream_uri};
+
+/// Shadow response bodies are read up to this much (so the connection can be reused);
+/// a longer body is abandoned and its connection closed.
+pub(crate) const RESPONSE_READ_CAP: usize = 64 * 1024;
+
+/// What every exchange of one shadow cluster shares.
+pub(crate) struct Exchanger {
+    pub(crate) name: String,
+    pub(crate) upstream: Cluster<ShadowBody>,
+    pub(crate) circuit: Arc<Circuit>,
+    pub(crate) in_flight: Gauge,
+}
+
+/// Keeps a gauge right however a task ends.
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(g: &Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The body of a shadow request: the captured chunks, then the trailers.
+pub(crate) struct ShadowBody {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    remaining: u64,
+}
+
+impl ShadowBody {
+    pub(crate) fn new(chunks: Vec<Bytes>, trailers: Option<HeaderMap>, len: u64) -> Self {
+        ShadowBody {
+            chunks: chunks.into(),
+            trailers,
+            remaining: len,
+        }
+    }
+}
+
+impl Body for ShadowBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            self.remaining -= chunk.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.trailers.is_some() {
+            // Trailers need a chunked body.
+            let mut h = SizeHint::new();
+            h.set_lower(self.remaining);
+            h
+        } else {
+            SizeHint::with_exact(self.remaining)
+        }
+    }
+}
+
+/// The Host a shadow request carries, for a client that asked for `host`, sent to `ep`.
+pub(crate) fn shadow_host(
+    rule: &ShadowHost,
+    host: Option<&HeaderValue>,
+    ep: &EndpointState,
+) -> Option<HeaderValue> {
+    match rule {
+        ShadowHost::Keep => host.cloned(),
+        ShadowHost::Rewrite => HeaderValue::from_str(ep.endpoint.authority.as_str()).ok(),
+        ShadowHost::Literal(v) => Some(v.clone()),
+        ShadowHost::Suffix(suffix) => {
+            let h = host?.to_str().ok()?;
+            let name = strip_port(h);
+            let port = &h[name.len()..];
+            HeaderValue::from_str(&format!("{name}{suffix}{port}")).ok()
+        }
+    }
+}
+
+/// Sends one copy, reads the answer, compares it with the primary's and records it all.
+/// The in-flight slot and the byte budget are held until the comparison is done, so the
+/// number of tasks holding response bodies stays bounded.
+pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaphorePermit) {
+    let gauge = GaugeGuard::new(&ex.in_flight);
+    // Every sent copy gets one outcome, also when shutdown abandons it mid-way.
+    let mut unrecorded = Unrecorded::new(&job.spec);
+    let ep = ex.upstream.pick();
+    let ShadowJob {
+        spec,
+        method,
+        path_and_query,
+        mut headers,
+        host,
+        request_id,
+        body,
+        trailers,
+        body_len,
+        primary,
+        primary_body,
+        path,
+        charge,
+    } = job;
+    if let Some(h) = shadow_host(&spec.host, host.as_ref(), ep) {
+        headers.insert(header::HOST, h);
+    }
+    let mut req = Request::new(ShadowBody::new(body, trailers, body_len));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = upstream_uri(ep, &http::Uri::from(path_and_query.clone()));
+    *req.headers_mut() = headers;
+    let keep = spec
+        .compare
+        .compares_body()
+        .then_some(spec.compare.max_body);
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let answer = match ex.upstream.send_within(ep, req, spec.timeout).await {
+        Err(e) => {
+            tracing::debug!(shadow = %ex.name, request_id = ?request_id, error = %e, "shadow request failed");
+            Answer::failed(match e {
+                UpstreamError::Connect { .. } => ShadowOutcome::connect_error,
+                UpstreamError::Timeout { .. } => ShadowOutcome::timeout,
+                // A shadow body is complete bytes in memory: it cannot fail like a client's.
+                UpstreamError::Protocol { .. } | UpstreamError::ClientBody { .. } => {
+                    ShadowOutcome::protocol_error
+                }
+            })
+        }
+        Ok(resp) => {
+            let to_headers = started.elapsed();
+            let (parts, body) = resp.into_parts();
+            let (outcome, body, to_end) =
+                match tokio::time::timeout_at(deadline, read_body(body, keep)).await {
+                    Ok(Ok(kept)) => (ShadowOutcome::ok, kept, Some(started.elapsed())),
+                    Ok(Err(())) => (ShadowOutcome::body_error, None, None),
+                    Err(_) => (ShadowOutcome::timeout, None, None),
+                };
+            Answer {
+                outcome,
+                status: Some(parts.status),
+                headers: parts.headers,
+                body,
+                to_headers: Some(to_headers),
+                to_end,
+            }
+        }
+    };
+    if answer.outcome == ShadowOutcome::connect_error {
+        ex.circuit.connect_failed();
+    } else {
+        ex.circuit.connected();
+    }
+    record::answer(&spec, &path, &answer);
+    unrecorded.done();
+
+    let verdict = judge(&spec.compare, &primary, primary_body, &answer, spec.timeout).await;
+    drop(permit);
+    drop(gauge);
+    drop(charge);
+    let subject = Subject {
+        request_id: &request_id,
+        method: &method,
+        raw_path: path_and_query.path(),
+        primary_status: primary.status,
+    };
+    record::verdict(&spec, &path, &subject, &answer, verdict);
+}
+
+/// Compares a shadow's answer with the primary's.
+pub(crate) async fn judge(
+    cmp: &Comparator,
+    primary: &PrimaryOutcome,
+    primary_body: Option<PrimaryBodyWatch>,
+    answer: &Answer,
+    wait: Duration,
+) -> Verdict {
+    let Some(p_status) = primary.status.filter(|_| primary.error.is_none()) else {
+        return Verdict::skipped(SkipReason::primary_error);
+    };
+    let Some(s_status) = answer
+        .status
+        .filter(|_| answer.outcome == ShadowOutcome::ok)
+    else {
+        return Verdict::of(CompareResult::ShadowError);
+    };
+    if let Some(v) = cmp.compare_head((p_status, &primary.headers), (s_status, &answer.headers)) {
+        return v;
+    }
+    // The primary's body may still be streaming to its client: wait for it, off the
+    // primary path, for up to the shadow's timeout.
+    let p_body = match primary_body {
+        Some(mut rx) => match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v
+                .as_ref()
+                .map_or(BodySide::Incomplete, |b| BodySide::clone(b)),
+            _ => BodySide::Incomplete,
+        },
+        None => BodySide::Incomplete,
+    };
+    cmp.compare_body(
+        &p_body,
+        answer.body.as_ref().unwrap_or(&BodySide::Incomplete),
+    )
+}
+
+/// Reads a shadow response body. With `keep`, returns it when it is at most `keep` bytes
+/// (else `TooLarge`, and reading stops); without, reads up to `RESPONSE_READ_CAP` so the
+/// connection can be reused. `Err` when the body fails.
+async fn read_body(
+    mut body: hyper::body::Incoming,
+    keep: Option<usize>,
+) -> Result<Option<BodySide>, ()> {
+    let mut kept = BytesMut::new();
+    let mut read = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Some(d) = frame.data_ref() {
+            read += d.len();
+            match keep {
+                Some(max) if read > max => return Ok(Some(BodySide::TooLarge)),
+                Some(_) => kept.extend_from_slice(d),
+                None if read > RESPONSE_READ_CAP => return Ok(None),
+                None => {}
+            }
+        }
+    }
+    Ok(keep.map(|_| BodySide::Complete(kept.freeze())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_rules() {
+        let ep = EndpointState::for_tests("http://10.0.0.1:8080");
+        let host = HeaderValue::from_static("api.example.com:8443");
+        let apply = |r: ShadowHost| {
+            shadow_host(&r, Some(&host), &ep).map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            apply(ShadowHost::Keep).as_deref(),
+            Some("api.example.com:8443")
+        );
+        assert_eq!(apply(ShadowHost::Rewrite).as_deref(), Some("10.0.0.1:8080"));
+        assert_eq!(
+            apply(ShadowHost::Literal(HeaderValue::from_static(
+                "shadow.example"
+            )))
+            .as_deref(),
+            Some("shadow.example")
+        );
+        assert_eq!(
+            apply(ShadowHost::Suffix("-shadow".into())).as_deref(),
+            Some("api.example.com-shadow:8443")
+        );
+        assert_eq!(
+            shadow_host(&ShadowHost::Suffix("-s".into()), None, &ep),
+            None
+        );
+    }
+}
