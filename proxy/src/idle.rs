@@ -15,13 +15,13 @@ use tokio::time::{Instant, Sleep};
 /// The client sent nothing for the body inactivity limit.
 #[derive(Debug, thiserror::Error)]
 #[error("no request body data for {0:?}")]
-pub struct BodyTimeout(pub Duration);
+pub(crate) struct BodyTimeout(pub Duration);
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// `inner`, failing with `BodyTimeout` after `limit` without a frame.
-    pub struct IdleTimeout<B> {
+    pub(crate) struct IdleTimeout<B> {
         #[pin]
         inner: B,
         // Boxed to keep the body `Unpin` for the client; absent for empty bodies (no timer
@@ -35,13 +35,16 @@ pin_project! {
 
 impl<B: Body> IdleTimeout<B> {
     #[cfg(test)]
-    pub fn new(inner: B, limit: Duration) -> Self {
+    pub(crate) fn new(inner: B, limit: Duration) -> Self {
         Self::with_end_signal(inner, limit).0
     }
 
     /// Also returns a receiver that completes when the body has been read to its end,
     /// failed, or been dropped; `None` for an empty body (nothing to wait for).
-    pub fn with_end_signal(inner: B, limit: Duration) -> (Self, Option<oneshot::Receiver<()>>) {
+    pub(crate) fn with_end_signal(
+        inner: B,
+        limit: Duration,
+    ) -> (Self, Option<oneshot::Receiver<()>>) {
         if inner.is_end_stream() {
             return (
                 IdleTimeout {

@@ -5,6 +5,8 @@
 //! the caller bound and a shutdown future. Nothing here binds a port or reads the
 //! environment by itself.
 
+#![warn(unreachable_pub)]
+
 mod admin;
 mod app;
 pub mod config;

@@ -17,7 +17,7 @@ use crate::metrics::{ClusterMetrics, UpstreamErrorKind};
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("connect to {endpoint} failed: {reason}")]
     Connect { endpoint: String, reason: String },
     #[error("no response head from {endpoint} within {timeout:?}")]
@@ -36,7 +36,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The kind as a word: `connect`, `timeout` or `protocol`.
-    pub fn kind_str(&self) -> &'static str {
+    pub(crate) fn kind_str(&self) -> &'static str {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
@@ -46,7 +46,7 @@ impl UpstreamError {
     }
 
     /// The kind counted against the upstream; `None` when the client's side failed.
-    pub fn kind(&self) -> Option<UpstreamErrorKind> {
+    pub(crate) fn kind(&self) -> Option<UpstreamErrorKind> {
         match self {
             UpstreamError::Connect { .. } => Some(UpstreamErrorKind::connect),
             UpstreamError::Timeout { .. } => Some(UpstreamErrorKind::timeout),
@@ -59,16 +59,16 @@ impl UpstreamError {
 type Connector = HttpsConnector<HttpConnector>;
 
 /// One endpoint of a cluster and its ejection state.
-pub struct EndpointState {
-    pub endpoint: Endpoint,
+pub(crate) struct EndpointState {
+    pub(crate) endpoint: Endpoint,
     /// The endpoint as text (`http://10.0.0.1:8080`), for logs.
-    pub label: String,
+    pub(crate) label: String,
     /// Milliseconds since the cluster's epoch until which the endpoint is skipped.
     ejected_until_ms: AtomicU64,
 }
 
 impl EndpointState {
-    pub fn new(endpoint: Endpoint) -> Self {
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
         EndpointState {
             label: endpoint.to_string(),
             endpoint,
@@ -77,7 +77,7 @@ impl EndpointState {
     }
 
     #[cfg(test)]
-    pub fn for_tests(url: &str) -> Self {
+    pub(crate) fn for_tests(url: &str) -> Self {
         Self::new(crate::config::parse_endpoint(url).expect("valid test endpoint"))
     }
 }
@@ -85,13 +85,13 @@ impl EndpointState {
 /// A cluster, ready to send requests with bodies of type `B`. Each `Cluster` value has its
 /// own connection pool: the primary and shadow legs of one configured cluster never share
 /// connections.
-pub struct Cluster<B = Incoming> {
-    pub name: String,
+pub(crate) struct Cluster<B = Incoming> {
+    pub(crate) name: String,
     endpoints: Vec<EndpointState>,
     next: AtomicUsize,
     client: Client<Connector, B>,
     timeout: Duration,
-    pub host_mode: HostMode,
+    pub(crate) host_mode: HostMode,
     ejection_time: Duration,
     epoch: Instant,
     metrics: ClusterMetrics,
@@ -114,7 +114,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(name: &str, c: &ClusterConfig, metrics: ClusterMetrics) -> Self {
+    pub(crate) fn new(name: &str, c: &ClusterConfig, metrics: ClusterMetrics) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(c.connect_timeout));
@@ -154,18 +154,18 @@ where
     }
 
     /// Counts an error found in an answer after the exchange itself succeeded.
-    pub fn count_error(&self, e: &UpstreamError) {
+    pub(crate) fn count_error(&self, e: &UpstreamError) {
         if let Some(kind) = e.kind() {
             self.metrics.error(kind);
         }
     }
 
-    pub fn endpoint_count(&self) -> usize {
+    pub(crate) fn endpoint_count(&self) -> usize {
         self.endpoints.len()
     }
 
     /// The next endpoint round-robin, skipping ejected ones while any other is available.
-    pub fn pick(&self) -> &EndpointState {
+    pub(crate) fn pick(&self) -> &EndpointState {
         let n = self.endpoints.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
@@ -179,7 +179,7 @@ where
     /// timeout. With `body_sent`, the timeout starts once it fires (the request body has
     /// been sent): an upload that keeps flowing is not cut off by the response timeout
     /// (a stalled one is, by the body inactivity limit).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         ep: &EndpointState,
         req: Request<B>,
@@ -189,7 +189,7 @@ where
     }
 
     /// Sends a request to `ep` and waits for the response head, up to `timeout`.
-    pub async fn send_within(
+    pub(crate) async fn send_within(
         &self,
         ep: &EndpointState,
         req: Request<B>,
@@ -259,7 +259,7 @@ where
 }
 
 /// The URI to send to `ep` for a request whose target is `uri` (origin-form).
-pub fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
+pub(crate) fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Uri::builder()
         .scheme(ep.endpoint.scheme.clone())
@@ -296,7 +296,7 @@ fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stat
 }
 
 /// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {

@@ -9,6 +9,7 @@ use crate::config::Limits;
 
 /// Why a request is refused before anything is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub enum Reject {
     #[error("method {0} is not allowed")]
     MethodNotAllowed(&'static str),
@@ -22,6 +23,7 @@ pub enum Reject {
 
 impl Reject {
     /// The status a refused request is answered with.
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn status(&self) -> http::StatusCode {
         match self {
             Reject::MethodNotAllowed(_) => http::StatusCode::METHOD_NOT_ALLOWED,
@@ -34,9 +36,13 @@ impl Reject {
 
 /// The limits the handler enforces, taken from the config.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct RequestLimits {
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub max_header_bytes: usize,
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub max_headers: usize,
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub max_uri_bytes: usize,
 }
 
@@ -51,6 +57,7 @@ impl From<&Limits> for RequestLimits {
 }
 
 /// Rejects requests that must not be forwarded.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub fn check_request<B>(req: &Request<B>, limits: &RequestLimits) -> Result<(), Reject> {
     if req.method() == Method::CONNECT {
         return Err(Reject::MethodNotAllowed("CONNECT"));

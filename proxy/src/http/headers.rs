@@ -9,10 +9,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ForwardedMode;
 
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers removed in both directions, besides those named in `Connection`.
 const HOP_BY_HOP: [&str; 7] = [
@@ -38,7 +39,7 @@ const PROTECTED: [&str; 6] = [
 
 /// Removes hop-by-hop headers: the fixed list and every header named in `Connection`
 /// (except the protected ones).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
@@ -65,6 +66,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Prepares a client request's headers for an upstream: hop-by-hop and framing headers
 /// removed (the client side re-frames from the body), `Expect` removed (the proxy answers
 /// `100 Continue` itself), `X-Forwarded-*` set.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, mode: ForwardedMode) {
     strip_hop_by_hop(headers);
     headers.remove(header::CONTENT_LENGTH);
@@ -120,20 +122,26 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Prepares an upstream response's headers for the client.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub fn rewrite_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
 }
 
 /// What the proxy knows about the client side of a request.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct Forwarded<'a> {
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub client_ip: IpAddr,
     /// `http` (or `https` once TLS listeners exist).
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub proto: &'static str,
     /// The host the client asked for.
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub host: Option<&'a str>,
 }
 
 /// Makes request ids: 32 hex digits, a random per-process prefix and a counter.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct RequestIds {
     prefix: u64,
     next: AtomicU64,
@@ -157,6 +165,7 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let s = format!("{:016x}{:016x}", self.prefix, n);
@@ -165,6 +174,7 @@ impl RequestIds {
 
     /// The request id to use: the client's if it is sane (1-200 visible ASCII characters),
     /// else a new one. The chosen id is written into `headers`.
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn ensure(&self, headers: &mut HeaderMap) -> HeaderValue {
         let mut all = headers.get_all(&X_REQUEST_ID).iter();
         let existing = match (all.next(), all.next()) {
@@ -180,14 +190,14 @@ impl RequestIds {
 /// A copy of `v` in its own allocation. Values parsed by hyper are slices of the
 /// connection's read buffer: one kept beyond the request (a queued shadow copy) would keep
 /// that whole buffer alive.
-pub fn detached_value(v: &HeaderValue) -> HeaderValue {
+pub(crate) fn detached_value(v: &HeaderValue) -> HeaderValue {
     let mut d = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
     d.set_sensitive(v.is_sensitive());
     d
 }
 
 /// `headers` with every value in its own allocation (see `detached_value`).
-pub fn detached(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn detached(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         out.append(name.clone(), detached_value(value));

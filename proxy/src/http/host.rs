@@ -4,6 +4,7 @@ use http::{Request, header};
 
 /// The host the client asked for: the authority of an absolute-form or HTTP/2 request,
 /// else the `Host` header.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()

@@ -17,7 +17,7 @@ pub type ProxyBody = Either<ResponseTee<Incoming>, Full<Bytes>>;
 
 /// Why a request was not served by an upstream.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("no route matches this request")]
     NoRoute,
     #[error(transparent)]
@@ -29,7 +29,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Rejected(r) => r.status(),
@@ -44,7 +44,7 @@ impl ProxyError {
     }
 
     /// The reason counted for requests refused before forwarding.
-    pub fn reject_reason(&self) -> Option<RejectReason> {
+    pub(crate) fn reject_reason(&self) -> Option<RejectReason> {
         Some(match self {
             ProxyError::NoRoute => RejectReason::no_route,
             ProxyError::Rejected(Reject::MethodNotAllowed(_)) => RejectReason::method_not_allowed,
@@ -58,7 +58,7 @@ impl ProxyError {
 
     /// The client-facing response. Upstream details stay in the logs; the client learns
     /// only the class of failure. Malformed requests close the connection.
-    pub fn to_response(&self) -> Response<ProxyBody> {
+    pub(crate) fn to_response(&self) -> Response<ProxyBody> {
         let status = self.status();
         let text = match self {
             ProxyError::Upstream(UpstreamError::Connect { .. }) => {

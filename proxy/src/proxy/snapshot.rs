@@ -24,7 +24,7 @@ use crate::upstream::Cluster;
 
 /// What every snapshot shares with the ones before it.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) mismatches: Arc<MismatchRing>,
 }
@@ -54,7 +54,7 @@ pub(crate) struct RouteState {
 }
 
 /// Everything the handler reads from one config.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub(crate) config: Arc<Config>,
     table: RouteTable,
     pub(crate) routes: Vec<RouteState>,

@@ -130,7 +130,7 @@ impl Activity {
 
 pin_project! {
     /// A stream that notes in `activity` every time bytes move either way.
-    pub struct Active<S> {
+    pub(crate) struct Active<S> {
         #[pin]
         inner: S,
         activity: std::sync::Arc<Activity>,

@@ -17,11 +17,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Streams a client must have opened on one connection before the reset ratio counts.
-pub const PREMATURE_RESET_MIN_STREAMS: u64 = 100;
+pub(crate) const PREMATURE_RESET_MIN_STREAMS: u64 = 100;
 
 /// Why the watchdog ends a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     /// A request head (or the connection's first bytes) took longer than the head limit.
     Head,
     /// Response data waited for the client longer than the write limit (an HTTP/2
@@ -36,6 +36,7 @@ pub enum Expiry {
 
 /// Shared between a connection's IO, its service and its watchdog.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct ConnClock {
     start: Instant,
     /// Requests in the handler or with a response body still being sent.
@@ -50,7 +51,7 @@ pub struct ConnClock {
     abandoned: AtomicU64,
     resets: Notify,
     /// Set by the IO when a response write timed out.
-    pub write_timed_out: AtomicBool,
+    pub(crate) write_timed_out: AtomicBool,
     /// Response bodies waiting for the connection to take their next frame (not waiting
     /// on the upstream): a client that reads nothing leaves them there.
     waiting_on_client: AtomicUsize,
@@ -60,6 +61,7 @@ pub struct ConnClock {
 
 impl ConnClock {
     /// A clock for a connection accepted now; the wait for its first head starts now.
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn new() -> Arc<Self> {
         Arc::new(ConnClock {
             start: Instant::now(),
@@ -76,7 +78,7 @@ impl ConnClock {
         })
     }
 
-    pub fn started(&self) -> Instant {
+    pub(crate) fn started(&self) -> Instant {
         self.start
     }
 
@@ -85,23 +87,23 @@ impl ConnClock {
     }
 
     /// The first byte of a request head arrived.
-    pub fn head_started(&self) {
+    pub(crate) fn head_started(&self) {
         self.head_since.store(self.now_ms() + 1, Relaxed);
     }
 
     /// The request head is complete (or, for HTTP/2, the preface was read).
-    pub fn head_done(&self) {
+    pub(crate) fn head_done(&self) {
         self.head_since.store(0, Relaxed);
     }
 
     /// The tracker no longer follows the stream.
-    pub fn untracked(&self) {
+    pub(crate) fn untracked(&self) {
         self.untracked.store(true, Relaxed);
         self.head_done();
     }
 
     /// A request reached the service; the guard ends it.
-    pub fn request(self: &Arc<Self>) -> ActiveGuard {
+    pub(crate) fn request(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
         ActiveGuard {
@@ -118,7 +120,7 @@ impl ConnClock {
     /// Completes when the connection should end: a head over `limits.head`, no request
     /// for `limits.idle` (only when `watch_idle`), response data not taken for
     /// `limits.write`, or a rapid-reset pattern.
-    pub async fn expired(&self, limits: ClockLimits, watch_idle: bool) -> Expiry {
+    pub(crate) async fn expired(&self, limits: ClockLimits, watch_idle: bool) -> Expiry {
         let head_ms = limits.head.as_millis() as u64;
         let idle_ms = limits.idle.as_millis() as u64;
         let write_ms = limits.write.as_millis() as u64;
@@ -169,23 +171,23 @@ impl ConnClock {
 
 /// The connection's time limits, as the watchdog applies them.
 #[derive(Debug, Clone, Copy)]
-pub struct ClockLimits {
-    pub head: Duration,
-    pub idle: Duration,
-    pub write: Duration,
+pub(crate) struct ClockLimits {
+    pub(crate) head: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) write: Duration,
 }
 
 /// One request's hold on the connection: dropped when its response is finished, or when
 /// the client abandoned it first.
 #[derive(Debug)]
-pub struct ActiveGuard {
+pub(crate) struct ActiveGuard {
     clock: Arc<ConnClock>,
     answered: bool,
 }
 
 impl ActiveGuard {
     /// The handler produced the response head.
-    pub fn answered(&mut self) {
+    pub(crate) fn answered(&mut self) {
         self.answered = true;
     }
 }
@@ -208,7 +210,7 @@ pin_project_lite::pin_project! {
     /// A response body that holds its request's `ActiveGuard` until it is dropped, and
     /// tells the clock whether it waits for the client (its last frame was taken, or it
     /// was never polled) or for the upstream (its last poll was pending).
-    pub struct Tracked<B> {
+    pub(crate) struct Tracked<B> {
         #[pin]
         inner: B,
         guard: ActiveGuard,
@@ -226,7 +228,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Tracked<B> {
-    pub fn new(inner: B, guard: ActiveGuard) -> Self {
+    pub(crate) fn new(inner: B, guard: ActiveGuard) -> Self {
         let c = &guard.clock;
         c.body_progress.store(c.now_ms(), Relaxed);
         c.waiting_on_client.fetch_add(1, Relaxed);

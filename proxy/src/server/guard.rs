@@ -27,7 +27,7 @@ pin_project! {
     /// A stream with a replayed prefix, an optional HTTP/1 framing tracker, and a write
     /// time limit: a write that cannot make progress for `write_timeout` (a client that
     /// stopped reading) fails the connection.
-    pub struct GuardedIo<S> {
+    pub(crate) struct GuardedIo<S> {
         prefix: Bytes,
         tracker: Option<H1Tracker>,
         write: WriteLimit,
@@ -74,7 +74,7 @@ impl WriteLimit {
 }
 
 impl<S> GuardedIo<S> {
-    pub fn new(
+    pub(crate) fn new(
         inner: S,
         prefix: Bytes,
         tracker: Option<H1Tracker>,
@@ -169,12 +169,14 @@ enum State {
 }
 
 /// Follows HTTP/1 request framing through the bytes a server reads.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct H1Tracker {
     state: State,
     line: Vec<u8>,
     max_head: usize,
     max_headers: usize,
     /// Heads refused because they carried both `Content-Length` and `Transfer-Encoding`.
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub refused: u64,
     /// Told when heads start and complete, for the head time limit.
     clock: Option<Arc<ConnClock>>,
@@ -183,6 +185,7 @@ pub struct H1Tracker {
 const MAX_LINE: usize = 8 * 1024;
 
 impl H1Tracker {
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn new(max_head: usize, max_headers: usize) -> Self {
         H1Tracker {
             state: State::Head,
@@ -195,12 +198,14 @@ impl H1Tracker {
     }
 
     /// Reports head starts and ends to `clock`.
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn with_clock(mut self, clock: Arc<ConnClock>) -> Self {
         self.clock = Some(clock);
         self
     }
 
     /// Feeds bytes in stream order; may change one byte to make hyper refuse the head.
+    #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn feed(&mut self, data: &mut [u8]) {
         let mut i = 0;
         while i < data.len() {

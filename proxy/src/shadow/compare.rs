@@ -16,7 +16,7 @@ use crate::metrics::{CompareResult, SkipReason};
 
 /// A body as the comparison sees it.
 #[derive(Debug, Clone)]
-pub enum BodySide {
+pub(crate) enum BodySide {
     Complete(Bytes),
     /// A complete body still in the chunks it arrived in.
     Parts(Vec<Bytes>),
@@ -28,7 +28,7 @@ pub enum BodySide {
 
 impl BodySide {
     /// `Parts` joined into one `Complete`; other sides as they are.
-    pub fn joined(&self) -> BodySide {
+    pub(crate) fn joined(&self) -> BodySide {
         match self {
             BodySide::Parts(parts) => {
                 let mut all = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
@@ -44,30 +44,30 @@ impl BodySide {
 
 /// One difference, for people.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Difference {
+pub(crate) struct Difference {
     /// A JSON pointer, `status`, `header NAME` or `byte N`.
-    pub at: String,
-    pub primary: String,
-    pub shadow: String,
+    pub(crate) at: String,
+    pub(crate) primary: String,
+    pub(crate) shadow: String,
 }
 
 /// The outcome of one comparison.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
-    pub result: CompareResult,
-    pub skipped: Option<SkipReason>,
-    pub diff: Vec<Difference>,
+pub(crate) struct Verdict {
+    pub(crate) result: CompareResult,
+    pub(crate) skipped: Option<SkipReason>,
+    pub(crate) diff: Vec<Difference>,
 }
 
 impl Verdict {
-    pub fn of(result: CompareResult) -> Self {
+    pub(crate) fn of(result: CompareResult) -> Self {
         Verdict {
             result,
             skipped: None,
             diff: Vec::new(),
         }
     }
-    pub fn skipped(reason: SkipReason) -> Self {
+    pub(crate) fn skipped(reason: SkipReason) -> Self {
         Verdict {
             result: CompareResult::Skipped,
             skipped: Some(reason),
@@ -90,16 +90,16 @@ const MAX_SHOWN: usize = 120;
 
 /// A shadow's comparison settings, parsed.
 #[derive(Debug, Clone)]
-pub struct Comparator {
+pub(crate) struct Comparator {
     status: bool,
     headers: Vec<HeaderName>,
-    pub body: CompareBody,
+    pub(crate) body: CompareBody,
     ignore: Vec<String>,
-    pub max_body: usize,
+    pub(crate) max_body: usize,
 }
 
 impl Comparator {
-    pub fn new(c: &CompareConfig) -> Self {
+    pub(crate) fn new(c: &CompareConfig) -> Self {
         Comparator {
             status: c.status,
             headers: c.headers.clone(),
@@ -109,12 +109,12 @@ impl Comparator {
         }
     }
 
-    pub fn compares_body(&self) -> bool {
+    pub(crate) fn compares_body(&self) -> bool {
         self.body != CompareBody::Off
     }
 
     /// Status and headers; `None` when they agree and the body decides.
-    pub fn compare_head(
+    pub(crate) fn compare_head(
         &self,
         p: (StatusCode, &HeaderMap),
         s: (StatusCode, &HeaderMap),
@@ -159,7 +159,7 @@ impl Comparator {
     }
 
     /// The bodies, once status and headers agreed.
-    pub fn compare_body(&self, p: &BodySide, s: &BodySide) -> Verdict {
+    pub(crate) fn compare_body(&self, p: &BodySide, s: &BodySide) -> Verdict {
         let (p, s) = (p.joined(), s.joined());
         let (a, b) = match (&p, &s) {
             (BodySide::Incomplete, _) => return Verdict::skipped(SkipReason::primary_incomplete),
@@ -344,36 +344,36 @@ fn json_diff(a: &Value, b: &Value, at: &mut String, out: &mut Vec<Difference>) {
 
 /// A mismatch as `/api/mismatches` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Mismatch {
+pub(crate) struct Mismatch {
     /// Milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    pub request_id: String,
-    pub route: String,
-    pub method: String,
-    pub path: String,
-    pub template: String,
-    pub shadow: String,
-    pub primary_status: Option<u16>,
-    pub shadow_status: Option<u16>,
-    pub result: &'static str,
-    pub diff: Vec<Difference>,
+    pub(crate) time_ms: u64,
+    pub(crate) request_id: String,
+    pub(crate) route: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) template: String,
+    pub(crate) shadow: String,
+    pub(crate) primary_status: Option<u16>,
+    pub(crate) shadow_status: Option<u16>,
+    pub(crate) result: &'static str,
+    pub(crate) diff: Vec<Difference>,
 }
 
 /// The most recent mismatches, bounded.
-pub struct MismatchRing {
+pub(crate) struct MismatchRing {
     cap: usize,
     items: Mutex<VecDeque<Mismatch>>,
 }
 
 impl MismatchRing {
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         MismatchRing {
             cap,
             items: Mutex::new(VecDeque::with_capacity(cap.min(1024))),
         }
     }
 
-    pub fn push(&self, m: Mismatch) {
+    pub(crate) fn push(&self, m: Mismatch) {
         if self.cap == 0 {
             return;
         }
@@ -385,7 +385,7 @@ impl MismatchRing {
     }
 
     /// Newest first.
-    pub fn recent(&self) -> Vec<Mismatch> {
+    pub(crate) fn recent(&self) -> Vec<Mismatch> {
         self.items
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

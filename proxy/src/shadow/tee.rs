@@ -17,7 +17,7 @@ use super::pending::{Captured, Pending};
 
 pin_project! {
     /// A request body that tees its chunks to a mirror.
-    pub struct TeeBody<B> {
+    pub(crate) struct TeeBody<B> {
         #[pin]
         inner: B,
         tap: Option<Tap>,
@@ -45,7 +45,7 @@ struct Tap {
 
 impl<B: Body<Data = Bytes>> TeeBody<B> {
     /// Wraps `inner`; with no mirror it only passes frames through.
-    pub fn new(inner: B, mirror: Option<Arc<Pending>>) -> Self {
+    pub(crate) fn new(inner: B, mirror: Option<Arc<Pending>>) -> Self {
         let expected = inner.size_hint().exact();
         let tap = mirror.map(|mirror| Tap {
             expected,

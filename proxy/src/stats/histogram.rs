@@ -11,7 +11,7 @@ const RATIO: f64 = 1.04;
 /// Buckets between MIN and MAX, plus one below and one above.
 const BUCKETS: usize = 322;
 
-pub struct AtomicHistogram {
+pub(crate) struct AtomicHistogram {
     counts: Box<[AtomicU64]>,
     total: AtomicU64,
     sum_us: AtomicU64,
@@ -48,7 +48,7 @@ fn value_of(i: usize) -> f64 {
 }
 
 impl AtomicHistogram {
-    pub fn record(&self, d: Duration) {
+    pub(crate) fn record(&self, d: Duration) {
         let us = d.as_secs_f64() * 1e6;
         self.counts[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
@@ -56,17 +56,17 @@ impl AtomicHistogram {
     }
 
     #[cfg(test)]
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
 
     /// Sum of all recorded values, in seconds.
-    pub fn sum_seconds(&self) -> f64 {
+    pub(crate) fn sum_seconds(&self) -> f64 {
         self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 
     /// Quantiles (each in 0..=1) in seconds; `None` when empty.
-    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> Option<[f64; N]> {
+    pub(crate) fn quantiles<const N: usize>(&self, qs: [f64; N]) -> Option<[f64; N]> {
         let counts: Vec<u64> = self
             .counts
             .iter()

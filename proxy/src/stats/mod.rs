@@ -3,8 +3,8 @@
 //! in atomics so recording never locks. Path templates are bounded per route: past
 //! `max_paths` every new path is `{other}`.
 
-pub mod histogram;
-pub mod template;
+pub(crate) mod histogram;
+pub(crate) mod template;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,7 @@ use histogram::AtomicHistogram;
 use template::{Template, normalise};
 
 /// The template for paths past the cap.
-pub const OTHER: &str = "{other}";
+pub(crate) const OTHER: &str = "{other}";
 
 /// One leg's figures for one path.
 ///
@@ -30,18 +30,18 @@ pub const OTHER: &str = "{other}";
 /// the end of the body is in the Prometheus histograms; for the primary it includes the
 /// client's reading speed, which would bias a comparison.
 #[derive(Default)]
-pub struct LegStats {
+pub(crate) struct LegStats {
     /// From sending to the response head, exchanges that got one.
-    pub latency: AtomicHistogram,
+    pub(crate) latency: AtomicHistogram,
     /// Exchanges attempted.
-    pub count: AtomicU64,
+    pub(crate) count: AtomicU64,
     /// Failures (no response) and 5xx answers.
-    pub errors: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 impl LegStats {
     /// An exchange that got a response head `elapsed` after it was sent.
-    pub fn head(&self, status: StatusCode, elapsed: Duration) {
+    pub(crate) fn head(&self, status: StatusCode, elapsed: Duration) {
         self.latency.record(elapsed);
         self.count.fetch_add(1, Ordering::Relaxed);
         if status.is_server_error() {
@@ -49,14 +49,14 @@ impl LegStats {
         }
     }
     /// An exchange that failed before any response.
-    pub fn failed(&self) {
+    pub(crate) fn failed(&self) {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Requests per second over the last few seconds.
-pub struct RateWindow {
+pub(crate) struct RateWindow {
     epoch: Instant,
     /// Per slot: the second it counts (high 32 bits) and its count (low 32 bits), updated
     /// together so a new second's first tick cannot wipe a concurrent one.
@@ -73,7 +73,7 @@ impl Default for RateWindow {
 }
 
 impl RateWindow {
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let sec = self.epoch.elapsed().as_secs() & 0xffff_ffff;
         let slot = &self.slots[(sec % 10) as usize];
         let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -86,7 +86,7 @@ impl RateWindow {
     }
 
     /// Mean over the last complete seconds (up to 9, or fewer when the path is younger).
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         let now = self.epoch.elapsed().as_secs() & 0xffff_ffff;
         let span = now.min(9);
         if span == 0 {
@@ -104,9 +104,9 @@ impl RateWindow {
 }
 
 /// One shadow's figures for one path.
-pub struct ShadowPathStats {
-    pub shadow: String,
-    pub leg: LegStats,
+pub(crate) struct ShadowPathStats {
+    pub(crate) shadow: String,
+    pub(crate) leg: LegStats,
     results: [AtomicU64; 6],
     drops: [AtomicU64; 9],
     leg_metrics: LegMetrics,
@@ -114,29 +114,29 @@ pub struct ShadowPathStats {
 }
 
 impl ShadowPathStats {
-    pub fn dropped(&self, reason: DropReason) {
+    pub(crate) fn dropped(&self, reason: DropReason) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn compared(&self, r: CompareResult, skipped: Option<SkipReason>) {
+    pub(crate) fn compared(&self, r: CompareResult, skipped: Option<SkipReason>) {
         self.results[r as usize].fetch_add(1, Ordering::Relaxed);
         self.compare_metrics.result(r, skipped);
     }
 
-    pub fn head(&self, status: StatusCode, elapsed: Duration) {
+    pub(crate) fn head(&self, status: StatusCode, elapsed: Duration) {
         self.leg.head(status, elapsed);
         self.leg_metrics.head(status, elapsed);
     }
 
-    pub fn end(&self, elapsed: Duration) {
+    pub(crate) fn end(&self, elapsed: Duration) {
         self.leg_metrics.end(elapsed);
     }
 
-    pub fn result_count(&self, r: CompareResult) -> u64 {
+    pub(crate) fn result_count(&self, r: CompareResult) -> u64 {
         self.results[r as usize].load(Ordering::Relaxed)
     }
 
-    pub fn drop_counts(&self) -> Vec<(DropReason, u64)> {
+    pub(crate) fn drop_counts(&self) -> Vec<(DropReason, u64)> {
         DropReason::ALL
             .iter()
             .map(|r| (*r, self.drops[*r as usize].load(Ordering::Relaxed)))
@@ -145,30 +145,30 @@ impl ShadowPathStats {
 }
 
 /// Everything known about one (route, path template).
-pub struct PathEntry {
-    pub route: String,
-    pub template: String,
-    pub primary: LegStats,
+pub(crate) struct PathEntry {
+    pub(crate) route: String,
+    pub(crate) template: String,
+    pub(crate) primary: LegStats,
     primary_metrics: LegMetrics,
     /// In the order of the route's shadow policies.
-    pub shadows: Vec<ShadowPathStats>,
-    pub rate: RateWindow,
+    pub(crate) shadows: Vec<ShadowPathStats>,
+    pub(crate) rate: RateWindow,
 }
 
 impl PathEntry {
     /// The primary's response head arrived `elapsed` after the request was sent.
-    pub fn primary_head(&self, status: StatusCode, elapsed: Duration) {
+    pub(crate) fn primary_head(&self, status: StatusCode, elapsed: Duration) {
         self.rate.tick();
         self.primary.head(status, elapsed);
         self.primary_metrics.head(status, elapsed);
     }
 
-    pub fn primary_failed(&self) {
+    pub(crate) fn primary_failed(&self) {
         self.rate.tick();
         self.primary.failed();
     }
 
-    pub fn primary_end(&self, elapsed: Duration) {
+    pub(crate) fn primary_end(&self, elapsed: Duration) {
         self.primary_metrics.end(elapsed);
     }
 }
@@ -207,7 +207,7 @@ impl PathFactory {
 }
 
 /// The path templates of one route and their entries.
-pub struct PathRegistry {
+pub(crate) struct PathRegistry {
     factory: PathFactory,
     explicit: Vec<(Template, Arc<PathEntry>)>,
     seen: ArcSwap<HashMap<Box<str>, Arc<PathEntry>>>,
@@ -217,7 +217,7 @@ pub struct PathRegistry {
 }
 
 impl PathRegistry {
-    pub fn new(
+    pub(crate) fn new(
         route: &str,
         templates: &[String],
         max_paths: usize,
@@ -246,7 +246,7 @@ impl PathRegistry {
 
     /// The entry for a request path: a configured template, else the normalised path,
     /// else `{other}` once the route has `max_paths` of them.
-    pub fn entry(&self, path: &str) -> Arc<PathEntry> {
+    pub(crate) fn entry(&self, path: &str) -> Arc<PathEntry> {
         if let Some((_, e)) = self.explicit.iter().find(|(t, _)| t.matches(path)) {
             return e.clone();
         }
@@ -277,7 +277,7 @@ impl PathRegistry {
     }
 
     /// Every entry with traffic, `{other}` included.
-    pub fn entries(&self) -> Vec<Arc<PathEntry>> {
+    pub(crate) fn entries(&self) -> Vec<Arc<PathEntry>> {
         let mut all: Vec<Arc<PathEntry>> = self.explicit.iter().map(|(_, e)| e.clone()).collect();
         all.extend(self.seen.load().values().cloned());
         all.push(self.other.clone());

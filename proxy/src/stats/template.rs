@@ -6,12 +6,12 @@ use std::borrow::Cow;
 
 /// A configured template, split into segments; `{...}` matches any one non-empty segment.
 #[derive(Debug, Clone)]
-pub struct Template {
+pub(crate) struct Template {
     segments: Vec<Option<String>>,
 }
 
 impl Template {
-    pub fn parse(text: &str) -> Template {
+    pub(crate) fn parse(text: &str) -> Template {
         let segments = text
             .split('/')
             .skip(1)
@@ -26,7 +26,7 @@ impl Template {
         Template { segments }
     }
 
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         let mut parts = path.split('/').skip(1);
         for seg in &self.segments {
             match (seg, parts.next()) {
@@ -42,7 +42,7 @@ impl Template {
 }
 
 /// Whether a path segment looks like an identifier rather than a name.
-pub fn is_id(seg: &str) -> bool {
+pub(crate) fn is_id(seg: &str) -> bool {
     let b = seg.as_bytes();
     if b.is_empty() {
         return false;
@@ -73,7 +73,7 @@ fn is_uuid(b: &[u8]) -> bool {
 }
 
 /// The path with id-like segments replaced by `{id}` (borrowed when nothing changes).
-pub fn normalise(path: &str) -> Cow<'_, str> {
+pub(crate) fn normalise(path: &str) -> Cow<'_, str> {
     if !path.split('/').any(is_id) {
         return Cow::Borrowed(path);
     }
