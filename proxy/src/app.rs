@@ -270,7 +270,7 @@ impl App {
 
 /// A shadow policy's counters and its cluster's gauges, read together (tests and the fuzz
 /// harness check `offered = sent + dropped` and that everything settles to zero).
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Activity {
     /// Requests in the handler (all routes).
@@ -284,7 +284,7 @@ pub struct Activity {
     pub held_bytes: i64,
 }
 
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 impl App {
     /// The counters of `route`'s policy for `shadow`, and `shadow`'s queue gauges.
     pub fn activity(&self, route: &str, shadow: &str) -> Activity {
@@ -299,5 +299,13 @@ impl App {
             shadow_in_flight: cluster.in_flight.get(),
             held_bytes: cluster.held_bytes.get(),
         }
+    }
+}
+
+#[cfg(test)]
+impl App {
+    /// The mismatch ring, newest first.
+    pub(crate) fn mismatches(&self) -> Vec<crate::shadow::compare::Mismatch> {
+        self.reloader.shared.mismatches.recent()
     }
 }

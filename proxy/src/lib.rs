@@ -14,6 +14,8 @@ pub mod demo;
 mod http;
 mod idle;
 pub mod logging;
+#[cfg(test)]
+mod memory_tests;
 mod metrics;
 mod proxy;
 mod reload;

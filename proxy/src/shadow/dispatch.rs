@@ -56,6 +56,12 @@ pub(crate) fn shadow_cluster(
 }
 
 impl Dispatcher {
+    /// The queue's receiving side, for tests that take copies off by hand.
+    #[cfg(test)]
+    pub(crate) fn into_receiver(self) -> mpsc::Receiver<ShadowJob> {
+        self.rx
+    }
+
     /// Runs until the queue is closed and empty and the copies in flight are done, or
     /// until the drain deadline.
     pub(crate) async fn run(mut self, mut drain: DrainWatch) {

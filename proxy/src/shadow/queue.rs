@@ -157,9 +157,13 @@ impl ShadowQueue {
         self.circuit.is_open()
     }
 
+    #[cfg(test)]
+    pub(crate) fn circuit(&self) -> &Circuit {
+        &self.circuit
+    }
+
     /// Body bytes held by queued and in-flight copies.
     #[cfg(test)]
-    #[allow(dead_code)]
     pub(crate) fn held_bytes(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
     }
