@@ -434,20 +434,8 @@ async fn bodies_stream_both_ways_without_waiting_for_the_end() {
 #[tokio::test]
 async fn back_pressure_holds_when_the_upstream_does_not_read() {
     use tokio::io::AsyncWriteExt;
-    // An upstream that accepts and never reads.
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = sink.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((s, _)) = sink.accept().await {
-            conns.push(s);
-        }
-    });
-    let proxy = TestProxy::start(&simple_yaml(
-        &[format!("http://{sink_addr}")],
-        "timeout: 60s",
-    ))
-    .await;
+    let sink = NeverReads::start().await;
+    let proxy = TestProxy::start(&simple_yaml(&[sink.url()], "timeout: 60s")).await;
     let total: u64 = 256 * 1024 * 1024;
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let w = written.clone();
@@ -485,7 +473,6 @@ async fn back_pressure_holds_when_the_upstream_does_not_read() {
         "the proxy buffered {sent} bytes for an upstream that reads nothing"
     );
     writer.abort();
-    held.abort();
 }
 
 #[tokio::test]

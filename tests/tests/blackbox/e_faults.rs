@@ -232,7 +232,7 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
             .await
             .unwrap();
         let want = if path.starts_with("/ok") { 200 } else { 502 };
-        let text = read_one_response(&mut s).await;
+        let text = read_response(&mut s, Duration::from_secs(5)).await;
         let r = parse_responses(&text);
         assert_eq!(r.len(), 1, "{path}: {}", String::from_utf8_lossy(&text));
         assert_eq!(r[0].status, want, "{path}");
@@ -285,25 +285,6 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
     assert_eq!(uris.len(), sent.len() + 20, "no copy twice");
     proxy.assert_alive();
     assert!(proxy.live().await);
-}
-
-/// Reads one response (length-framed) from a keep-alive connection.
-async fn read_one_response(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(r) = parse_responses(&out).first()
-            && r.complete
-            && r.header("content-length").is_some()
-        {
-            return out;
-        }
-        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
-            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
-            _ => return out,
-        }
-    }
 }
 
 /// E30: a primary that closes mid-body (a short `Content-Length` body, a chunked body
@@ -363,7 +344,7 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
         teeproxy_tests::simple_yaml(&[format!("http://{addr}")], "")
     ))
     .await;
-    let rss_before = p.rss_kib().unwrap_or(0);
+    let rss_before = teeproxy_tests::usage_or_skip!(p).rss_kib;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -379,7 +360,7 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
         assert!(n > 0, "closed after {got} bytes");
         got += n;
     }
-    let rss = p.rss_kib().unwrap_or(0);
+    let rss = p.usage_now().rss_kib;
     assert!(
         rss < rss_before + 32 * 1024,
         "RSS {rss} KiB after 64 MiB streamed (from {rss_before})"
