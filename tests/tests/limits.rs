@@ -186,3 +186,21 @@ async fn requests_without_a_body_move_on_from_a_refusing_endpoint() {
         "the POST tried once, the GET both endpoints"
     );
 }
+
+/// Half an HTTP/2 preface and then silence is closed at the head limit too. (The other
+/// request-validation cases live in the black-box suite, `a_framing` and `b_headers`.)
+#[tokio::test]
+async fn slow_partial_h2_preface_is_closed_too() {
+    let up = FakeUpstream::start().await;
+    let proxy = TestProxy::start(&format!(
+        "{}limits: {{ request_head_timeout: 300ms }}\n",
+        simple_yaml(&[up.url()], "")
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -151,11 +151,11 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
         cluster("healthy", &healthy.url(), ""),
     ));
     let mut proxy = ProxyProcess::start(&yaml).await;
-    for (name, want, min_ms, max_ms) in [
-        ("refused", 502, 0, 1000),
-        ("unreachable", 502, 250, 2000),
-        ("hole", 504, 250, 2000),
-        ("slow", 504, 250, 2000),
+    for (name, want, body, min_ms, max_ms) in [
+        ("refused", 502, Some("upstream connect error\n"), 0, 1000),
+        ("unreachable", 502, None, 250, 2000),
+        ("hole", 504, None, 250, 2000),
+        ("slow", 504, Some("upstream timed out\n"), 250, 2000),
     ] {
         let t = Instant::now();
         let got = http_get(
@@ -165,7 +165,10 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
         )
         .await;
         let took = t.elapsed();
-        assert_eq!(got.map(|g| g.0), Some(want), "{name}");
+        assert_eq!(got.as_ref().map(|g| g.0), Some(want), "{name}");
+        if let Some(body) = body {
+            assert_eq!(got.map(|g| g.1).as_deref(), Some(body), "{name}");
+        }
         assert!(
             took >= Duration::from_millis(min_ms) && took < Duration::from_millis(max_ms),
             "{name}: answered after {took:?}"
@@ -201,6 +204,14 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
             ),
             1.0,
             "{cluster}: {kind}"
+        );
+        assert_eq!(
+            metric_value(
+                &m,
+                &format!("teeproxy_requests_total{{route=\"{cluster}\",status_class=\"5xx\"}}")
+            ),
+            1.0,
+            "{cluster}: one 5xx"
         );
     }
     assert_serves(&mut proxy, "/e28/healthy").await;
