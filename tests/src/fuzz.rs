@@ -645,7 +645,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// (a slow proxy gets the EOF earlier), not any verdict.
 const QUIET: Duration = Duration::from_millis(2);
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use crate::h2::PREFACE as H2_PREFACE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -1147,31 +1147,21 @@ fn check_upstream_request(r: &Rec, shadow: bool) {
 /// before any later frame counts, are read anyway: they can only add streams or bodies
 /// the server never completes. A stream's body stops at its END_STREAM, whatever follows.
 pub fn h2_ended_bodies(input: &[u8]) -> Vec<Vec<u8>> {
-    const DATA: u8 = 0x0;
-    const HEADERS: u8 = 0x1;
-    const END_STREAM: u8 = 0x1;
-    const PADDED: u8 = 0x8;
+    use crate::h2::{DATA, END_STREAM, HEADERS, PADDED, parse_frames};
     // Stream id -> (body so far, ended).
     let mut streams: BTreeMap<u32, (Vec<u8>, bool)> = BTreeMap::new();
-    let mut i = H2_PREFACE.len();
-    while let Some(head) = input.get(i..i + 9) {
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let (kind, flags) = (head[3], head[4]);
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let Some(payload) = input.get(i + 9..i + 9 + len) else {
-            break;
-        };
-        i += 9 + len;
-        if kind != DATA && kind != HEADERS {
+    let (frames, _) = parse_frames(input.get(H2_PREFACE.len()..).unwrap_or_default());
+    for f in frames {
+        if f.kind != DATA && f.kind != HEADERS {
             continue;
         }
-        let (body, ended) = streams.entry(id).or_default();
+        let (body, ended) = streams.entry(f.stream).or_default();
         if *ended {
             continue;
         }
-        if kind == DATA {
-            let data = if flags & PADDED != 0 {
-                match payload.split_first() {
+        if f.kind == DATA {
+            let data = if f.has(PADDED) {
+                match f.payload.split_first() {
                     Some((&pad, rest)) if usize::from(pad) <= rest.len() => {
                         &rest[..rest.len() - usize::from(pad)]
                     }
@@ -1179,11 +1169,11 @@ pub fn h2_ended_bodies(input: &[u8]) -> Vec<Vec<u8>> {
                     _ => continue,
                 }
             } else {
-                payload
+                &f.payload[..]
             };
             body.extend_from_slice(data);
         }
-        if flags & END_STREAM != 0 {
+        if f.has(END_STREAM) {
             *ended = true;
         }
     }

@@ -8,13 +8,11 @@
 //! another process takes it in between, the proxy exits with a bind error and the start
 //! is retried with another port.)
 //!
-//! The binary: `TEEPROXY_BIN` if set, else `teeproxy` in the target profile directory of
-//! the running test (`target/debug`). When that file is missing or older than a source
-//! file of the `teeproxy` package, it is (re)built once per test run with
-//! `cargo build -p teeproxy --bin teeproxy` (cargo from `CARGO`). A running `cargo test`
-//! does not hold the build directory lock while the tests execute, so this works from
-//! `cargo test -p teeproxy-tests` too; a build that cannot proceed fails the test with
-//! the command to run by hand.
+//! The binary (see `teeproxy_bin`): `TEEPROXY_BIN` if set, else `teeproxy` in the
+//! target profile directory of the running test (`target/debug`). This module never runs
+//! cargo: `cargo test --workspace` builds the binary (it is needed by the `teeproxy`
+//! package's own integration test), and a missing binary fails the test with the command
+//! that builds it.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -22,11 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use teeproxy::config::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::metric_value;
 
@@ -327,18 +323,41 @@ impl ProxyProcess {
         }
     }
 
+    /// Memory, CPU and descriptors from /proc, or `None` when any of it cannot be read
+    /// (no /proc, another pid namespace, a hardened mount). Take the baseline with
+    /// `usage_or_skip!`, later samples with `usage_now`: a test never asserts on a value
+    /// it could not read.
+    pub fn usage(&self) -> Option<Usage> {
+        Some(Usage {
+            rss_kib: self.rss_kib()?,
+            peak_rss_kib: self.peak_rss_kib()?,
+            cpu_ticks: self.cpu_ticks()?,
+            open_fds: self.open_fds()?,
+        })
+    }
+
+    /// `usage` after a baseline was read: /proc going unreadable mid-test is a failure.
+    pub fn usage_now(&self) -> Usage {
+        self.usage().unwrap_or_else(|| {
+            panic!(
+                "/proc/{} was readable for the baseline and is not now",
+                self.pid()
+            )
+        })
+    }
+
     /// Resident memory in KiB (`VmRSS` of /proc/PID/status).
-    pub fn rss_kib(&self) -> Option<u64> {
+    fn rss_kib(&self) -> Option<u64> {
         proc_status_kib(self.pid(), "VmRSS:")
     }
 
     /// Peak resident memory in KiB (`VmHWM`).
-    pub fn peak_rss_kib(&self) -> Option<u64> {
+    fn peak_rss_kib(&self) -> Option<u64> {
         proc_status_kib(self.pid(), "VmHWM:")
     }
 
     /// Open file descriptors (entries of /proc/PID/fd).
-    pub fn open_fds(&self) -> Option<usize> {
+    fn open_fds(&self) -> Option<usize> {
         fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .ok()
             .map(Iterator::count)
@@ -356,7 +375,7 @@ impl ProxyProcess {
     }
 
     /// User plus system CPU time used so far, in clock ticks (see `clock_ticks_per_sec`).
-    pub fn cpu_ticks(&self) -> Option<u64> {
+    fn cpu_ticks(&self) -> Option<u64> {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
         // Fields after the command name (which is in parentheses and may hold spaces):
         // state is field 3, utime 14, stime 15.
@@ -415,26 +434,41 @@ impl Drop for ProxyProcess {
     }
 }
 
-/// A GET over a fresh HTTP/1.1 connection (`Connection: close`): `(status, body)`, or
-/// `None` when no complete answer arrives within `limit`. The body is returned as sent
-/// (not de-chunked).
-pub async fn http_get(addr: SocketAddr, path: &str, limit: Duration) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((status, body))
-    };
-    tokio::time::timeout(limit, exchange).await.ok().flatten()
+/// One reading of a process's resources from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// `VmRSS`.
+    pub rss_kib: u64,
+    /// `VmHWM`.
+    pub peak_rss_kib: u64,
+    /// User plus system CPU time in clock ticks (usually 10 ms).
+    pub cpu_ticks: u64,
+    /// Entries of /proc/PID/fd.
+    pub open_fds: usize,
 }
+
+/// The baseline `Usage` of a `ProxyProcess`, or: prints `SKIPPED <test>: /proc/<pid>
+/// unreadable` to stderr and returns from the (unit-returning) test. Memory and CPU
+/// assertions then skip loudly instead of passing on numbers nobody read.
+#[macro_export]
+macro_rules! usage_or_skip {
+    ($proxy:expr) => {
+        match $proxy.usage() {
+            Some(u) => u,
+            None => {
+                eprintln!(
+                    "SKIPPED {}: /proc/{} unreadable",
+                    std::thread::current().name().unwrap_or(module_path!()),
+                    $proxy.pid()
+                );
+                return;
+            }
+        }
+    };
+}
+
+/// A GET over a fresh HTTP/1.1 connection: see `crate::h1::get`.
+pub use crate::h1::get as http_get;
 
 /// Why a start attempt did not give a running proxy.
 enum Started {
@@ -550,132 +584,57 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// The `teeproxy` binary to run, built or rebuilt once per test run when needed.
+/// The `teeproxy` binary to run. Never built here: `TEEPROXY_BIN` if set, else
+/// `teeproxy` in the profile directory of the running test (`target/<profile>`, found by
+/// walking up from `target/<profile>/deps/<test>`). `cargo test --workspace` (or
+/// `cargo test -p teeproxy-tests -p teeproxy`) builds it, because the `teeproxy` package
+/// has an integration test (`proxy/tests/cli.rs`) and cargo builds a package's binaries
+/// for those. When it is missing every test that needs it fails, naming the command.
 pub fn teeproxy_bin() -> &'static Path {
-    // A failed build is kept too: every test reports it, none runs cargo again.
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let found = BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("TEEPROXY_BIN") {
             let p = PathBuf::from(p);
-            if !p.is_file() {
-                return Err(format!("TEEPROXY_BIN={} is not a file", p.display()));
-            }
-            return Ok(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("TEEPROXY_BIN={} is not a file", p.display()))
+            };
         }
         let exe = std::env::current_exe().map_err(|e| format!("current test executable: {e}"))?;
-        // target/<profile>/deps/<test>-<hash>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("the test executable does not live in target/<profile>/deps")?;
-        let bin = profile_dir.join(format!("teeproxy{}", std::env::consts::EXE_SUFFIX));
-        if let Some(why) = needs_build(&bin) {
-            build(profile_dir, &bin, &why)?;
+        let name = format!("teeproxy{}", std::env::consts::EXE_SUFFIX);
+        let mut dir = exe.parent();
+        while let Some(d) = dir {
+            let bin = d.join(&name);
+            if bin.is_file() {
+                return Ok(bin);
+            }
+            if d.file_name().is_some_and(|n| n == "deps") {
+                dir = d.parent();
+            } else {
+                break;
+            }
         }
-        Ok(bin)
+        let profile_dir = exe.parent().and_then(Path::parent);
+        let profile = profile_dir
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug");
+        let flag = match profile {
+            "debug" => String::new(),
+            "release" => " --release".to_string(),
+            p => format!(" --profile {p}"),
+        };
+        Err(format!(
+            "no teeproxy binary next to {} (looked in {}); build it with \
+             `cargo build -p teeproxy{flag}` (or run `cargo test --workspace`), or set TEEPROXY_BIN",
+            exe.display(),
+            profile_dir.map_or_else(|| "?".to_string(), |d| d.display().to_string()),
+        ))
     });
     match found {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
-    }
-}
-
-/// Why the binary must be built, or `None` when it is there and newer than its sources.
-fn needs_build(bin: &Path) -> Option<String> {
-    let Ok(built) = fs::metadata(bin).and_then(|m| m.modified()) else {
-        return Some(format!("{} is missing", bin.display()));
-    };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut newest = (SystemTime::UNIX_EPOCH, PathBuf::new());
-    for p in [
-        workspace.join("proxy/src"),
-        workspace.join("proxy/Cargo.toml"),
-        workspace.join("Cargo.toml"),
-        workspace.join("Cargo.lock"),
-    ] {
-        newest_mtime(&p, &mut newest);
-    }
-    (newest.0 > built).then(|| format!("{} is newer than the binary", newest.1.display()))
-}
-
-fn newest_mtime(p: &Path, newest: &mut (SystemTime, PathBuf)) {
-    let Ok(meta) = fs::metadata(p) else { return };
-    if meta.is_dir() {
-        if let Ok(entries) = fs::read_dir(p) {
-            for e in entries.flatten() {
-                newest_mtime(&e.path(), newest);
-            }
-        }
-    } else if let Ok(m) = meta.modified()
-        && m > newest.0
-    {
-        *newest = (m, p.to_path_buf());
-    }
-}
-
-/// Runs `cargo build -p teeproxy --bin teeproxy` for the profile of `profile_dir`.
-fn build(profile_dir: &Path, bin: &Path, why: &str) -> Result<(), String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug");
-    let target_dir = profile_dir.parent().ok_or("no target directory")?;
-    let mut cmd = Command::new(&cargo);
-    // The variables cargo set for this test describe the tests package; build scripts
-    // that watch them (ring's) would rerun and force a rebuild of the whole chain, twice.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let set_for_tests = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-            "OUT_DIR",
-        ];
-        if set_for_tests.iter().any(|p| key.starts_with(p)) {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    cmd.args(["build", "-p", "teeproxy", "--bin", "teeproxy"])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let hint = format!(
-        "build it first (`cargo build -p teeproxy{}`), run `cargo test --workspace`, or set TEEPROXY_BIN",
-        match profile {
-            "debug" => String::new(),
-            "release" => " --release".to_string(),
-            p => format!(" --profile {p}"),
-        }
-    );
-    eprintln!("blackbox: {why}; running {cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {cargo:?} to build teeproxy ({e}); {hint}"))?;
-    if out.status.success() && bin.is_file() {
-        Ok(())
-    } else {
-        Err(format!(
-            "building teeproxy failed ({}); {hint}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
     }
 }
 

@@ -114,59 +114,6 @@ async fn post_with_content_length_arrives_complete() {
 }
 
 #[tokio::test]
-async fn hop_by_hop_headers_are_removed_both_ways() {
-    let up = FakeUpstream::builder()
-        .header("connection", "x-up-hop")
-        .header("x-up-hop", "secret")
-        .header("keep-alive", "timeout=5")
-        .header("x-up-end", "kept")
-        .start()
-        .await;
-    let proxy = TestProxy::start(&simple_yaml(&[up.url()], "")).await;
-    let text = raw(
-        proxy.addr,
-        b"GET /h HTTP/1.1\r\nHost: app.example\r\nConnection: close, Host, X-Forwarded-For, x-client-hop\r\nx-client-hop: 1\r\nKeep-Alive: timeout=9\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nX-Forwarded-For: 203.0.113.9\r\nx-end: yes\r\n\r\n",
-    )
-    .await;
-    assert_eq!(raw_status(&text), 200, "{text}");
-    let lower = text.to_ascii_lowercase();
-    assert!(lower.contains("x-up-end: kept"));
-    assert!(
-        !lower.contains("x-up-hop"),
-        "response hop-by-hop removed: {text}"
-    );
-    assert!(!lower.contains("keep-alive: timeout=5"), "{text}");
-    assert!(!text.contains("HTTP/1.1 101"), "no upgrade: {text}");
-
-    let got = &up.received()[0];
-    let h = &got.headers;
-    for gone in [
-        "connection",
-        "x-client-hop",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-        "http2-settings",
-    ] {
-        assert!(
-            !h.contains_key(gone),
-            "{gone} must not reach the upstream: {h:?}"
-        );
-    }
-    assert_eq!(
-        h["host"], "app.example",
-        "`Connection: Host` does not remove Host"
-    );
-    assert_eq!(
-        h["x-forwarded-for"], "203.0.113.9, 127.0.0.1",
-        "appended, not removed"
-    );
-    assert_eq!(h["x-forwarded-host"], "app.example");
-    assert_eq!(h["x-end"], "yes");
-}
-
-#[tokio::test]
 async fn host_rewrite_uses_the_endpoint_authority() {
     let up = FakeUpstream::start().await;
     let proxy = TestProxy::start(&simple_yaml(&[up.url()], "host: rewrite")).await;
@@ -179,22 +126,6 @@ async fn host_rewrite_uses_the_endpoint_authority() {
     let h = &up.received()[0].headers;
     assert_eq!(h["host"], up.addr.to_string());
     assert_eq!(h["x-forwarded-host"], "public.example");
-}
-
-#[tokio::test]
-async fn x_forwarded_for_replace_mode_ignores_the_client_value() {
-    let up = FakeUpstream::start().await;
-    let proxy = TestProxy::start(&format!(
-        "{}x_forwarded_for: replace\n",
-        simple_yaml(&[up.url()], "")
-    ))
-    .await;
-    let req = Request::get(proxy.url("/"))
-        .header("x-forwarded-for", "6.6.6.6")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    send(&h1_client(), req).await;
-    assert_eq!(up.received()[0].headers["x-forwarded-for"], "127.0.0.1");
 }
 
 #[tokio::test]
@@ -243,52 +174,6 @@ async fn routes_pick_clusters_by_prefix_host_and_method_and_404_otherwise() {
     assert_eq!(
         proxy
             .metric("teeproxy_requests_total{route=\"(none)\",status_class=\"4xx\"}")
-            .await,
-        1.0
-    );
-}
-
-#[tokio::test]
-async fn refused_connection_is_502_and_counted() {
-    let dead = closed_port().await;
-    let proxy = TestProxy::start(&simple_yaml(&[format!("http://{dead}")], "")).await;
-    let started = std::time::Instant::now();
-    let (status, _, body) = get(&proxy.url("/")).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(body, "upstream connect error\n");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "refusal answers quickly"
-    );
-    assert_eq!(
-        proxy
-            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"connect\"}")
-            .await,
-        1.0
-    );
-}
-
-#[tokio::test]
-async fn slow_upstream_is_504_at_the_cluster_timeout() {
-    let up = FakeUpstream::builder()
-        .delay(Duration::from_secs(3))
-        .start()
-        .await;
-    let proxy = TestProxy::start(&simple_yaml(&[up.url()], "timeout: 200ms")).await;
-    let started = std::time::Instant::now();
-    let (status, _, body) = get(&proxy.url("/slow")).await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(body, "upstream timed out\n");
-    assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(
-        proxy
-            .metric("teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"timeout\"}")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        proxy
-            .metric("teeproxy_requests_total{route=\"all\",status_class=\"5xx\"}")
             .await,
         1.0
     );
@@ -434,20 +319,8 @@ async fn bodies_stream_both_ways_without_waiting_for_the_end() {
 #[tokio::test]
 async fn back_pressure_holds_when_the_upstream_does_not_read() {
     use tokio::io::AsyncWriteExt;
-    // An upstream that accepts and never reads.
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = sink.local_addr().unwrap();
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((s, _)) = sink.accept().await {
-            conns.push(s);
-        }
-    });
-    let proxy = TestProxy::start(&simple_yaml(
-        &[format!("http://{sink_addr}")],
-        "timeout: 60s",
-    ))
-    .await;
+    let sink = NeverReads::start().await;
+    let proxy = TestProxy::start(&simple_yaml(&[sink.url()], "timeout: 60s")).await;
     let total: u64 = 256 * 1024 * 1024;
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let w = written.clone();
@@ -485,32 +358,6 @@ async fn back_pressure_holds_when_the_upstream_does_not_read() {
         "the proxy buffered {sent} bytes for an upstream that reads nothing"
     );
     writer.abort();
-    held.abort();
-}
-
-#[tokio::test]
-async fn expect_100_continue_is_answered_and_not_forwarded() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = FakeUpstream::start().await;
-    let proxy = TestProxy::start(&simple_yaml(&[up.url()], "")).await;
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(
-        b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = [0u8; 25];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
-        .await
-        .expect("100 Continue comes")
-        .unwrap();
-    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
-    s.write_all(b"hello").await.unwrap();
-    let (rest, _) = read_until_close(&mut s, Duration::from_millis(500)).await;
-    assert_eq!(raw_status(&rest), 200, "{rest}");
-    let got = &up.received()[0];
-    assert_eq!(got.body, "hello");
-    assert!(!got.headers.contains_key("expect"));
 }
 
 #[tokio::test]

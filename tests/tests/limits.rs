@@ -8,35 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use teeproxy_tests::h1::expect_response;
 use teeproxy_tests::*;
-
-/// Reads one HTTP/1 response with a Content-Length body from `s`.
-async fn read_response(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("a response in time")
-            .expect("read");
-        assert!(n > 0, "closed before a full response: {out:?}");
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + len {
-                return text.into_owned();
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn keep_alive_idle_time_is_not_cut_by_the_head_limit() {
@@ -50,7 +23,7 @@ async fn keep_alive_idle_time_is_not_cut_by_the_head_limit() {
     s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(expect_response(&mut s).await.starts_with("HTTP/1.1 200"));
     let idle_from = Instant::now();
 
     // Three head limits later the idle connection is still open and still serves.
@@ -63,7 +36,7 @@ async fn keep_alive_idle_time_is_not_cut_by_the_head_limit() {
     s.write_all(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(expect_response(&mut s).await.starts_with("HTTP/1.1 200"));
     let idle_from = idle_from.max(Instant::now());
 
     // Then, idle for idle_timeout, it is closed and counted.
@@ -91,7 +64,7 @@ async fn a_head_trickled_on_a_kept_alive_connection_is_cut_at_the_head_limit() {
     s.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(expect_response(&mut s).await.starts_with("HTTP/1.1 200"));
 
     let started = Instant::now();
     let head =
@@ -212,4 +185,22 @@ async fn requests_without_a_body_move_on_from_a_refusing_endpoint() {
         3.0,
         "the POST tried once, the GET both endpoints"
     );
+}
+
+/// Half an HTTP/2 preface and then silence is closed at the head limit too. (The other
+/// request-validation cases live in the black-box suite, `a_framing` and `b_headers`.)
+#[tokio::test]
+async fn slow_partial_h2_preface_is_closed_too() {
+    let up = FakeUpstream::start().await;
+    let proxy = TestProxy::start(&format!(
+        "{}limits: {{ request_head_timeout: 300ms }}\n",
+        simple_yaml(&[up.url()], "")
+    ))
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

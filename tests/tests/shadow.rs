@@ -155,20 +155,6 @@ async fn post_bodies_reach_the_shadow_byte_for_byte() {
 }
 
 #[tokio::test]
-async fn expect_is_removed_from_the_shadow_copy() {
-    let (_p, c, proxy) = mirrored("methods: [POST]").await;
-    let t = raw(
-        proxy.addr,
-        b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nabc",
-    )
-    .await;
-    assert!(t.contains("200 OK"), "{t}");
-    assert_eventually!(c.count() == 1);
-    assert!(!c.received()[0].headers.contains_key("expect"));
-    assert_eq!(c.received()[0].body, "abc");
-}
-
-#[tokio::test]
 async fn host_modes_on_the_shadow() {
     for (mode, want) in [
         ("host: rewrite", None),
@@ -733,38 +719,6 @@ async fn h2c_requests_are_mirrored_as_http1_with_their_bodies() {
         ":authority becomes the shadow's Host"
     );
     assert!(counts(&proxy).await.balanced());
-}
-
-#[tokio::test]
-async fn a_client_that_leaves_before_the_answer_is_not_mirrored() {
-    let p = FakeUpstream::builder()
-        .delay(Duration::from_secs(30))
-        .start()
-        .await;
-    let c = FakeUpstream::start().await;
-    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
-    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /leave HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eventually!(p.count() == 1, "the primary got the request");
-    drop(s);
-    assert_eventually!(dropped(&proxy.metrics().await, "all", "candidate", "cancelled") == 1.0);
-    assert_eq!(c.count(), 0);
-    assert!(counts(&proxy).await.balanced());
-}
-
-#[tokio::test]
-async fn an_h2c_upgrade_offer_is_served_and_mirrored_as_a_plain_request() {
-    let (_p, c, proxy) = mirrored("").await;
-    let t = raw(
-        proxy.addr,
-        b"GET /h2c HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
-    )
-    .await;
-    assert_eq!(raw_status(&t), 200, "{t}");
-    assert_eventually!(c.count() == 1);
-    assert!(!c.received()[0].headers.contains_key("upgrade"));
 }
 
 #[tokio::test]

@@ -1,85 +1,23 @@
 //! B16: WebSocket upgrades are relayed to the primary only (101 passed through, bytes
 //! spliced both ways) and never mirrored; a route with `websocket: false` refuses them.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
+use teeproxy_tests::h1::read_head;
 use teeproxy_tests::process::*;
 use teeproxy_tests::*;
 
-/// A primary that answers a WebSocket upgrade with 101, then sends back every byte it
-/// receives upper-cased. Counts the upgrade requests it saw.
-async fn upgrade_echo() -> (SocketAddr, Arc<AtomicUsize>, Arc<std::sync::Mutex<String>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let head = Arc::new(std::sync::Mutex::new(String::new()));
-    let (s2, h2) = (seen.clone(), head.clone());
-    tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            let (seen, head) = (s2.clone(), h2.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut b = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
-                }
-                seen.fetch_add(1, Ordering::SeqCst);
-                *head.lock().unwrap() = String::from_utf8_lossy(&buf).into_owned();
-                let _ = c
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
-                    .await;
-                loop {
-                    match c.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            let up = b[..n].to_ascii_uppercase();
-                            if c.write_all(&up).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen, head)
-}
-
 const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
-            .await
-            .expect("a response head in time")
-            .expect("read");
-        assert!(
-            n == 1,
-            "closed before a full head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.push(b[0]);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
 
 #[tokio::test]
 async fn websocket_upgrades_are_relayed_to_the_primary_and_never_mirrored() {
-    let (primary, seen, head) = upgrade_echo().await;
+    let primary = UpgradeEcho::start().await;
     let shadow = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&shadow_yaml(
-        &format!("http://{primary}"),
+        &primary.url(),
         &shadow.url(),
         "",
         "methods: any",
@@ -94,7 +32,7 @@ async fn websocket_upgrades_are_relayed_to_the_primary_and_never_mirrored() {
     assert!(lower.contains("connection: upgrade"), "{resp}");
     assert!(lower.contains("sec-websocket-accept:"), "{resp}");
     // The primary saw the upgrade headers and the key.
-    let h = head.lock().unwrap().to_ascii_lowercase();
+    let h = primary.last_head().to_ascii_lowercase();
     assert!(
         h.contains("upgrade: websocket") && h.contains("sec-websocket-key:"),
         "{h}"
@@ -113,7 +51,7 @@ async fn websocket_upgrades_are_relayed_to_the_primary_and_never_mirrored() {
     assert_eq!(p.metric("teeproxy_tunnels").await, 1.0);
     drop(s);
     assert_eventually!(p.metric("teeproxy_tunnels").await == 0.0);
-    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    assert_eq!(primary.upgrades(), 1);
     assert_eq!(shadow.count(), 0, "an upgrade was mirrored");
     assert_eq!(
         p.metric(
@@ -127,8 +65,8 @@ async fn websocket_upgrades_are_relayed_to_the_primary_and_never_mirrored() {
 
 #[tokio::test]
 async fn a_route_without_websocket_refuses_upgrades_with_501() {
-    let (primary, seen, _) = upgrade_echo().await;
-    let yaml = simple_yaml(&[format!("http://{primary}")], "").replace(
+    let primary = UpgradeEcho::start().await;
+    let yaml = simple_yaml(&[primary.url()], "").replace(
         "primary: primary\n",
         "primary: primary\n    websocket: false\n",
     );
@@ -138,7 +76,7 @@ async fn a_route_without_websocket_refuses_upgrades_with_501() {
     let (text, eof) = read_until_close(&mut s, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&text), 501, "{text}");
     assert!(eof, "the connection is closed after the refusal");
-    assert_eq!(seen.load(Ordering::SeqCst), 0);
+    assert_eq!(primary.upgrades(), 0);
     assert_eq!(
         p.metric("teeproxy_rejected_requests_total{reason=\"upgrade_refused\"}")
             .await,
@@ -152,10 +90,10 @@ async fn a_route_without_websocket_refuses_upgrades_with_501() {
 /// the drain deadline.
 #[tokio::test]
 async fn tunnels_hold_their_slot_end_when_idle_and_at_the_drain_deadline() {
-    let (primary, _, _) = upgrade_echo().await;
+    let primary = UpgradeEcho::start().await;
     let yaml = format!(
         "{}limits: {{ max_connections: 1, idle_timeout: 1500ms }}\ndrain_timeout: 1s\n",
-        simple_yaml(&[format!("http://{primary}")], "")
+        simple_yaml(&[primary.url()], "")
     );
     let mut p = ProxyProcess::start(&yaml).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();

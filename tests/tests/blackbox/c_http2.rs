@@ -2,123 +2,11 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
+use teeproxy_tests::h2::*;
 use teeproxy_tests::process::*;
 use teeproxy_tests::*;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const CONTINUATION: u8 = 9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const CANCEL: u32 = 0x8;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An HPACK string or integer length with a 7-bit prefix (no Huffman).
-fn hpack_len(out: &mut Vec<u8>, mut n: usize) {
-    if n < 127 {
-        out.push(n as u8);
-        return;
-    }
-    out.push(127);
-    n -= 127;
-    while n >= 128 {
-        out.push((n % 128 + 128) as u8);
-        n /= 128;
-    }
-    out.push(n as u8);
-}
-
-/// A literal header field without indexing, new name.
-fn literal(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.push(0);
-    hpack_len(out, name.len());
-    out.extend_from_slice(name.as_bytes());
-    hpack_len(out, value.len());
-    out.extend_from_slice(value);
-}
-
-/// `GET path` (`:method GET`, `:scheme http` from the static table) plus `extra`.
-fn request_block(path: &str, extra: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = vec![0x82, 0x86];
-    b.push(0x04); // :path, literal without indexing, indexed name 4
-    hpack_len(&mut b, path.len());
-    b.extend_from_slice(path.as_bytes());
-    b.push(0x01); // :authority, indexed name 1
-    hpack_len(&mut b, 1);
-    b.push(b'a');
-    for (n, v) in extra {
-        literal(&mut b, n, v);
-    }
-    b
-}
-
-/// A connection that has sent the preface and its SETTINGS (`settings` pairs).
-async fn h2_conn(addr: std::net::SocketAddr, settings: &[(u16, u32)]) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut payload = Vec::new();
-    for (id, v) in settings {
-        payload.extend_from_slice(&id.to_be_bytes());
-        payload.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut hello = PREFACE.to_vec();
-    hello.extend(frame(SETTINGS, 0, 0, &payload));
-    s.write_all(&hello).await.expect("preface");
-    s
-}
-
-/// Frames read until EOF or `limit`: (type, flags, stream, payload) and whether EOF came.
-/// Only whole frames are taken off the socket (the wait for `limit` happens before a
-/// frame starts), so calling it again in a loop never loses part of a frame.
-async fn read_frames(s: &mut TcpStream, limit: Duration) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
-    let mut frames = Vec::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    let eof = loop {
-        let mut probe = [0u8; 1];
-        match tokio::time::timeout_at(deadline, s.peek(&mut probe)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(_)) => {}
-            Err(_) => break false,
-        }
-        let whole = async {
-            let mut head = [0u8; 9];
-            s.read_exact(&mut head).await?;
-            let len =
-                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
-            let mut payload = vec![0u8; len];
-            s.read_exact(&mut payload).await?;
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            Ok::<_, std::io::Error>((head[3], head[4], stream, payload))
-        };
-        match tokio::time::timeout(Duration::from_secs(5), whole).await {
-            Ok(Ok(f)) => frames.push(f),
-            Ok(Err(_)) => break true,
-            Err(_) => panic!("a frame started and never finished"),
-        }
-    };
-    (frames, eof)
-}
-
-fn goaway_code(frames: &[(u8, u8, u32, Vec<u8>)]) -> Option<u32> {
-    frames
-        .iter()
-        .find(|f| f.0 == GOAWAY)
-        .map(|f| u32::from_be_bytes([f.3[4], f.3[5], f.3[6], f.3[7]]))
-}
 
 /// C18: streams opened and cancelled at once, thousands of times: the connection is
 /// closed early, few requests reach the primary, nothing is mirrored for them.
@@ -130,8 +18,9 @@ async fn rapid_reset_closes_the_connection_and_mirrors_nothing_reset() {
         .await;
     let shadow = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&shadow_yaml(&primary.url(), &shadow.url(), "", "")).await;
-    let (cpu_before, rss_before) = (p.cpu_ticks().unwrap_or(0), p.rss_kib().unwrap_or(0));
-    let mut s = h2_conn(p.addr(), &[]).await;
+    let before = usage_or_skip!(p);
+    let (cpu_before, rss_before) = (before.cpu_ticks, before.rss_kib);
+    let mut s = connect(p.addr(), &[]).await;
     const STREAMS: u32 = 5000;
     let mut sent = 0;
     'flood: for batch in 0..STREAMS / 50 {
@@ -155,8 +44,9 @@ async fn rapid_reset_closes_the_connection_and_mirrors_nothing_reset() {
     assert!(eof, "the connection stayed open after {sent} reset streams");
     // Bounded work: the flood costs the proxy little CPU (clock ticks are 10 ms) and no
     // lasting memory.
-    let cpu = p.cpu_ticks().unwrap_or(0) - cpu_before;
-    let rss = p.rss_kib().unwrap_or(0);
+    let now = p.usage_now();
+    let cpu = now.cpu_ticks - cpu_before;
+    let rss = now.rss_kib;
     eprintln!("rapid reset: proxy CPU {cpu} ticks, RSS {rss_before} -> {rss} KiB");
     assert!(cpu < 300, "{cpu} ticks of CPU for {sent} reset streams");
     assert!(
@@ -215,7 +105,7 @@ async fn streams_abandoned_after_forwarding_trip_the_premature_reset_guard() {
         .await;
     let shadow = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&shadow_yaml(&primary.url(), &shadow.url(), "", "")).await;
-    let mut s = h2_conn(p.addr(), &[]).await;
+    let mut s = connect(p.addr(), &[]).await;
     let mut next_id = 1u32;
     let mut closed_after = None;
     for round in 0..6 {
@@ -287,8 +177,8 @@ async fn streams_abandoned_after_forwarding_trip_the_premature_reset_guard() {
 async fn continuation_flood_is_cut_off() {
     let primary = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&simple_yaml(&[primary.url()], "")).await;
-    let rss_before = p.rss_kib().unwrap_or(0);
-    let mut s = h2_conn(p.addr(), &[]).await;
+    let rss_before = usage_or_skip!(p).rss_kib;
+    let mut s = connect(p.addr(), &[]).await;
     s.write_all(&frame(HEADERS, END_STREAM, 1, &request_block("/cf", &[])))
         .await
         .unwrap();
@@ -314,7 +204,7 @@ async fn continuation_flood_is_cut_off() {
     let (frames, _) = read_frames(&mut s, Duration::from_secs(5)).await;
     let _ = frames;
     assert_eq!(primary.count(), 0);
-    let rss_after = p.rss_kib().unwrap_or(0);
+    let rss_after = p.usage_now().rss_kib;
     assert!(
         rss_after < rss_before + 32 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
@@ -347,7 +237,7 @@ async fn malformed_http2_requests_never_reach_an_upstream() {
         ("transfer-encoding", vec![("transfer-encoding", b"chunked")]),
     ];
     for (what, extra) in cases {
-        let mut s = h2_conn(p.addr(), &[]).await;
+        let mut s = connect(p.addr(), &[]).await;
         s.write_all(&frame(
             HEADERS,
             END_STREAM | END_HEADERS,
@@ -357,11 +247,11 @@ async fn malformed_http2_requests_never_reach_an_upstream() {
         .await
         .unwrap();
         let (frames, _) = read_frames(&mut s, Duration::from_millis(1500)).await;
-        let refused = frames.iter().any(|f| f.0 == RST_STREAM && f.2 == 1)
-            || frames.iter().any(|f| f.0 == GOAWAY)
+        let refused = frames.iter().any(|f| f.kind == RST_STREAM && f.stream == 1)
+            || frames.iter().any(|f| f.kind == GOAWAY)
             || frames
                 .iter()
-                .any(|f| f.0 == HEADERS && f.2 == 1 && f.3.first() == Some(&0x8c)); // :status 400
+                .any(|f| f.kind == HEADERS && f.stream == 1 && f.payload.first() == Some(&0x8c)); // :status 400
         assert!(refused, "{what}: not refused: {frames:?}");
     }
     assert_eq!(
@@ -371,7 +261,7 @@ async fn malformed_http2_requests_never_reach_an_upstream() {
     );
 
     // content-length 10, 5 bytes of DATA, end of stream.
-    let mut s = h2_conn(p.addr(), &[]).await;
+    let mut s = connect(p.addr(), &[]).await;
     let mut block = request_block("/short", &[("content-length", b"10")]);
     block[0] = 0x83; // :method POST
     s.write_all(&frame(HEADERS, END_HEADERS, 1, &block))
@@ -384,7 +274,7 @@ async fn malformed_http2_requests_never_reach_an_upstream() {
     assert!(
         frames
             .iter()
-            .any(|f| (f.0 == RST_STREAM && f.2 == 1) || f.0 == GOAWAY),
+            .any(|f| (f.kind == RST_STREAM && f.stream == 1) || f.kind == GOAWAY),
         "short body not refused: {frames:?}"
     );
     assert!(
@@ -404,9 +294,9 @@ async fn many_streams_with_a_reader_that_grants_no_window_stay_bounded() {
     let body = vec![b'x'; 4 << 20];
     let primary = FakeUpstream::builder().body(body).start().await;
     let mut p = ProxyProcess::start(&simple_yaml(&[primary.url()], "")).await;
-    let rss_before = p.rss_kib().unwrap_or(0);
+    let rss_before = usage_or_skip!(p).rss_kib;
     // SETTINGS_INITIAL_WINDOW_SIZE = 0: no response DATA may be sent.
-    let mut s = h2_conn(p.addr(), &[(0x4, 0)]).await;
+    let mut s = connect(p.addr(), &[(0x4, 0)]).await;
     let mut bytes = Vec::new();
     for i in 0..100u32 {
         bytes.extend(frame(
@@ -423,13 +313,13 @@ async fn many_streams_with_a_reader_that_grants_no_window_stay_bounded() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while heads < 100 && tokio::time::Instant::now() < deadline {
         let (frames, eof) = read_frames(&mut s, Duration::from_millis(300)).await;
-        heads += frames.iter().filter(|f| f.0 == HEADERS).count();
-        frames_seen.extend(frames.into_iter().map(|f| (f.0, f.2)));
+        heads += frames.iter().filter(|f| f.kind == HEADERS).count();
+        frames_seen.extend(frames.into_iter().map(|f| (f.kind, f.stream)));
         assert!(!eof, "the proxy closed the connection");
     }
     assert_eq!(heads, 100, "response heads: {heads}");
     assert_eventually!(primary.count() == 100);
-    let rss = p.rss_kib().unwrap_or(0);
+    let rss = p.usage_now().rss_kib;
     // 100 responses of 4 MiB are 400 MiB; per-stream buffering keeps the proxy small.
     assert!(
         rss < rss_before + 64 * 1024,
@@ -454,7 +344,7 @@ async fn an_idle_http2_connection_gets_goaway() {
         simple_yaml(&[primary.url()], "")
     ))
     .await;
-    let mut s = h2_conn(p.addr(), &[]).await;
+    let mut s = connect(p.addr(), &[]).await;
     let started = std::time::Instant::now();
     // Answer PINGs like a real client: the graceful close waits for the PING ACK that
     // confirms the GOAWAY was seen.
@@ -463,8 +353,8 @@ async fn an_idle_http2_connection_gets_goaway() {
     while !eof && started.elapsed() < Duration::from_secs(5) {
         let (got, closed) = read_frames(&mut s, Duration::from_millis(100)).await;
         for f in &got {
-            if f.0 == PING && f.1 & 0x1 == 0 {
-                let _ = s.write_all(&frame(PING, 0x1, 0, &f.3)).await;
+            if f.kind == PING && f.flags & 0x1 == 0 {
+                let _ = s.write_all(&frame(PING, 0x1, 0, &f.payload)).await;
             }
         }
         frames.extend(got);
@@ -490,7 +380,7 @@ async fn an_idle_http2_connection_gets_goaway() {
 async fn http2_host_differing_from_authority_is_refused() {
     let primary = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&simple_yaml(&[primary.url()], "")).await;
-    let mut s = h2_conn(p.addr(), &[]).await;
+    let mut s = connect(p.addr(), &[]).await;
     s.write_all(&frame(
         HEADERS,
         END_STREAM | END_HEADERS,
@@ -511,9 +401,9 @@ async fn http2_host_differing_from_authority_is_refused() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while statuses.len() < 2 && std::time::Instant::now() < deadline {
         let (frames, eof) = read_frames(&mut s, Duration::from_millis(200)).await;
-        for f in frames.iter().filter(|f| f.0 == HEADERS) {
+        for f in frames.iter().filter(|f| f.kind == HEADERS) {
             // :status 200 and 400 are static-table entries 8 and 12.
-            statuses.insert(f.2, f.3.first().copied());
+            statuses.insert(f.stream, f.payload.first().copied());
         }
         assert!(!eof, "the connection was closed");
     }
@@ -541,7 +431,7 @@ async fn a_client_that_grants_no_window_is_closed_at_the_write_limit() {
         simple_yaml(&[primary.url()], "")
     ))
     .await;
-    let mut s = h2_conn(p.addr(), &[(0x4, 0)]).await;
+    let mut s = connect(p.addr(), &[(0x4, 0)]).await;
     let mut bytes = Vec::new();
     for i in 0..20u32 {
         bytes.extend(frame(
@@ -561,7 +451,7 @@ async fn a_client_that_grants_no_window_is_closed_at_the_write_limit() {
         "closed after {took:?}"
     );
     assert_eq!(
-        frames.iter().filter(|f| f.0 == HEADERS).count(),
+        frames.iter().filter(|f| f.kind == HEADERS).count(),
         20,
         "every stream got its head first"
     );
@@ -577,7 +467,7 @@ async fn a_primary_closing_mid_body_resets_the_http2_stream() {
     use teeproxy::demo::faults::{Fault, spawn_faulty};
     let (addr, _, _stop) = spawn_faulty(Fault::CloseMidBody).await.unwrap();
     let mut p = ProxyProcess::start(&simple_yaml(&[format!("http://{addr}")], "")).await;
-    let mut s = h2_conn(p.addr(), &[]).await;
+    let mut s = connect(p.addr(), &[]).await;
     s.write_all(&frame(
         HEADERS,
         END_STREAM | END_HEADERS,
@@ -590,7 +480,7 @@ async fn a_primary_closing_mid_body_resets_the_http2_stream() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !frames
         .iter()
-        .any(|f: &(u8, u8, u32, Vec<u8>)| f.2 == 1 && (f.0 == RST_STREAM || f.1 & END_STREAM != 0))
+        .any(|f: &Frame| f.stream == 1 && (f.kind == RST_STREAM || f.flags & END_STREAM != 0))
         && std::time::Instant::now() < deadline
     {
         let (got, eof) = read_frames(&mut s, Duration::from_millis(200)).await;
@@ -601,19 +491,19 @@ async fn a_primary_closing_mid_body_resets_the_http2_stream() {
     }
     // The head may or may not get out first (a reset can overtake the queued HEADERS);
     // either way the stream ends in a reset, never in END_STREAM.
-    let on_stream: Vec<_> = frames.iter().filter(|f| f.2 == 1).collect();
+    let on_stream: Vec<_> = frames.iter().filter(|f| f.stream == 1).collect();
     assert!(
-        on_stream.iter().any(|f| f.0 == RST_STREAM),
+        on_stream.iter().any(|f| f.kind == RST_STREAM),
         "the stream was reset: {on_stream:?}"
     );
     assert!(
-        !on_stream.iter().any(|f| f.1 & END_STREAM != 0),
+        !on_stream.iter().any(|f| f.flags & END_STREAM != 0),
         "the cut response was presented as complete"
     );
     let data: usize = on_stream
         .iter()
-        .filter(|f| f.0 == DATA)
-        .map(|f| f.3.len())
+        .filter(|f| f.kind == DATA)
+        .map(|f| f.payload.len())
         .sum();
     assert!(
         data < 1000,

@@ -20,7 +20,7 @@ async fn a_client_that_stops_reading_is_closed_with_bounded_buffering() {
         simple_yaml(&[primary.url()], "")
     ))
     .await;
-    let rss_before = p.rss_kib().unwrap_or(0);
+    let rss_before = usage_or_skip!(p).rss_kib;
     let mut stalled = Vec::new();
     for _ in 0..4 {
         let mut s = TcpStream::connect(p.addr()).await.unwrap();
@@ -34,7 +34,7 @@ async fn a_client_that_stops_reading_is_closed_with_bounded_buffering() {
     let closed = &closed_metric("write_timeout");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while p.metric(closed).await < 4.0 {
-        peak = peak.max(p.rss_kib().unwrap_or(0));
+        peak = peak.max(p.usage_now().rss_kib);
         assert!(
             std::time::Instant::now() < deadline,
             "not all four closed in 10 s"

@@ -151,11 +151,11 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
         cluster("healthy", &healthy.url(), ""),
     ));
     let mut proxy = ProxyProcess::start(&yaml).await;
-    for (name, want, min_ms, max_ms) in [
-        ("refused", 502, 0, 1000),
-        ("unreachable", 502, 250, 2000),
-        ("hole", 504, 250, 2000),
-        ("slow", 504, 250, 2000),
+    for (name, want, body, min_ms, max_ms) in [
+        ("refused", 502, Some("upstream connect error\n"), 0, 1000),
+        ("unreachable", 502, None, 250, 2000),
+        ("hole", 504, None, 250, 2000),
+        ("slow", 504, Some("upstream timed out\n"), 250, 2000),
     ] {
         let t = Instant::now();
         let got = http_get(
@@ -165,7 +165,10 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
         )
         .await;
         let took = t.elapsed();
-        assert_eq!(got.map(|g| g.0), Some(want), "{name}");
+        assert_eq!(got.as_ref().map(|g| g.0), Some(want), "{name}");
+        if let Some(body) = body {
+            assert_eq!(got.map(|g| g.1).as_deref(), Some(body), "{name}");
+        }
         assert!(
             took >= Duration::from_millis(min_ms) && took < Duration::from_millis(max_ms),
             "{name}: answered after {took:?}"
@@ -202,6 +205,14 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
             1.0,
             "{cluster}: {kind}"
         );
+        assert_eq!(
+            metric_value(
+                &m,
+                &format!("teeproxy_requests_total{{route=\"{cluster}\",status_class=\"5xx\"}}")
+            ),
+            1.0,
+            "{cluster}: one 5xx"
+        );
     }
     assert_serves(&mut proxy, "/e28/healthy").await;
 }
@@ -232,7 +243,7 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
             .await
             .unwrap();
         let want = if path.starts_with("/ok") { 200 } else { 502 };
-        let text = read_one_response(&mut s).await;
+        let text = read_response(&mut s, Duration::from_secs(5)).await;
         let r = parse_responses(&text);
         assert_eq!(r.len(), 1, "{path}: {}", String::from_utf8_lossy(&text));
         assert_eq!(r[0].status, want, "{path}");
@@ -285,25 +296,6 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
     assert_eq!(uris.len(), sent.len() + 20, "no copy twice");
     proxy.assert_alive();
     assert!(proxy.live().await);
-}
-
-/// Reads one response (length-framed) from a keep-alive connection.
-async fn read_one_response(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(r) = parse_responses(&out).first()
-            && r.complete
-            && r.header("content-length").is_some()
-        {
-            return out;
-        }
-        match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
-            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
-            _ => return out,
-        }
-    }
 }
 
 /// E30: a primary that closes mid-body (a short `Content-Length` body, a chunked body
@@ -363,7 +355,7 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
         teeproxy_tests::simple_yaml(&[format!("http://{addr}")], "")
     ))
     .await;
-    let rss_before = p.rss_kib().unwrap_or(0);
+    let rss_before = teeproxy_tests::usage_or_skip!(p).rss_kib;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -379,7 +371,7 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
         assert!(n > 0, "closed after {got} bytes");
         got += n;
     }
-    let rss = p.rss_kib().unwrap_or(0);
+    let rss = p.usage_now().rss_kib;
     assert!(
         rss < rss_before + 32 * 1024,
         "RSS {rss} KiB after 64 MiB streamed (from {rss_before})"

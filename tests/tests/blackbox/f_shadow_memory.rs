@@ -43,7 +43,7 @@ async fn queued_copies_cost_about_their_own_size() {
     send_many(0, 200).await;
     let queued = |m: &str| metric_value(m, "teeproxy_shadow_queue_depth{shadow=\"candidate\"}");
     assert_eventually!(queued(&p.metrics().await) >= 198.0);
-    let before = p.rss_kib().unwrap_or(0);
+    let before = usage_or_skip!(p).rss_kib;
 
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -56,7 +56,7 @@ async fn queued_copies_cost_about_their_own_size() {
     let held = queued(&m);
     assert!(held >= (COPIES - 300) as f64, "queued {held}");
     assert_eq!(dropped(&m, "all", "candidate", "queue_full"), 0.0);
-    let after = p.rss_kib().unwrap_or(0);
+    let after = p.usage_now().rss_kib;
     let per_copy = (after.saturating_sub(before)) as f64 * 1024.0 / (held - 199.0);
     eprintln!(
         "RSS {before} -> {after} KiB for {} more queued copies: {per_copy:.0} bytes each",

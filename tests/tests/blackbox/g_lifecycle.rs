@@ -51,36 +51,24 @@ async fn load(addr: std::net::SocketAddr, worker: usize, stop: Arc<AtomicBool>) 
             results.push(LoadResult::NotTaken);
             continue;
         }
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        let result = loop {
-            if let Some(r) = parse_responses(&out).first()
-                && r.complete
-                && r.header("content-length").is_some()
-            {
-                break if r.status == 200 && r.body_text() == PRIMARY_BODY {
+        let out = read_response(s, Duration::from_secs(5)).await;
+        let result = match parse_responses(&out).first() {
+            Some(r) if has_whole_response(&out) => {
+                if r.status == 200 && r.body_text() == PRIMARY_BODY {
                     if r.header("connection") == Some("close") {
                         conn = None;
                     }
                     LoadResult::Ok
                 } else {
                     LoadResult::Broken(String::from_utf8_lossy(&out).into_owned())
-                };
+                }
             }
-            match tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::io::AsyncReadExt::read(s, &mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
-                _ => {
-                    conn = None;
-                    break if out.is_empty() {
-                        LoadResult::NotTaken
-                    } else {
-                        LoadResult::Broken(String::from_utf8_lossy(&out).into_owned())
-                    };
+            _ => {
+                conn = None;
+                if out.is_empty() {
+                    LoadResult::NotTaken
+                } else {
+                    LoadResult::Broken(String::from_utf8_lossy(&out).into_owned())
                 }
             }
         };
