@@ -78,7 +78,7 @@ pub(super) struct ClusterFile {
     /// TCP (and TLS) connect limit; failure -> 502.
     #[serde(default = "default_connect_timeout")]
     pub(super) connect_timeout: Spanned<Dur>,
-    /// Time from sending the request to the response head; past it -> 504.
+    /// From the end of the request body (sent in full) to the response head; past it -> 504.
     #[serde(default = "default_timeout")]
     pub(super) timeout: Spanned<Dur>,
     /// `keep` the client's Host (default) or `rewrite` it to the endpoint's authority.
@@ -268,8 +268,9 @@ pub(super) struct LimitsFile {
     /// Request target length; over -> 414.
     #[serde(default = "default_max_uri_bytes")]
     pub(super) max_uri_bytes: Spanned<Size>,
-    /// Time for a new connection's first request head (and each later HTTP/1 head,
-    /// keep-alive idle time included) to arrive; past it the connection is closed.
+    /// From accept, the first request head (or the HTTP/2 preface) must be complete
+    /// within this; each later HTTP/1 head, from its first byte (keep-alive idle time is
+    /// `idle_timeout`'s). Past it the connection is closed.
     #[serde(default = "default_head_timeout")]
     pub(super) request_head_timeout: Spanned<Dur>,
     /// HTTP/2 streams open at once per connection.
