@@ -503,7 +503,7 @@ async fn a_different_shadow_answer_is_recorded_as_a_mismatch_with_its_difference
     assert_eq!(ring.len(), 1);
     let m = &ring[0];
     assert_eq!(
-        (m.path.as_str(), m.template.as_str()),
+        (m.raw_path.as_str(), m.path.as_str()),
         ("/users/42", "/users/{id}")
     );
     assert_eq!(m.result, "body_mismatch");

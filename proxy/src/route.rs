@@ -41,10 +41,15 @@ impl RouteTable {
 
     /// The position of the first route matching the request, if any. `host` is the host
     /// the client asked for (port allowed).
-    pub(crate) fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<usize> {
+    pub(crate) fn find(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        raw_path: &str,
+    ) -> Option<usize> {
         let host = host.map(strip_port);
         self.rules.iter().position(|r| {
-            path.starts_with(r.path_prefix.as_str())
+            raw_path.starts_with(r.path_prefix.as_str())
                 && r.host
                     .as_deref()
                     .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))

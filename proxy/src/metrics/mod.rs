@@ -531,6 +531,23 @@ impl ListenerMetrics {
     }
 }
 
+/// Raises a gauge now and lowers it when dropped, however the work it counts ends (a task
+/// aborted included): open connections, copies in flight, open tunnels.
+pub(crate) struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub(crate) fn new(g: &Gauge) -> Self {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Renders the registry as OpenMetrics text.
 pub(crate) fn encode(registry: &Registry) -> String {
     let mut out = String::new();

@@ -36,10 +36,10 @@ use crate::upstream::{EndpointState, UpstreamError, upstream_uri};
 pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// What forwarding produced.
-pub(crate) struct PrimaryAnswer {
+pub(crate) struct PrimaryAnswer<'r> {
     pub(crate) result: Result<Response<ResponseTee<Incoming>>, ProxyError>,
     /// The endpoint that answered (or failed).
-    pub(crate) endpoint: String,
+    pub(crate) endpoint: &'r str,
     /// The protocol of a tunnel that started.
     pub(crate) tunnel: Option<HeaderValue>,
 }
@@ -52,13 +52,13 @@ pub(crate) struct Outgoing<'a> {
 }
 
 /// Forwards a routed request to the route's primary.
-pub(crate) async fn forward(
+pub(crate) async fn forward<'r>(
     out: Outgoing<'_>,
-    route: &RouteState,
+    route: &'r RouteState,
     snap: &Snapshot,
     conn: &ConnInfo,
     tunnels_open: &Gauge,
-) -> PrimaryAnswer {
+) -> PrimaryAnswer<'r> {
     let Outgoing {
         mut req,
         request_id,
@@ -143,7 +143,7 @@ pub(crate) async fn forward(
         result: result
             .map(|resp| resp.map(|b| ResponseTee::new(b, sent, path, sink)))
             .map_err(ProxyError::from),
-        endpoint: ep.label.clone(),
+        endpoint: ep.label.as_str(),
         tunnel,
     }
 }

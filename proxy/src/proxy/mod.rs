@@ -141,7 +141,7 @@ impl Proxy {
                 path = %raw_path,
                 status = resp.status().as_u16(),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                endpoint = endpoint.as_deref().unwrap_or("-"),
+                endpoint = endpoint.unwrap_or("-"),
                 client = %conn.peer.ip(),
             );
         }
@@ -150,12 +150,12 @@ impl Proxy {
 
     /// The client's response from what forwarding produced (or why it never happened),
     /// with the endpoint to log and the protocol of a tunnel that started.
-    fn respond(
+    fn respond<'r>(
         &self,
-        answer: Result<PrimaryAnswer, ProxyError>,
+        answer: Result<PrimaryAnswer<'r>, ProxyError>,
         route_name: &str,
         request_id: &HeaderValue,
-    ) -> (Response<ProxyBody>, Option<String>, Option<HeaderValue>) {
+    ) -> (Response<ProxyBody>, Option<&'r str>, Option<HeaderValue>) {
         let (result, endpoint, tunnel) = match answer {
             Ok(a) => (a.result, Some(a.endpoint), a.tunnel),
             Err(e) => (Err(e), None, None),

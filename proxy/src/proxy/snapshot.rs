@@ -168,10 +168,10 @@ impl Snapshot {
         &self,
         method: &Method,
         host: Option<&str>,
-        path: &str,
+        raw_path: &str,
     ) -> Option<&RouteState> {
         self.table
-            .find(method, host, path)
+            .find(method, host, raw_path)
             .and_then(|i| self.routes.get(i))
     }
 }

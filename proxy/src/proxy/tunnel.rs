@@ -13,6 +13,8 @@ use http::HeaderValue;
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::JoinSet;
+
+use crate::metrics::GaugeGuard;
 use tokio::time::Instant;
 
 /// The tunnels of one client connection, owned by its task.
@@ -61,8 +63,7 @@ async fn splice(
             return;
         }
     };
-    open.inc();
-    let _open = OpenTunnel(open);
+    let _open = GaugeGuard::new(&open);
     let activity = Arc::new(Activity::new());
     let mut client = Active::new(hyper_util::rt::TokioIo::new(client), activity.clone());
     let mut primary = hyper_util::rt::TokioIo::new(primary);
@@ -76,15 +77,6 @@ async fn splice(
         _ = activity.idle_for(idle) => {
             tracing::debug!(request_id = ?request_id, idle_ms = idle.as_millis() as u64, "tunnel closed at the idle limit")
         }
-    }
-}
-
-/// Keeps the open-tunnels gauge right, however the tunnel ends (aborted included).
-struct OpenTunnel(Gauge);
-
-impl Drop for OpenTunnel {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

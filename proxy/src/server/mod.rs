@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Limits;
-use crate::metrics::{CloseReason, ListenerMetrics};
+use crate::metrics::{CloseReason, GaugeGuard, ListenerMetrics};
 use crate::proxy::Proxy;
 use crate::proxy::conn::ConnInfo;
 use crate::shutdown::stopped;
@@ -113,7 +113,7 @@ impl Server {
                     backoff = Duration::from_millis(10);
                     let _ = stream.set_nodelay(true);
                     metrics.accepted.inc();
-                    let open = OpenConn::new(&metrics);
+                    let open = GaugeGuard::new(&metrics.open);
                     let server = self.clone();
                     let m = metrics.clone();
                     let stop = shutdown.clone();
@@ -306,22 +306,6 @@ async fn detect<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<
         }
     }
     Ok(Some((true, Bytes::copy_from_slice(&buf[..n]))))
-}
-
-/// Keeps the open-connections gauge right, however the connection task ends.
-struct OpenConn(prometheus_client::metrics::gauge::Gauge);
-
-impl OpenConn {
-    fn new(m: &ListenerMetrics) -> Self {
-        m.open.inc();
-        OpenConn(m.open.clone())
-    }
-}
-
-impl Drop for OpenConn {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 #[cfg(test)]

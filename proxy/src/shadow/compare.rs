@@ -350,8 +350,10 @@ pub(crate) struct Mismatch {
     pub(crate) request_id: String,
     pub(crate) route: String,
     pub(crate) method: String,
+    /// The path as the client sent it.
+    pub(crate) raw_path: String,
+    /// Its path template.
     pub(crate) path: String,
-    pub(crate) template: String,
     pub(crate) shadow: String,
     pub(crate) primary_status: Option<u16>,
     pub(crate) shadow_status: Option<u16>,
@@ -602,8 +604,8 @@ mod tests {
                 request_id: format!("r{i}"),
                 route: "r".into(),
                 method: "GET".into(),
+                raw_path: "/".into(),
                 path: "/".into(),
-                template: "/".into(),
                 shadow: "s".into(),
                 primary_status: Some(200),
                 shadow_status: Some(500),

@@ -22,7 +22,7 @@ use super::queue::{PrimaryBodyWatch, PrimaryOutcome};
 use super::record::{self, Answer, Subject, Unrecorded};
 use crate::config::ShadowHost;
 use crate::http::host::strip_port;
-use crate::metrics::{CompareResult, ShadowOutcome, SkipReason};
+use crate::metrics::{CompareResult, GaugeGuard, ShadowOutcome, SkipReason};
 use crate::upstream::{Cluster, EndpointState, UpstreamError, upstream_uri};
 
 /// Shadow response bodies are read up to this much (so the connection can be reused);
@@ -35,22 +35,6 @@ pub(crate) struct Exchanger {
     pub(crate) upstream: Cluster<ShadowBody>,
     pub(crate) circuit: Arc<Circuit>,
     pub(crate) in_flight: Gauge,
-}
-
-/// Keeps a gauge right however a task ends.
-struct GaugeGuard(Gauge);
-
-impl GaugeGuard {
-    fn new(g: &Gauge) -> Self {
-        g.inc();
-        GaugeGuard(g.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// The body of a shadow request: the captured chunks, then the trailers.

@@ -246,11 +246,11 @@ impl PathRegistry {
 
     /// The entry for a request path: a configured template, else the normalised path,
     /// else `{other}` once the route has `max_paths` of them.
-    pub(crate) fn entry(&self, path: &str) -> Arc<PathEntry> {
-        if let Some((_, e)) = self.explicit.iter().find(|(t, _)| t.matches(path)) {
+    pub(crate) fn entry(&self, raw_path: &str) -> Arc<PathEntry> {
+        if let Some((_, e)) = self.explicit.iter().find(|(t, _)| t.matches(raw_path)) {
             return e.clone();
         }
-        let name = normalise(path);
+        let name = normalise(raw_path);
         {
             let seen = self.seen.load();
             if let Some(e) = seen.get(name.as_ref()) {

@@ -26,8 +26,8 @@ impl Template {
         Template { segments }
     }
 
-    pub(crate) fn matches(&self, path: &str) -> bool {
-        let mut parts = path.split('/').skip(1);
+    pub(crate) fn matches(&self, raw_path: &str) -> bool {
+        let mut parts = raw_path.split('/').skip(1);
         for seg in &self.segments {
             match (seg, parts.next()) {
                 (_, None) => return false,
@@ -72,12 +72,12 @@ fn is_uuid(b: &[u8]) -> bool {
         })
 }
 
-/// The path with id-like segments replaced by `{id}` (borrowed when nothing changes).
-pub(crate) fn normalise(path: &str) -> Cow<'_, str> {
-    if !path.split('/').any(is_id) {
-        return Cow::Borrowed(path);
+/// The raw path with id-like segments replaced by `{id}`: its path template (borrowed when nothing changes).
+pub(crate) fn normalise(raw_path: &str) -> Cow<'_, str> {
+    if !raw_path.split('/').any(is_id) {
+        return Cow::Borrowed(raw_path);
     }
-    let out: Vec<&str> = path
+    let out: Vec<&str> = raw_path
         .split('/')
         .map(|s| if is_id(s) { "{id}" } else { s })
         .collect();
