@@ -146,8 +146,8 @@ async fn json_mismatches_are_counted_and_listed_with_their_pointers() {
     assert_eq!(
         (
             m["method"].as_str(),
-            m["raw_path"].as_str(),
-            m["path"].as_str()
+            m["path"].as_str(),
+            m["template"].as_str()
         ),
         (Some("GET"), Some("/api/users/7"), Some("/api/users/{id}"))
     );
@@ -315,7 +315,7 @@ async fn the_mismatch_ring_stays_bounded() {
     let v = admin_json(&proxy, "/api/mismatches").await;
     let items = v["mismatches"].as_array().unwrap();
     assert_eq!(items.len(), 5);
-    assert_eq!(items[0]["raw_path"], "/r/19", "newest first");
+    assert_eq!(items[0]["path"], "/r/19", "newest first");
 }
 
 #[tokio::test]

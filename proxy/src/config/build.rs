@@ -4,9 +4,9 @@
 
 use serde_saphyr::{Location, Spanned};
 
+use super::check::{Invalid, first_line, parse_addr};
 use super::file::{
-    ConfigFile, Invalid, LimitsFile, RouteFile, ShadowFile, ShadowHostFile, ShadowMethodsFile,
-    first_line, parse_addr,
+    ConfigFile, LimitsFile, RouteFile, ShadowFile, ShadowHostFile, ShadowMethodsFile,
 };
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,

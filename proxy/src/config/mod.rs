@@ -5,6 +5,7 @@
 //! `teeproxy check --json`.
 
 mod build;
+mod check;
 mod file;
 mod units;
 
@@ -29,14 +30,14 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: {message}", file::place(file, *line, *column))]
+    #[error("{}: {message}", check::place(file, *line, *column))]
     Parse {
         file: String,
         line: u64,
         column: u64,
         message: String,
     },
-    #[error("{}: {key}: {message}", file::place(file, *line, *column))]
+    #[error("{}: {key}: {message}", check::place(file, *line, *column))]
     Invalid {
         file: String,
         line: u64,

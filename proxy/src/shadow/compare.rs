@@ -350,9 +350,11 @@ pub(crate) struct Mismatch {
     pub(crate) request_id: String,
     pub(crate) route: String,
     pub(crate) method: String,
-    /// The path as the client sent it.
+    /// The path as the client sent it (`path` in the JSON, as the API has always had it).
+    #[serde(rename = "path")]
     pub(crate) raw_path: String,
-    /// Its path template.
+    /// Its path template (`template` in the JSON).
+    #[serde(rename = "template")]
     pub(crate) path: String,
     pub(crate) shadow: String,
     pub(crate) primary_status: Option<u16>,
