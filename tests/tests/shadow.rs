@@ -434,7 +434,7 @@ async fn refused_requests_are_never_offered() {
 #[tokio::test]
 async fn a_black_holed_shadow_changes_nothing_for_clients_and_stays_bounded() {
     let p = FakeUpstream::builder().body("fast").start().await;
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let proxy = TestProxy::start(&shadow_yaml(
         &p.url(),
         &hole.url(),
@@ -529,16 +529,21 @@ async fn dead_erroring_and_garbage_shadows_are_counted_and_the_primary_is_untouc
         .body("boom")
         .start()
         .await;
-    use teeproxy::demo::faults::{Fault, spawn_faulty};
-    let (garbage, _, _stop_garbage) = spawn_faulty(Fault::Garbage).await.unwrap();
-    let (reset, _, _stop_reset) = spawn_faulty(Fault::Reset).await.unwrap();
-    let (cut, _, _stop_cut) = spawn_faulty(Fault::CloseMidBody).await.unwrap();
+    let garbage = FakeUpstream::builder()
+        .fault(Fault::Garbage(DEMO_GARBAGE))
+        .start()
+        .await;
+    let reset = FakeUpstream::builder().fault(Fault::Reset).start().await;
+    let cut = FakeUpstream::builder()
+        .fault(Fault::CutLength)
+        .start()
+        .await;
     for (shadow, want_outcome, status_class) in [
         (format!("http://{dead}"), "connect_error", None),
         (failing.url(), "ok", Some("5xx")),
-        (format!("http://{garbage}"), "protocol_error", None),
-        (format!("http://{reset}"), "protocol_error", None),
-        (format!("http://{cut}"), "body_error", None),
+        (garbage.url(), "protocol_error", None),
+        (reset.url(), "protocol_error", None),
+        (cut.url(), "body_error", None),
     ] {
         let p = FakeUpstream::builder().body("primary ok").start().await;
         let proxy = TestProxy::start(&shadow_yaml(&p.url(), &shadow, "", "")).await;
@@ -599,7 +604,7 @@ async fn dead_erroring_and_garbage_shadows_are_counted_and_the_primary_is_untouc
 #[tokio::test]
 async fn shutdown_abandons_queued_copies_at_the_shadow_drain_and_counts_them() {
     let p = FakeUpstream::start().await;
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let mut proxy = TestProxy::start(&format!(
         "{}shadow_drain: 300ms\ndrain_timeout: 1s\n",
         shadow_yaml(
@@ -724,7 +729,7 @@ async fn h2c_requests_are_mirrored_as_http1_with_their_bodies() {
 #[tokio::test]
 async fn the_byte_budget_bounds_what_a_black_holed_shadow_holds() {
     let p = FakeUpstream::start().await;
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let proxy = TestProxy::start(&shadow_yaml(
         &p.url(),
         &hole.url(),
@@ -755,14 +760,11 @@ async fn the_byte_budget_bounds_what_a_black_holed_shadow_holds() {
 #[tokio::test]
 async fn an_endless_shadow_body_is_read_only_up_to_the_cap() {
     let p = FakeUpstream::start().await;
-    let (endless, _task) = endless_body_server(64 * 1024 * 1024).await;
-    let proxy = TestProxy::start(&shadow_yaml(
-        &p.url(),
-        &format!("http://{endless}"),
-        "",
-        "timeout: 10s",
-    ))
-    .await;
+    let endless = FakeUpstream::builder()
+        .endless_body(64 * 1024 * 1024)
+        .start()
+        .await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &endless.url(), "", "timeout: 10s")).await;
     for i in 0..5 {
         assert_eq!(get(&proxy.url(&format!("/e/{i}"))).await.0, StatusCode::OK);
     }

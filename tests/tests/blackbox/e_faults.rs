@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use teeproxy::demo::faults::{Fault, spawn_faulty};
 use teeproxy_tests::process::{ProxyProcess, http_get};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -68,7 +67,7 @@ async fn e26_client_gone_mid_body_aborts_upstream_and_mirrors_nothing() {
 /// returns to 0, the copy is dropped as `cancelled` and the shadow receives nothing.
 #[tokio::test]
 async fn e27_client_gone_while_waiting_cancels_the_upstream_call() {
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let shadow = FakeUpstream::builder().name("candidate").start().await;
     let healthy = FakeUpstream::start().await;
     let yaml = format!(
@@ -126,7 +125,7 @@ async fn full_backlog() -> (
 async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
     let refused = closed_port().await;
     let (unreachable, _l, _fillers) = full_backlog().await;
-    let (hole, hole_seen, _stop) = spawn_faulty(Fault::Blackhole).await.unwrap();
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let slow = FakeUpstream::builder()
         .delay(Duration::from_secs(5))
         .start()
@@ -145,7 +144,7 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
         "clusters:\n{}{}{}{}{}{}{routes}",
         cl("refused", format!("http://{refused}")),
         cl("unreachable", format!("http://{unreachable}")),
-        cl("hole", format!("http://{hole}")),
+        cl("hole", hole.url()),
         cl("slow", slow.url()),
         cluster("candidate", &shadow.url(), ""),
         cluster("healthy", &healthy.url(), ""),
@@ -174,7 +173,7 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
             "{name}: answered after {took:?}"
         );
     }
-    assert_eq!(hole_seen.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(hole.count(), 1);
     assert_eq!(slow.count(), 1);
     // Each failed primary's request was still mirrored, once.
     assert_eventually!(shadow.count() == 4);
@@ -217,12 +216,25 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
     assert_serves(&mut proxy, "/e28/healthy").await;
 }
 
+/// A primary that misbehaves by path: `/garbage`, `/reset`, `/huge-header`, `/cut-length`,
+/// `/cut-chunked`; anything else is answered `200 ok`.
+async fn scripted() -> FakeUpstream {
+    FakeUpstream::builder()
+        .fault_on("/garbage", Fault::Garbage(NOT_HTTP))
+        .fault_on("/reset", Fault::Reset)
+        .fault_on("/huge-header", Fault::HugeHeader)
+        .fault_on("/cut-length", Fault::CutLength)
+        .fault_on("/cut-chunked", Fault::CutChunked)
+        .start()
+        .await
+}
+
 /// E29: a primary that answers garbage, resets, or sends a 1 MiB header -> 502, each
 /// sent once; the pool is not poisoned: the good requests around them are answered
 /// correctly and the broken connections are never reused.
 #[tokio::test]
 async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
-    let primary = ScriptedUpstream::start().await;
+    let primary = scripted().await;
     let shadow = FakeUpstream::builder().name("candidate").start().await;
     let yaml = shadow_yaml(&primary.url(), &shadow.url(), "", "");
     let mut proxy = ProxyProcess::start(&yaml).await;
@@ -253,7 +265,11 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
         sent.push(path);
     }
     for path in &sent {
-        assert_eq!(primary.count(path), 1, "{path} sent to the primary once");
+        assert_eq!(
+            primary.count_path(path),
+            1,
+            "{path} sent to the primary once"
+        );
     }
     // A connection that carried a broken answer never carries another request.
     let seen = primary.seen();
@@ -304,7 +320,7 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
 /// was mirrored once.
 #[tokio::test]
 async fn e30_primary_closing_mid_body_aborts_the_clients_message() {
-    let primary = ScriptedUpstream::start().await;
+    let primary = scripted().await;
     let shadow = FakeUpstream::builder().name("candidate").start().await;
     let yaml = shadow_yaml(&primary.url(), &shadow.url(), "", "");
     let mut proxy = ProxyProcess::start(&yaml).await;
@@ -334,7 +350,7 @@ async fn e30_primary_closing_mid_body_aborts_the_clients_message() {
         } else {
             eprintln!("e30 {path}: closed before any byte of the answer");
         }
-        assert_eq!(primary.count(path), 1);
+        assert_eq!(primary.count_path(path), 1);
     }
     assert_eventually!(shadow.count() == 2);
     let got = http_get(proxy.addr(), "/ok/after", Duration::from_secs(5)).await;
@@ -349,10 +365,10 @@ async fn e30_primary_closing_mid_body_aborts_the_clients_message() {
 #[tokio::test]
 async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
     use tokio::io::AsyncReadExt;
-    let (addr, _task) = teeproxy_tests::endless_body_server(2 << 30).await;
+    let endless = FakeUpstream::builder().endless_body(2 << 30).start().await;
     let mut p = ProxyProcess::start(&format!(
         "{}limits: {{ write_timeout: 1s }}\n",
-        teeproxy_tests::simple_yaml(&[format!("http://{addr}")], "")
+        teeproxy_tests::simple_yaml(&[endless.url()], "")
     ))
     .await;
     let rss_before = teeproxy_tests::usage_or_skip!(p).rss_kib;
@@ -395,12 +411,8 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
 #[tokio::test]
 async fn client_gone_mid_response_releases_the_upstream_at_once() {
     use tokio::io::AsyncReadExt;
-    let (addr, _task) = teeproxy_tests::endless_body_server(1 << 30).await;
-    let p = ProxyProcess::start(&teeproxy_tests::simple_yaml(
-        &[format!("http://{addr}")],
-        "",
-    ))
-    .await;
+    let endless = FakeUpstream::builder().endless_body(1 << 30).start().await;
+    let p = ProxyProcess::start(&teeproxy_tests::simple_yaml(&[endless.url()], "")).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
         .await

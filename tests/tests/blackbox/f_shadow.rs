@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use teeproxy::demo::faults::{Fault, spawn_faulty};
 use teeproxy_tests::process::{ProxyProcess, Signal, http_get};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -21,19 +20,25 @@ const REQUESTS: usize = 20;
 async fn f31_broken_shadows_change_nothing_for_the_primary() {
     let primary = FakeUpstream::builder().body("primary ok").start().await;
     let down = closed_port().await;
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let slow = FakeUpstream::builder()
         .delay(Duration::from_secs(3))
         .start()
         .await;
-    let (garbage, _, _stop_garbage) = spawn_faulty(Fault::Garbage).await.unwrap();
-    let (reset, _, _stop_reset) = spawn_faulty(Fault::Reset).await.unwrap();
+    let garbage = FakeUpstream::builder()
+        .fault(Fault::Garbage(DEMO_GARBAGE))
+        .start()
+        .await;
+    let reset = FakeUpstream::builder().fault(Fault::Reset).start().await;
     let failing = FakeUpstream::builder()
         .status(500)
         .body("boom")
         .start()
         .await;
-    let (endless, _endless_task) = endless_body_server(64 * 1024 * 1024).await;
+    let endless = FakeUpstream::builder()
+        .endless_body(64 * 1024 * 1024)
+        .start()
+        .await;
     let shadows: [(&str, String, &str); 7] = [
         ("down", format!("http://{down}"), ""),
         (
@@ -42,10 +47,10 @@ async fn f31_broken_shadows_change_nothing_for_the_primary() {
             "shadow_queue: 8, shadow_max_in_flight: 4",
         ),
         ("slow", slow.url(), ""),
-        ("garbage", format!("http://{garbage}"), ""),
-        ("reset", format!("http://{reset}"), ""),
+        ("garbage", garbage.url(), ""),
+        ("reset", reset.url(), ""),
         ("failing", failing.url(), ""),
-        ("endless", format!("http://{endless}"), ""),
+        ("endless", endless.url(), ""),
     ];
     let mut clusters = cluster("primary", &primary.url(), "");
     let mut routes = String::from("routes:\n");
