@@ -296,6 +296,7 @@ async fn d24_connection_cap_pauses_accepting_without_errors() {
     held.pop();
     let ex = read_all(&mut extra, Duration::from_secs(5)).await;
     assert_eq!(ex.status(), 200, "served once a slot freed: {}", ex.text());
+    assert!(ex.closed, "closed after the answer (Connection: close)");
     assert_eq!(up.count(), 1);
     drop(held);
     assert_eventually!(proxy.metric(open).await == 0.0);

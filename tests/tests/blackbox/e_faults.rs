@@ -64,7 +64,8 @@ async fn e26_client_gone_mid_body_aborts_upstream_and_mirrors_nothing() {
 
 /// E27: a client that leaves while its request waits on the primary: the upstream call
 /// is cancelled (the proxy closes its connection to the primary), the in-flight gauge
-/// returns to 0, the copy is dropped as `cancelled` and the shadow receives nothing.
+/// and open-connection gauges return to 0, the copy is dropped as `cancelled` and the
+/// shadow receives nothing.
 #[tokio::test]
 async fn e27_client_gone_while_waiting_cancels_the_upstream_call() {
     let hole = FakeUpstream::builder().black_hole().start().await;
@@ -86,9 +87,12 @@ async fn e27_client_gone_while_waiting_cancels_the_upstream_call() {
         .unwrap();
     assert_eventually!(hole.accepted() == 1 && hole.open() == 1);
     assert_eventually!(proxy.metric("teeproxy_requests_in_flight").await == 1.0);
+    let open = "teeproxy_open_connections{listener=\"public\"}";
+    assert_eq!(proxy.metric(open).await, 1.0);
     drop(s);
     assert_eventually!(hole.open() == 0, "the proxy closed its primary connection");
     assert_eventually!(proxy.metric("teeproxy_requests_in_flight").await == 0.0);
+    assert_eventually!(proxy.metric(open).await == 0.0);
     let m = proxy.metrics().await;
     assert_eq!(dropped(&m, "all", "candidate", "cancelled"), 1.0, "{m}");
     assert!(ShadowCounts::from_metrics(&m, "all", "candidate").balanced());
