@@ -123,8 +123,9 @@ async fn full_backlog() -> (
 
 /// E28: a primary that refuses -> 502 at once; one that cannot be reached (full accept
 /// queue) -> 502 at the connect timeout; one that accepts and never answers, or answers
-/// too late -> 504 at the response timeout. A failed primary's copy still goes to the
-/// shadow (once); the process keeps serving.
+/// too late -> 504 at the response timeout, and the next request to the black hole the
+/// same way. A failed primary's copy still goes to the shadow (once); the process keeps
+/// serving.
 #[tokio::test]
 async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
     let refused = closed_port().await;
@@ -177,10 +178,16 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
             "{name}: answered after {took:?}"
         );
     }
-    assert_eq!(hole.count(), 1);
+    let again = http_get(proxy.addr(), "/hole/e28/again", Duration::from_secs(5)).await;
+    assert_eq!(
+        again.map(|g| g.0),
+        Some(504),
+        "the next one fails the same way"
+    );
+    assert_eq!(hole.count(), 2);
     assert_eq!(slow.count(), 1);
     // Each failed primary's request was still mirrored, once.
-    assert_eventually!(shadow.count() == 4);
+    assert_eventually!(shadow.count() == 5);
     let mut mirrored: Vec<String> = shadow
         .received()
         .iter()
@@ -189,14 +196,20 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
     mirrored.sort();
     assert_eq!(
         mirrored,
-        ["/hole/e28", "/refused/e28", "/slow/e28", "/unreachable/e28"]
+        [
+            "/hole/e28",
+            "/hole/e28/again",
+            "/refused/e28",
+            "/slow/e28",
+            "/unreachable/e28"
+        ]
     );
     let m = proxy.metrics().await;
-    for (cluster, kind) in [
-        ("refused", "connect"),
-        ("unreachable", "connect"),
-        ("hole", "timeout"),
-        ("slow", "timeout"),
+    for (cluster, kind, n) in [
+        ("refused", "connect", 1.0),
+        ("unreachable", "connect", 1.0),
+        ("hole", "timeout", 2.0),
+        ("slow", "timeout", 1.0),
     ] {
         assert_eq!(
             metric_value(
@@ -205,7 +218,7 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
                     "teeproxy_upstream_errors_total{{cluster=\"{cluster}\",leg=\"primary\",kind=\"{kind}\"}}"
                 )
             ),
-            1.0,
+            n,
             "{cluster}: {kind}"
         );
         assert_eq!(
@@ -213,8 +226,8 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
                 &m,
                 &format!("teeproxy_requests_total{{route=\"{cluster}\",status_class=\"5xx\"}}")
             ),
-            1.0,
-            "{cluster}: one 5xx"
+            n,
+            "{cluster}: one 5xx per request"
         );
     }
     assert_serves(&mut proxy, "/e28/healthy").await;
@@ -234,8 +247,9 @@ async fn scripted() -> FakeUpstream {
 }
 
 /// E29: a primary that answers garbage, resets, or sends a 1 MiB header -> 502, each
-/// sent once; the pool is not poisoned: the good requests around them are answered
-/// correctly and the broken connections are never reused.
+/// sent once, and a second garbage or reset answer the same way; the pool is not
+/// poisoned: the good requests around them are answered correctly and the broken
+/// connections are never reused.
 #[tokio::test]
 async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
     let primary = scripted().await;
@@ -254,6 +268,9 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
         "/huge-header",
         "/ok/4",
         "/ok/5",
+        "/garbage/again",
+        "/reset/again",
+        "/ok/6",
     ] {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
             .await
@@ -301,7 +318,7 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
             &m,
             "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"protocol\"}"
         ),
-        3.0,
+        5.0,
         "{m}"
     );
     // Every request was complete, so every one was mirrored exactly once.
