@@ -11,7 +11,6 @@
 //!   recording upstreams on loopback as the primary and the shadow.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,13 +18,9 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Uri, Version};
 use prometheus_client::registry::Registry;
 use teeproxy::App;
 use teeproxy::config::{Config, ForwardedMode};
@@ -36,7 +31,6 @@ use teeproxy::testing::{
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf,
 };
-use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
 // ---------------------------------------------------------------------------------------
@@ -486,96 +480,38 @@ impl Rec {
     }
 }
 
-/// What a recording upstream received, and how many requests it is still reading.
-#[derive(Default)]
-struct Recorder {
-    recs: Mutex<Vec<Rec>>,
-    in_progress: AtomicUsize,
-}
-
-type Records = Arc<Recorder>;
-
-/// Counts a request as in progress until dropped (recorded, or abandoned by hyper).
-struct InProgress(Records);
-
-impl InProgress {
-    fn new(r: &Records) -> Self {
-        r.in_progress.fetch_add(1, Ordering::SeqCst);
-        InProgress(r.clone())
-    }
-}
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+impl From<Received> for Rec {
+    fn from(r: Received) -> Rec {
+        let mut trailers: Vec<(String, Vec<u8>)> = r
+            .trailers
+            .iter()
+            .flat_map(|t| t.iter())
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        trailers.sort();
+        Rec {
+            method: r.method,
+            target: r
+                .uri
+                .path_and_query()
+                .map_or_else(|| r.uri.to_string(), |p| p.to_string()),
+            headers: r.headers,
+            body: r.body,
+            trailers,
+            complete: r.complete,
+        }
     }
 }
 
 /// An HTTP/1.1 upstream on loopback that records every request (after reading its body)
-/// and answers 200.
-async fn recording_upstream(name: &'static str) -> (SocketAddr, Records) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let recs: Records = Arc::default();
-    let r = recs.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let r = r.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let r = r.clone();
-                    let counted = InProgress::new(&r);
-                    async move {
-                        let (parts, mut body) = req.into_parts();
-                        let mut buf = BytesMut::new();
-                        let mut trailers = Vec::new();
-                        let mut complete = true;
-                        while let Some(frame) = body.frame().await {
-                            match frame {
-                                Ok(f) => match f.into_data() {
-                                    Ok(d) => buf.extend_from_slice(&d),
-                                    Err(f) => {
-                                        if let Ok(t) = f.into_trailers() {
-                                            trailers.extend(t.iter().map(|(k, v)| {
-                                                (k.to_string(), v.as_bytes().to_vec())
-                                            }));
-                                        }
-                                    }
-                                },
-                                Err(_) => {
-                                    complete = false;
-                                    break;
-                                }
-                            }
-                        }
-                        trailers.sort();
-                        r.recs
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push(Rec {
-                                method: parts.method,
-                                target: parts
-                                    .uri
-                                    .path_and_query()
-                                    .map_or_else(|| parts.uri.to_string(), |p| p.to_string()),
-                                headers: parts.headers,
-                                body: buf.freeze(),
-                                trailers,
-                                complete,
-                            });
-                        drop(counted);
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            name.as_bytes(),
-                        ))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, recs)
+/// and answers 200 with its name as the body.
+async fn recording_upstream(name: &'static str) -> FakeUpstream {
+    FakeUpstream::builder()
+        .http1_only()
+        .anonymous()
+        .body(name)
+        .start()
+        .await
 }
 
 /// The proxy, its upstreams and the runtime they live on, built once per process.
@@ -583,8 +519,8 @@ struct Harness {
     rt: Runtime,
     app: Arc<App>,
     registry: Registry,
-    primary_recs: Records,
-    shadow_recs: Records,
+    primary: FakeUpstream,
+    shadow: FakeUpstream,
     /// Runs so far: each gets its own peer address.
     runs: u64,
 }
@@ -604,14 +540,14 @@ static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| {
         .build()
         .expect("runtime");
     let harness = rt.block_on(async {
-        let (primary, primary_recs) = recording_upstream("primary").await;
-        let (candidate, shadow_recs) = recording_upstream("candidate").await;
+        let primary = recording_upstream("primary").await;
+        let candidate = recording_upstream("candidate").await;
         let yaml = format!(
             "{}x_forwarded_for: replace\naccess_log: {{ enabled: false }}\n\
              limits: {{ request_head_timeout: 10s, body_timeout: 10s, idle_timeout: 10s, write_timeout: 10s }}\n",
             crate::shadow_yaml(
-                &format!("http://{primary}"),
-                &format!("http://{candidate}"),
+                &primary.url(),
+                &candidate.url(),
                 "shadow_queue: 100000, shadow_max_in_flight: 64",
                 "methods: any, timeout: 20s",
             )
@@ -619,15 +555,15 @@ static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| {
         let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("fuzz config: {e}\n{yaml}"));
         let mut registry = Registry::default();
         let app = Arc::new(App::build(config, &mut registry));
-        (app, registry, primary_recs, shadow_recs)
+        (app, registry, primary, candidate)
     });
-    let (app, registry, primary_recs, shadow_recs) = harness;
+    let (app, registry, primary, shadow) = harness;
     Mutex::new(Harness {
         rt,
         app,
         registry,
-        primary_recs,
-        shadow_recs,
+        primary,
+        shadow,
         runs: 0,
     })
 });
@@ -646,6 +582,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const QUIET: Duration = Duration::from_millis(2);
 
 use crate::h2::PREFACE as H2_PREFACE;
+use crate::upstream::{FakeUpstream, Received};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -729,18 +666,10 @@ fn activity(h: &Harness, consumed: usize) -> [u64; 10] {
     [
         consumed as u64,
         a.requests_in_flight as u64,
-        h.primary_recs.in_progress.load(Ordering::SeqCst) as u64,
-        h.shadow_recs.in_progress.load(Ordering::SeqCst) as u64,
-        h.primary_recs
-            .recs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64,
-        h.shadow_recs
-            .recs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64,
+        h.primary.in_progress() as u64,
+        h.shadow.in_progress() as u64,
+        h.primary.count() as u64,
+        h.shadow.count() as u64,
         a.offered,
         a.sent,
         a.dropped,
@@ -954,20 +883,18 @@ fn run(h: &mut Harness, input: &[u8], close: Close) -> RunResult {
         settle(h).await;
         timing[2] = t0.elapsed();
     });
-    let primary_all = std::mem::take(
-        &mut *h
-            .primary_recs
-            .recs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
-    let shadow_all = std::mem::take(
-        &mut *h
-            .shadow_recs
-            .recs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
+    let primary_all: Vec<Rec> = h
+        .primary
+        .take_received()
+        .into_iter()
+        .map(Rec::from)
+        .collect();
+    let shadow_all: Vec<Rec> = h
+        .shadow
+        .take_received()
+        .into_iter()
+        .map(Rec::from)
+        .collect();
     for r in &primary_all {
         check_upstream_request(r, false);
     }
@@ -1054,8 +981,7 @@ async fn settle(h: &Harness) {
     loop {
         turns += 1;
         let sent = shadow(h).sent;
-        let reading = h.primary_recs.in_progress.load(Ordering::SeqCst)
-            + h.shadow_recs.in_progress.load(Ordering::SeqCst);
+        let reading = h.primary.in_progress() + h.shadow.in_progress();
         let a = shadow(h);
         let quiet = reading == 0
             && a.requests_in_flight == 0

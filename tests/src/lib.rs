@@ -1,5 +1,6 @@
 //! The test kit every suite shares:
-//! - `upstream`: fake upstreams, the recording `FakeUpstream` and the raw misbehaving ones;
+//! - `upstream`: `FakeUpstream`, the one fake upstream (recording HTTP server by default,
+//!   black hole, never-reading, endless body, byte-counting, faults by path, upgrade echo);
 //! - `h1`: raw HTTP/1.1 on a socket (exact bytes out, a response parser in);
 //! - `h2`: raw HTTP/2 frames (encoder, parser, HPACK literals, a frame reader);
 //! - `process`: a real `teeproxy` process for black-box tests, and its /proc usage;

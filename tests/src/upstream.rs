@@ -1,18 +1,23 @@
-//! Fake upstreams, one module for every suite. `FakeUpstream` is a real HTTP/1.1 and h2c
-//! server (hyper) that records every request and answers as its builder says (status,
-//! body, headers, delays and statuses by path, echo). The others misbehave below HTTP,
-//! on raw sockets:
-//! - `BlackHole`: accepts, reads everything, never answers (counts connections);
-//! - `NeverReads`: accepts and never reads (the sender's window fills up);
-//! - `endless_body_server`: answers 200 with a chunked body that does not end;
-//! - `CountingUpstream`: reads bodies of any size, counting their bytes only;
-//! - `ScriptedUpstream`: misbehaves by path (garbage, reset, huge header, cut bodies);
-//! - `UpgradeEcho`: answers an upgrade with 101, then echoes bytes upper-cased.
+//! The fake upstream every suite uses: one type, `FakeUpstream`, built with
+//! `FakeUpstream::builder()`. By default it is a real HTTP/1.1 and h2c server (hyper) that
+//! records every request and answers as the builder says (status, body, headers, delays
+//! and statuses by path, echo). One builder call turns it into a misbehaving upstream on
+//! raw sockets instead:
+//! - `black_hole()`: accepts, reads everything, never answers;
+//! - `never_read()`: accepts and never reads (the sender's window fills up);
+//! - `endless_body(limit)`: answers 200 with a chunked body that does not end;
+//! - `count_bytes()`: reads bodies of any size, counting their bytes only;
+//! - `fault_on(prefix, fault)` / `fault(fault)`: fails requests by path (garbage, reset,
+//!   huge header, cut bodies), answers the others `200 ok`;
+//! - `upgrade_echo()`: answers an upgrade with 101, then echoes bytes upper-cased.
+//!
+//! Whatever the mode, it counts connections (`accepted`, `open`, `max_open`) and requests
+//! (`count`), and stops serving (its connections closed) when dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,8 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::h1::find;
 
@@ -42,19 +46,93 @@ pub struct Received {
     pub complete: bool,
 }
 
+/// One request as a `count_bytes()` upstream saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub path: String,
+    /// Body bytes received (framing excluded).
+    pub bytes: u64,
+    /// The body ended as its framing said.
+    pub complete: bool,
+}
+
+/// How a `fault_on` upstream fails a request (after reading its head). Every fault but
+/// `HugeHeader` closes the connection after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// These bytes (not HTTP), then close.
+    Garbage(&'static [u8]),
+    /// A reset (RST) instead of an answer.
+    Reset,
+    /// A response head with a 1 MiB header (`200`, `content-length: 2`, `ok`); the
+    /// connection is kept open, so a client that reused it would be seen.
+    HugeHeader,
+    /// `Content-Length: 1000`, 100 bytes, close.
+    CutLength,
+    /// A chunked body whose first chunk (`first`) arrives, then close.
+    CutChunked,
+}
+
+/// Garbage that starts like a TLS record, for `Fault::Garbage`.
+pub const NOT_HTTP: &[u8] = b"\x16\x03\x01 this is not HTTP\r\n\r\n";
+/// The garbage `teeproxy::demo::faults` answers with (the suites that used that demo
+/// upstream as a fake still send exactly these bytes).
+pub const DEMO_GARBAGE: &[u8] = b"\x16\x03\x01 garbage, not HTTP\r\n\r\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// hyper: records and answers as the builder says.
+    Http,
+    BlackHole,
+    NeverRead,
+    /// Chunked 200 body bounded by this many bytes.
+    EndlessBody(usize),
+    CountBytes,
+    /// Raw HTTP/1.1: the faults by path, `200 ok` otherwise.
+    Faults,
+    UpgradeEcho,
+}
+
 #[derive(Clone)]
 struct Behaviour {
+    mode: Mode,
     /// Extra delay for paths starting with a prefix.
     delay_on: Vec<(String, Duration)>,
     /// Another status for paths starting with a prefix.
     status_on: Vec<(String, StatusCode)>,
+    /// Faults for paths starting with a prefix (the first match applies).
+    faults: Vec<(String, Fault)>,
     /// Stream the request body straight back as the response body.
     echo: bool,
     status: StatusCode,
     delay: Duration,
     body: Bytes,
     headers: Vec<(String, String)>,
-    name: String,
+    /// Sent back in `x-upstream` (none when `None`).
+    name: Option<String>,
+    /// hyper's HTTP/1.1 server alone, without timer (no h2c detection).
+    http1_only: bool,
+}
+
+/// What a fake upstream saw, whatever its mode.
+#[derive(Default)]
+struct State {
+    received: Mutex<Vec<Received>>,
+    counted: Mutex<Vec<Counted>>,
+    /// `(connection number, path)` per request head.
+    seen: Mutex<Vec<(u64, String)>>,
+    last_head: Mutex<String>,
+    /// Requests recorded by the raw modes (`Http` counts `received`).
+    count: AtomicUsize,
+    in_progress: AtomicUsize,
+    received_bytes: AtomicU64,
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Builds a fake upstream.
@@ -98,59 +176,190 @@ impl FakeUpstreamBuilder {
         self.b.echo = true;
         self
     }
+    /// The `x-upstream` value (default `upstream`).
     pub fn name(mut self, n: &str) -> Self {
-        self.b.name = n.to_string();
+        self.b.name = Some(n.to_string());
+        self
+    }
+    /// No `x-upstream` header.
+    pub fn anonymous(mut self) -> Self {
+        self.b.name = None;
+        self
+    }
+    /// Serve with hyper's HTTP/1.1 server alone (no h2c, no header-read timer).
+    pub fn http1_only(mut self) -> Self {
+        self.b.http1_only = true;
+        self
+    }
+
+    /// Accept, read everything, never answer; `count` is the request heads seen.
+    pub fn black_hole(self) -> Self {
+        self.mode(Mode::BlackHole)
+    }
+    /// Accept and never read (connections held open until dropped).
+    pub fn never_read(self) -> Self {
+        self.mode(Mode::NeverRead)
+    }
+    /// Read a request (one read), answer 200 with a chunked body of 4 KiB `e` chunks
+    /// that never ends (bounded by `limit` bytes so a broken test cannot run away).
+    pub fn endless_body(self, limit: usize) -> Self {
+        self.mode(Mode::EndlessBody(limit))
+    }
+    /// Raw HTTP/1.1 that reads request bodies (by `Content-Length` or chunked) and only
+    /// counts their bytes (`counted`, `received_bytes`), for bodies too large to keep.
+    /// Answers 200 `counted`, keeps connections alive.
+    pub fn count_bytes(self) -> Self {
+        self.mode(Mode::CountBytes)
+    }
+    /// Answer a (WebSocket) upgrade with 101, then send back every byte received
+    /// upper-cased. `count` is the upgrades seen, `last_head` the last request head.
+    pub fn upgrade_echo(self) -> Self {
+        self.mode(Mode::UpgradeEcho)
+    }
+    /// Fail requests whose path starts with `prefix` with `fault` (the first matching
+    /// prefix applies). The upstream is then raw HTTP/1.1 (request bodies are not
+    /// expected): every other request is answered `200`, `content-length: 2`, `ok`,
+    /// keep-alive, whatever the status, body or headers set here.
+    pub fn fault_on(mut self, prefix: &str, fault: Fault) -> Self {
+        self.b.faults.push((prefix.to_string(), fault));
+        self.mode(Mode::Faults)
+    }
+    /// Fail every request with `fault`.
+    pub fn fault(self, fault: Fault) -> Self {
+        self.fault_on("", fault)
+    }
+
+    fn mode(mut self, m: Mode) -> Self {
+        assert!(
+            self.b.mode == Mode::Http || self.b.mode == m,
+            "one mode per fake upstream: {:?} and {m:?}",
+            self.b.mode
+        );
+        self.b.mode = m;
         self
     }
 
     pub async fn start(self) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let state = Arc::new(State::default());
         let behaviour = Arc::new(self.b);
-        let rec = received.clone();
+        let (st, b) = (state.clone(), behaviour.clone());
         let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
+            let mut conns = JoinSet::new();
+            let mut n = 0u64;
             loop {
-                let stream = tokio::select! {
-                    _ = stop_rx.wait_for(|s| *s) => break,
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                while conns.try_join_next().is_some() {}
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
                 };
-                let behaviour = behaviour.clone();
-                let rec = rec.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let behaviour = behaviour.clone();
-                        let rec = rec.clone();
-                        async move {
-                            let resp = if behaviour.echo {
-                                echo(&rec, req).map(Either::Left)
-                            } else {
-                                answer(&behaviour, &rec, req).await.map(Either::Right)
-                            };
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let mut b = auto::Builder::new(TokioExecutor::new());
-                    b.http1().timer(TokioTimer::new());
-                    let _ = b.serve_connection(TokioIo::new(stream), svc).await;
-                });
+                n += 1;
+                st.accepted.fetch_add(1, Ordering::SeqCst);
+                let now = st.open.fetch_add(1, Ordering::SeqCst) + 1;
+                st.max_open.fetch_max(now, Ordering::SeqCst);
+                let open = Open(st.clone());
+                conns.spawn(serve(stream, n, b.clone(), open));
             }
-            conns.shutdown().await;
         });
         FakeUpstream {
             addr,
-            received,
-            stop: stop_tx,
+            mode: behaviour.mode,
+            state,
             task,
         }
     }
 }
 
-fn echo(rec: &Mutex<Vec<Received>>, req: Request<Incoming>) -> Response<Incoming> {
+/// Counts a connection open until dropped (its task ended or was aborted).
+struct Open(Arc<State>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a request as being read until dropped (recorded, or abandoned by hyper).
+struct InProgress(Arc<State>);
+
+impl InProgress {
+    fn new(st: &Arc<State>) -> Self {
+        st.in_progress.fetch_add(1, Ordering::SeqCst);
+        InProgress(st.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve(s: TcpStream, conn: u64, b: Arc<Behaviour>, open: Open) {
+    let st = open.0.clone();
+    match b.mode {
+        Mode::Http => serve_http(s, b, st).await,
+        Mode::BlackHole => black_hole(s, &st).await,
+        Mode::NeverRead => {
+            let _held = s;
+            std::future::pending::<()>().await;
+        }
+        Mode::EndlessBody(limit) => endless_body(s, limit, &st).await,
+        Mode::CountBytes => count_connection(s, &st).await,
+        Mode::Faults => fault_connection(s, conn, &b.faults, &st).await,
+        Mode::UpgradeEcho => upgrade_echo(s, &st).await,
+    }
+    drop(open);
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            mode: Mode::Http,
+            delay_on: Vec::new(),
+            status_on: Vec::new(),
+            faults: Vec::new(),
+            echo: false,
+            status: StatusCode::OK,
+            delay: Duration::ZERO,
+            body: Bytes::from_static(b"hello from upstream"),
+            headers: Vec::new(),
+            name: Some("upstream".to_string()),
+            http1_only: false,
+        }
+    }
+}
+
+async fn serve_http(stream: TcpStream, b: Arc<Behaviour>, st: Arc<State>) {
+    let http1_only = b.http1_only;
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let b = b.clone();
+        let st = st.clone();
+        let reading = InProgress::new(&st);
+        async move {
+            let resp = if b.echo {
+                drop(reading);
+                echo(&st, req).map(Either::Left)
+            } else {
+                answer(&b, &st, req, reading).await.map(Either::Right)
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    if http1_only {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    } else {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+    }
+}
+
+fn echo(st: &State, req: Request<Incoming>) -> Response<Incoming> {
     let (parts, body) = req.into_parts();
-    rec.lock().expect("lock").push(Received {
+    lock(&st.received).push(Received {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
@@ -164,8 +373,9 @@ fn echo(rec: &Mutex<Vec<Received>>, req: Request<Incoming>) -> Response<Incoming
 
 async fn answer(
     b: &Behaviour,
-    rec: &Mutex<Vec<Received>>,
+    st: &State,
     req: Request<Incoming>,
+    reading: InProgress,
 ) -> Response<Full<Bytes>> {
     let (parts, mut body) = req.into_parts();
     let parts_path = parts.uri.path().to_string();
@@ -175,7 +385,11 @@ async fn answer(
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => match f.into_data() {
-                Ok(data) => buf.extend_from_slice(&data),
+                Ok(data) => {
+                    st.received_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    buf.extend_from_slice(&data);
+                }
                 Err(f) => trailers = f.into_trailers().ok(),
             },
             Err(_) => {
@@ -184,7 +398,7 @@ async fn answer(
             }
         }
     }
-    rec.lock().expect("lock").push(Received {
+    lock(&st.received).push(Received {
         method: parts.method,
         uri: parts.uri,
         version: parts.version,
@@ -193,6 +407,7 @@ async fn answer(
         trailers,
         complete,
     });
+    drop(reading);
     let extra: Duration = b
         .delay_on
         .iter()
@@ -207,9 +422,10 @@ async fn answer(
         .iter()
         .find(|(p, _)| parts_path.starts_with(p.as_str()))
         .map_or(b.status, |(_, s)| *s);
-    let mut resp = Response::builder()
-        .status(status)
-        .header("x-upstream", b.name.as_str());
+    let mut resp = Response::builder().status(status);
+    if let Some(name) = &b.name {
+        resp = resp.header("x-upstream", name.as_str());
+    }
     for (k, v) in &b.headers {
         resp = resp.header(k.as_str(), v.as_str());
     }
@@ -217,27 +433,18 @@ async fn answer(
         .expect("valid response")
 }
 
-/// An in-process HTTP/1.1 upstream that records every request.
+/// A fake upstream on 127.0.0.1 (see the module documentation). Dropping it stops it.
 pub struct FakeUpstream {
     pub addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-    stop: watch::Sender<bool>,
+    mode: Mode,
+    state: Arc<State>,
     task: JoinHandle<()>,
 }
 
 impl FakeUpstream {
     pub fn builder() -> FakeUpstreamBuilder {
         FakeUpstreamBuilder {
-            b: Behaviour {
-                delay_on: Vec::new(),
-                status_on: Vec::new(),
-                echo: false,
-                status: StatusCode::OK,
-                delay: Duration::ZERO,
-                body: Bytes::from_static(b"hello from upstream"),
-                headers: Vec::new(),
-                name: "upstream".to_string(),
-            },
+            b: Behaviour::default(),
         }
     }
 
@@ -250,164 +457,120 @@ impl FakeUpstream {
         format!("http://{}", self.addr)
     }
 
+    /// Every request recorded so far (HTTP mode: after its body was read).
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().expect("lock").clone()
+        lock(&self.state.received).clone()
     }
 
+    /// Takes the recorded requests out (HTTP mode), so `count` starts again from 0.
+    pub fn take_received(&self) -> Vec<Received> {
+        std::mem::take(&mut *lock(&self.state.received))
+    }
+
+    /// Requests seen: recorded ones (HTTP mode), request heads (black hole, faults),
+    /// bodies counted (`count_bytes`), upgrades (`upgrade_echo`), connections answered
+    /// (`endless_body`).
     pub fn count(&self) -> usize {
-        self.received.lock().expect("lock").len()
-    }
-
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
-
-/// A shadow that accepts connections, reads what it is sent and never answers. Counts
-/// the connections open at once.
-pub struct BlackHole {
-    pub addr: SocketAddr,
-    open: Arc<std::sync::atomic::AtomicUsize>,
-    max_open: Arc<std::sync::atomic::AtomicUsize>,
-    accepted: Arc<std::sync::atomic::AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl BlackHole {
-    pub async fn start() -> BlackHole {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let open = Arc::new(AtomicUsize::new(0));
-        let max_open = Arc::new(AtomicUsize::new(0));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (o, m, a) = (open.clone(), max_open.clone(), accepted.clone());
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut s, _)) = listener.accept().await {
-                a.fetch_add(1, Ordering::SeqCst);
-                let now = o.fetch_add(1, Ordering::SeqCst) + 1;
-                m.fetch_max(now, Ordering::SeqCst);
-                let o = o.clone();
-                conns.spawn(async move {
-                    let mut buf = [0u8; 16 * 1024];
-                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-                    o.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        BlackHole {
-            addr,
-            open,
-            max_open,
-            accepted,
-            task,
+        match self.mode {
+            Mode::Http => lock(&self.state.received).len(),
+            _ => self.state.count.load(Ordering::SeqCst),
         }
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// `(connection number, path)` per request head as it arrived (faults mode),
+    /// connections numbered from 1 in accept order.
+    pub fn seen(&self) -> Vec<(u64, String)> {
+        lock(&self.state.seen).clone()
     }
-    pub fn open(&self) -> usize {
-        self.open.load(std::sync::atomic::Ordering::SeqCst)
+
+    /// Request heads seen for exactly this path (faults mode).
+    pub fn count_path(&self, path: &str) -> usize {
+        lock(&self.state.seen)
+            .iter()
+            .filter(|(_, p)| p == path)
+            .count()
     }
-    pub fn max_open(&self) -> usize {
-        self.max_open.load(std::sync::atomic::Ordering::SeqCst)
+
+    /// The last request head seen (`upgrade_echo`: with whatever followed it in the same
+    /// reads).
+    pub fn last_head(&self) -> String {
+        lock(&self.state.last_head).clone()
     }
+
+    /// Requests whose head arrived and whose body is still being read (HTTP mode).
+    pub fn in_progress(&self) -> usize {
+        self.state.in_progress.load(Ordering::SeqCst)
+    }
+
+    /// What `count_bytes` counted, per request.
+    pub fn counted(&self) -> Vec<Counted> {
+        lock(&self.state.counted).clone()
+    }
+
+    /// Request body bytes received so far (HTTP and `count_bytes` modes); grows while a
+    /// body streams in.
+    pub fn received_bytes(&self) -> u64 {
+        self.state.received_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
+    }
+
+    /// The most connections open at once so far.
+    pub fn max_open(&self) -> usize {
+        self.state.max_open.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for BlackHole {
+impl Drop for FakeUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// A server that answers every request with a 200 and a chunked body that never ends
-/// (bounded by `limit` bytes so a broken test cannot run away).
-pub async fn endless_body_server(limit: usize) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                let chunk = format!("{:x}\r\n{}\r\n", 4096, "e".repeat(4096));
-                let mut sent = 0;
-                while sent < limit && s.write_all(chunk.as_bytes()).await.is_ok() {
-                    sent += 4096;
-                }
-            });
-        }
-    });
-    (addr, task)
-}
-/// One request as `CountingUpstream` saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counted {
-    pub path: String,
-    /// Body bytes received (framing excluded).
-    pub bytes: u64,
-    /// The body ended as its framing said.
-    pub complete: bool,
-}
-
-/// A raw HTTP/1.1 upstream that reads request bodies (by `Content-Length` or chunked)
-/// and only counts their bytes, for bodies too large to keep. Answers 200 `counted`,
-/// keeps connections alive. `received_bytes` grows while a body streams in.
-pub struct CountingUpstream {
-    pub addr: SocketAddr,
-    pub received_bytes: Arc<AtomicU64>,
-    requests: Arc<Mutex<Vec<Counted>>>,
-    task: JoinHandle<()>,
-}
-
-impl CountingUpstream {
-    pub async fn start() -> CountingUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let received_bytes = Arc::new(AtomicU64::new(0));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let (bytes, reqs) = (received_bytes.clone(), requests.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(count_connection(s, bytes.clone(), reqs.clone()));
+/// Reads everything, never answers; counts request heads (`\r\n\r\n`) in the stream.
+async fn black_hole(mut s: TcpStream, st: &State) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                let heads = tail.windows(4).filter(|w| *w == b"\r\n\r\n").count();
+                st.count.fetch_add(heads, Ordering::SeqCst);
+                let keep = tail.len().min(3);
+                tail.drain(..tail.len() - keep);
             }
-        });
-        CountingUpstream {
-            addr,
-            received_bytes,
-            requests,
-            task,
         }
     }
+}
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+async fn endless_body(mut s: TcpStream, limit: usize, st: &State) {
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf).await;
+    st.count.fetch_add(1, Ordering::SeqCst);
+    if s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
     }
-
-    pub fn requests(&self) -> Vec<Counted> {
-        self.requests.lock().expect("lock").clone()
+    let chunk = format!("{:x}\r\n{}\r\n", 4096, "e".repeat(4096));
+    let mut sent = 0;
+    while sent < limit && s.write_all(chunk.as_bytes()).await.is_ok() {
+        sent += 4096;
     }
 }
 
-impl Drop for CountingUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Buffered reads for the raw upstreams.
+/// Buffered reads for the raw modes.
 struct Reader {
     s: TcpStream,
     buf: Vec<u8>,
@@ -478,7 +641,7 @@ impl Reader {
     }
 }
 
-async fn count_connection(s: TcpStream, total: Arc<AtomicU64>, requests: Arc<Mutex<Vec<Counted>>>) {
+async fn count_connection(s: TcpStream, st: &State) {
     let mut r = Reader::new(s);
     loop {
         let Some(head) = r.until(b"\r\n\r\n").await else {
@@ -495,7 +658,7 @@ async fn count_connection(s: TcpStream, total: Arc<AtomicU64>, requests: Arc<Mut
         let mut counted = 0u64;
         let mut count = |n: u64| {
             counted += n;
-            total.fetch_add(n, Ordering::Relaxed);
+            st.received_bytes.fetch_add(n, Ordering::Relaxed);
         };
         let complete = if field("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             // A size line, its data, a CRLF; then the last chunk, trailers, empty line.
@@ -532,11 +695,12 @@ async fn count_connection(s: TcpStream, total: Arc<AtomicU64>, requests: Arc<Mut
                 .unwrap_or(0);
             r.skip(len, &mut count).await
         };
-        requests.lock().expect("lock").push(Counted {
+        lock(&st.counted).push(Counted {
             path,
             bytes: counted,
             complete,
         });
+        st.count.fetch_add(1, Ordering::SeqCst);
         if !complete {
             return;
         }
@@ -550,59 +714,9 @@ async fn count_connection(s: TcpStream, total: Arc<AtomicU64>, requests: Arc<Mut
     }
 }
 
-/// A raw HTTP/1.1 upstream that misbehaves by path (request bodies are not expected):
-/// - `/garbage...`: bytes that are not HTTP, then close;
-/// - `/reset...`: a reset (RST) instead of an answer;
-/// - `/huge-header...`: a response head with a 1 MiB header, then the connection is
-///   kept open (a client that reused it would be seen);
-/// - `/cut-length...`: `Content-Length: 1000`, 100 bytes, close;
-/// - `/cut-chunked...`: a chunked body whose first chunk arrives, then close;
-/// - anything else: 200 `ok`, keep-alive.
-///
-/// Records `(connection number, path)` for every request head.
-pub struct ScriptedUpstream {
-    pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(u64, String)>>>,
-    task: JoinHandle<()>,
-}
-
-impl ScriptedUpstream {
-    pub async fn start() -> ScriptedUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let rec = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut n = 0u64;
-            while let Ok((s, _)) = listener.accept().await {
-                n += 1;
-                tokio::spawn(scripted_connection(s, n, rec.clone()));
-            }
-        });
-        ScriptedUpstream { addr, seen, task }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `(connection number, path)` per request head, in arrival order.
-    pub fn seen(&self) -> Vec<(u64, String)> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    pub fn count(&self, path: &str) -> usize {
-        self.seen().iter().filter(|(_, p)| p == path).count()
-    }
-}
-
-impl Drop for ScriptedUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn scripted_connection(mut s: TcpStream, conn: u64, seen: Arc<Mutex<Vec<(u64, String)>>>) {
+/// Request heads one after another; each is failed by the first fault whose prefix its
+/// path starts with, or answered `200 ok`.
+async fn fault_connection(mut s: TcpStream, conn: u64, faults: &[(String, Fault)], st: &State) {
     let mut pending = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -618,145 +732,81 @@ async fn scripted_connection(mut s: TcpStream, conn: u64, seen: Arc<Mutex<Vec<(u
         let head = String::from_utf8_lossy(&pending[..end]).into_owned();
         pending.drain(..end);
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-        seen.lock().expect("lock").push((conn, path.clone()));
-        if path.starts_with("/garbage") {
-            let _ = s.write_all(b"\x16\x03\x01 this is not HTTP\r\n\r\n").await;
-            return;
-        } else if path.starts_with("/reset") {
-            let _ = s.set_zero_linger();
-            return;
-        } else if path.starts_with("/huge-header") {
-            let mut resp = b"HTTP/1.1 200 OK\r\nx-huge: ".to_vec();
-            resp.extend(std::iter::repeat_n(b'h', 1024 * 1024));
-            resp.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\nok");
-            if s.write_all(&resp).await.is_err() {
+        lock(&st.seen).push((conn, path.clone()));
+        *lock(&st.last_head) = head;
+        st.count.fetch_add(1, Ordering::SeqCst);
+        let fault = faults
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(_, f)| *f);
+        match fault {
+            Some(Fault::Garbage(bytes)) => {
+                let _ = s.write_all(bytes).await;
                 return;
             }
-            // Keep the connection: a request reusing it would be recorded here.
-        } else if path.starts_with("/cut-length") {
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
-                .await;
-            let _ = s.write_all(&[b'x'; 100]).await;
-            return;
-        } else if path.starts_with("/cut-chunked") {
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-                .await;
-            return;
-        } else if s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .is_err()
-        {
-            return;
+            Some(Fault::Reset) => {
+                let _ = s.set_zero_linger();
+                return;
+            }
+            Some(Fault::HugeHeader) => {
+                let mut resp = b"HTTP/1.1 200 OK\r\nx-huge: ".to_vec();
+                resp.extend(std::iter::repeat_n(b'h', 1024 * 1024));
+                resp.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\nok");
+                if s.write_all(&resp).await.is_err() {
+                    return;
+                }
+                // Keep the connection: a request reusing it would be recorded here.
+            }
+            Some(Fault::CutLength) => {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+                    .await;
+                let _ = s.write_all(&[b'x'; 100]).await;
+                return;
+            }
+            Some(Fault::CutChunked) => {
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                    )
+                    .await;
+                return;
+            }
+            None => {
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// An upstream that accepts connections and never reads from them (holding them open),
-/// so whatever is sent to it backs up.
-pub struct NeverReads {
-    pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl NeverReads {
-    pub async fn start() -> NeverReads {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            while let Ok((s, _)) = listener.accept().await {
-                conns.push(s);
-            }
-        });
-        NeverReads { addr, task }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for NeverReads {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A primary that answers a WebSocket upgrade with 101, then sends back every byte it
-/// receives upper-cased. Counts the upgrade requests it saw and keeps the last head.
-pub struct UpgradeEcho {
-    pub addr: SocketAddr,
-    seen: Arc<AtomicUsize>,
-    head: Arc<Mutex<String>>,
-    task: JoinHandle<()>,
-}
-
-impl UpgradeEcho {
-    pub async fn start() -> UpgradeEcho {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        let seen = Arc::new(AtomicUsize::new(0));
-        let head = Arc::new(Mutex::new(String::new()));
-        let (s2, h2) = (seen.clone(), head.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut c, _)) = l.accept().await {
-                let (seen, head) = (s2.clone(), h2.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut b = [0u8; 4096];
-                    while find(&buf, b"\r\n\r\n").is_none() {
-                        match c.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    *head.lock().expect("lock") = String::from_utf8_lossy(&buf).into_owned();
-                    let _ = c
-                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
-                        .await;
-                    loop {
-                        match c.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                let up = b[..n].to_ascii_uppercase();
-                                if c.write_all(&up).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        UpgradeEcho {
-            addr,
-            seen,
-            head,
-            task,
+async fn upgrade_echo(mut c: TcpStream, st: &State) {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    while find(&buf, b"\r\n\r\n").is_none() {
+        match c.read(&mut b).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
         }
     }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Upgrade requests seen.
-    pub fn upgrades(&self) -> usize {
-        self.seen.load(Ordering::SeqCst)
-    }
-
-    /// The last request head seen.
-    pub fn last_head(&self) -> String {
-        self.head.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for UpgradeEcho {
-    fn drop(&mut self) {
-        self.task.abort();
+    st.count.fetch_add(1, Ordering::SeqCst);
+    *lock(&st.last_head) = String::from_utf8_lossy(&buf).into_owned();
+    let _ = c
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+        .await;
+    loop {
+        match c.read(&mut b).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let up = b[..n].to_ascii_uppercase();
+                if c.write_all(&up).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }

@@ -1,41 +1,20 @@
-//! Primary faults, seen from the client: refused, black-holed, garbage, reset, closing
-//! mid-body. The client gets 502/504, or an aborted message it cannot take for complete,
-//! and the proxy keeps serving.
+//! A primary closing mid-body, seen from the client, with a stricter claim than the
+//! black-box E30 makes: the status 200 and `content-length: 1000` always reach the client
+//! before the close (E30 also accepts a close before any byte of the answer, because the
+//! abort can overtake the writes; asserting the head there would flake). Refused,
+//! black-holed, garbage and reset primaries are E28 and E29.
 
 use std::time::Duration;
 
-use teeproxy::demo::faults::{Fault, spawn_faulty};
 use teeproxy_tests::*;
 
 #[tokio::test]
-async fn broken_primaries_map_to_502_and_504() {
-    for (fault, status) in [
-        (Fault::Garbage, 502),
-        (Fault::Reset, 502),
-        (Fault::Blackhole, 504),
-    ] {
-        let (addr, received, _stop) = spawn_faulty(fault).await.unwrap();
-        let proxy =
-            TestProxy::start(&simple_yaml(&[format!("http://{addr}")], "timeout: 300ms")).await;
-        let (got, _, _) = get(&proxy.url("/f")).await;
-        assert_eq!(got.as_u16(), status, "{fault:?}");
-        assert_eventually!(
-            received.load(std::sync::atomic::Ordering::Relaxed) >= 1,
-            "{fault:?} saw the request"
-        );
-        // The proxy is still up and answers the next one the same way.
-        assert_eq!(
-            get(&proxy.url("/again")).await.0.as_u16(),
-            status,
-            "{fault:?}"
-        );
-    }
-}
-
-#[tokio::test]
 async fn a_primary_that_closes_mid_body_aborts_the_clients_message() {
-    let (addr, _, _stop) = spawn_faulty(Fault::CloseMidBody).await.unwrap();
-    let proxy = TestProxy::start(&simple_yaml(&[format!("http://{addr}")], "")).await;
+    let cut = FakeUpstream::builder()
+        .fault(Fault::CutLength)
+        .start()
+        .await;
+    let proxy = TestProxy::start(&simple_yaml(&[cut.url()], "")).await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
     s.write_all(b"GET /cut HTTP/1.1\r\nHost: a\r\n\r\n")

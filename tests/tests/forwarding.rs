@@ -319,7 +319,7 @@ async fn bodies_stream_both_ways_without_waiting_for_the_end() {
 #[tokio::test]
 async fn back_pressure_holds_when_the_upstream_does_not_read() {
     use tokio::io::AsyncWriteExt;
-    let sink = NeverReads::start().await;
+    let sink = FakeUpstream::builder().never_read().start().await;
     let proxy = TestProxy::start(&simple_yaml(&[sink.url()], "timeout: 60s")).await;
     let total: u64 = 256 * 1024 * 1024;
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -14,7 +14,7 @@ const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nU
 
 #[tokio::test]
 async fn websocket_upgrades_are_relayed_to_the_primary_and_never_mirrored() {
-    let primary = UpgradeEcho::start().await;
+    let primary = FakeUpstream::builder().upgrade_echo().start().await;
     let shadow = FakeUpstream::start().await;
     let mut p = ProxyProcess::start(&shadow_yaml(
         &primary.url(),
@@ -51,7 +51,7 @@ async fn websocket_upgrades_are_relayed_to_the_primary_and_never_mirrored() {
     assert_eq!(p.metric("teeproxy_tunnels").await, 1.0);
     drop(s);
     assert_eventually!(p.metric("teeproxy_tunnels").await == 0.0);
-    assert_eq!(primary.upgrades(), 1);
+    assert_eq!(primary.count(), 1);
     assert_eq!(shadow.count(), 0, "an upgrade was mirrored");
     assert_eq!(
         p.metric(
@@ -65,7 +65,7 @@ async fn websocket_upgrades_are_relayed_to_the_primary_and_never_mirrored() {
 
 #[tokio::test]
 async fn a_route_without_websocket_refuses_upgrades_with_501() {
-    let primary = UpgradeEcho::start().await;
+    let primary = FakeUpstream::builder().upgrade_echo().start().await;
     let yaml = simple_yaml(&[primary.url()], "").replace(
         "primary: primary\n",
         "primary: primary\n    websocket: false\n",
@@ -76,7 +76,7 @@ async fn a_route_without_websocket_refuses_upgrades_with_501() {
     let (text, eof) = read_until_close(&mut s, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&text), 501, "{text}");
     assert!(eof, "the connection is closed after the refusal");
-    assert_eq!(primary.upgrades(), 0);
+    assert_eq!(primary.count(), 0);
     assert_eq!(
         p.metric("teeproxy_rejected_requests_total{reason=\"upgrade_refused\"}")
             .await,
@@ -90,7 +90,7 @@ async fn a_route_without_websocket_refuses_upgrades_with_501() {
 /// the drain deadline.
 #[tokio::test]
 async fn tunnels_hold_their_slot_end_when_idle_and_at_the_drain_deadline() {
-    let primary = UpgradeEcho::start().await;
+    let primary = FakeUpstream::builder().upgrade_echo().start().await;
     let yaml = format!(
         "{}limits: {{ max_connections: 1, idle_timeout: 1500ms }}\ndrain_timeout: 1s\n",
         simple_yaml(&[primary.url()], "")

@@ -464,9 +464,11 @@ async fn a_client_that_grants_no_window_is_closed_at_the_write_limit() {
 /// an ended one (no END_STREAM on the cut response).
 #[tokio::test]
 async fn a_primary_closing_mid_body_resets_the_http2_stream() {
-    use teeproxy::demo::faults::{Fault, spawn_faulty};
-    let (addr, _, _stop) = spawn_faulty(Fault::CloseMidBody).await.unwrap();
-    let mut p = ProxyProcess::start(&simple_yaml(&[format!("http://{addr}")], "")).await;
+    let cut = FakeUpstream::builder()
+        .fault(Fault::CutLength)
+        .start()
+        .await;
+    let mut p = ProxyProcess::start(&simple_yaml(&[cut.url()], "")).await;
     let mut s = connect(p.addr(), &[]).await;
     s.write_all(&frame(
         HEADERS,

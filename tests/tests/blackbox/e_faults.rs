@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use teeproxy::demo::faults::{Fault, spawn_faulty};
 use teeproxy_tests::process::{ProxyProcess, http_get};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -65,10 +64,11 @@ async fn e26_client_gone_mid_body_aborts_upstream_and_mirrors_nothing() {
 
 /// E27: a client that leaves while its request waits on the primary: the upstream call
 /// is cancelled (the proxy closes its connection to the primary), the in-flight gauge
-/// returns to 0, the copy is dropped as `cancelled` and the shadow receives nothing.
+/// and open-connection gauges return to 0, the copy is dropped as `cancelled` and the
+/// shadow receives nothing.
 #[tokio::test]
 async fn e27_client_gone_while_waiting_cancels_the_upstream_call() {
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let shadow = FakeUpstream::builder().name("candidate").start().await;
     let healthy = FakeUpstream::start().await;
     let yaml = format!(
@@ -87,9 +87,12 @@ async fn e27_client_gone_while_waiting_cancels_the_upstream_call() {
         .unwrap();
     assert_eventually!(hole.accepted() == 1 && hole.open() == 1);
     assert_eventually!(proxy.metric("teeproxy_requests_in_flight").await == 1.0);
+    let open = "teeproxy_open_connections{listener=\"public\"}";
+    assert_eq!(proxy.metric(open).await, 1.0);
     drop(s);
     assert_eventually!(hole.open() == 0, "the proxy closed its primary connection");
     assert_eventually!(proxy.metric("teeproxy_requests_in_flight").await == 0.0);
+    assert_eventually!(proxy.metric(open).await == 0.0);
     let m = proxy.metrics().await;
     assert_eq!(dropped(&m, "all", "candidate", "cancelled"), 1.0, "{m}");
     assert!(ShadowCounts::from_metrics(&m, "all", "candidate").balanced());
@@ -120,13 +123,14 @@ async fn full_backlog() -> (
 
 /// E28: a primary that refuses -> 502 at once; one that cannot be reached (full accept
 /// queue) -> 502 at the connect timeout; one that accepts and never answers, or answers
-/// too late -> 504 at the response timeout. A failed primary's copy still goes to the
-/// shadow (once); the process keeps serving.
+/// too late -> 504 at the response timeout, and the next request to the black hole the
+/// same way. A failed primary's copy still goes to the shadow (once); the process keeps
+/// serving.
 #[tokio::test]
 async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
     let refused = closed_port().await;
     let (unreachable, _l, _fillers) = full_backlog().await;
-    let (hole, hole_seen, _stop) = spawn_faulty(Fault::Blackhole).await.unwrap();
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let slow = FakeUpstream::builder()
         .delay(Duration::from_secs(5))
         .start()
@@ -145,7 +149,7 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
         "clusters:\n{}{}{}{}{}{}{routes}",
         cl("refused", format!("http://{refused}")),
         cl("unreachable", format!("http://{unreachable}")),
-        cl("hole", format!("http://{hole}")),
+        cl("hole", hole.url()),
         cl("slow", slow.url()),
         cluster("candidate", &shadow.url(), ""),
         cluster("healthy", &healthy.url(), ""),
@@ -174,10 +178,16 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
             "{name}: answered after {took:?}"
         );
     }
-    assert_eq!(hole_seen.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let again = http_get(proxy.addr(), "/hole/e28/again", Duration::from_secs(5)).await;
+    assert_eq!(
+        again.map(|g| g.0),
+        Some(504),
+        "the next one fails the same way"
+    );
+    assert_eq!(hole.count(), 2);
     assert_eq!(slow.count(), 1);
     // Each failed primary's request was still mirrored, once.
-    assert_eventually!(shadow.count() == 4);
+    assert_eventually!(shadow.count() == 5);
     let mut mirrored: Vec<String> = shadow
         .received()
         .iter()
@@ -186,14 +196,20 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
     mirrored.sort();
     assert_eq!(
         mirrored,
-        ["/hole/e28", "/refused/e28", "/slow/e28", "/unreachable/e28"]
+        [
+            "/hole/e28",
+            "/hole/e28/again",
+            "/refused/e28",
+            "/slow/e28",
+            "/unreachable/e28"
+        ]
     );
     let m = proxy.metrics().await;
-    for (cluster, kind) in [
-        ("refused", "connect"),
-        ("unreachable", "connect"),
-        ("hole", "timeout"),
-        ("slow", "timeout"),
+    for (cluster, kind, n) in [
+        ("refused", "connect", 1.0),
+        ("unreachable", "connect", 1.0),
+        ("hole", "timeout", 2.0),
+        ("slow", "timeout", 1.0),
     ] {
         assert_eq!(
             metric_value(
@@ -202,7 +218,7 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
                     "teeproxy_upstream_errors_total{{cluster=\"{cluster}\",leg=\"primary\",kind=\"{kind}\"}}"
                 )
             ),
-            1.0,
+            n,
             "{cluster}: {kind}"
         );
         assert_eq!(
@@ -210,19 +226,33 @@ async fn e28_refused_unreachable_and_slow_primaries_are_502_and_504_in_time() {
                 &m,
                 &format!("teeproxy_requests_total{{route=\"{cluster}\",status_class=\"5xx\"}}")
             ),
-            1.0,
-            "{cluster}: one 5xx"
+            n,
+            "{cluster}: one 5xx per request"
         );
     }
     assert_serves(&mut proxy, "/e28/healthy").await;
 }
 
+/// A primary that misbehaves by path: `/garbage`, `/reset`, `/huge-header`, `/cut-length`,
+/// `/cut-chunked`; anything else is answered `200 ok`.
+async fn scripted() -> FakeUpstream {
+    FakeUpstream::builder()
+        .fault_on("/garbage", Fault::Garbage(NOT_HTTP))
+        .fault_on("/reset", Fault::Reset)
+        .fault_on("/huge-header", Fault::HugeHeader)
+        .fault_on("/cut-length", Fault::CutLength)
+        .fault_on("/cut-chunked", Fault::CutChunked)
+        .start()
+        .await
+}
+
 /// E29: a primary that answers garbage, resets, or sends a 1 MiB header -> 502, each
-/// sent once; the pool is not poisoned: the good requests around them are answered
-/// correctly and the broken connections are never reused.
+/// sent once, and a second garbage or reset answer the same way; the pool is not
+/// poisoned: the good requests around them are answered correctly and the broken
+/// connections are never reused.
 #[tokio::test]
 async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
-    let primary = ScriptedUpstream::start().await;
+    let primary = scripted().await;
     let shadow = FakeUpstream::builder().name("candidate").start().await;
     let yaml = shadow_yaml(&primary.url(), &shadow.url(), "", "");
     let mut proxy = ProxyProcess::start(&yaml).await;
@@ -238,6 +268,9 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
         "/huge-header",
         "/ok/4",
         "/ok/5",
+        "/garbage/again",
+        "/reset/again",
+        "/ok/6",
     ] {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
             .await
@@ -253,7 +286,11 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
         sent.push(path);
     }
     for path in &sent {
-        assert_eq!(primary.count(path), 1, "{path} sent to the primary once");
+        assert_eq!(
+            primary.count_path(path),
+            1,
+            "{path} sent to the primary once"
+        );
     }
     // A connection that carried a broken answer never carries another request.
     let seen = primary.seen();
@@ -281,7 +318,7 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
             &m,
             "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"protocol\"}"
         ),
-        3.0,
+        5.0,
         "{m}"
     );
     // Every request was complete, so every one was mirrored exactly once.
@@ -304,7 +341,7 @@ async fn e29_broken_primary_answers_are_502_and_the_pool_stays_clean() {
 /// was mirrored once.
 #[tokio::test]
 async fn e30_primary_closing_mid_body_aborts_the_clients_message() {
-    let primary = ScriptedUpstream::start().await;
+    let primary = scripted().await;
     let shadow = FakeUpstream::builder().name("candidate").start().await;
     let yaml = shadow_yaml(&primary.url(), &shadow.url(), "", "");
     let mut proxy = ProxyProcess::start(&yaml).await;
@@ -334,7 +371,7 @@ async fn e30_primary_closing_mid_body_aborts_the_clients_message() {
         } else {
             eprintln!("e30 {path}: closed before any byte of the answer");
         }
-        assert_eq!(primary.count(path), 1);
+        assert_eq!(primary.count_path(path), 1);
     }
     assert_eventually!(shadow.count() == 2);
     let got = http_get(proxy.addr(), "/ok/after", Duration::from_secs(5)).await;
@@ -349,10 +386,10 @@ async fn e30_primary_closing_mid_body_aborts_the_clients_message() {
 #[tokio::test]
 async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
     use tokio::io::AsyncReadExt;
-    let (addr, _task) = teeproxy_tests::endless_body_server(2 << 30).await;
+    let endless = FakeUpstream::builder().endless_body(2 << 30).start().await;
     let mut p = ProxyProcess::start(&format!(
         "{}limits: {{ write_timeout: 1s }}\n",
-        teeproxy_tests::simple_yaml(&[format!("http://{addr}")], "")
+        teeproxy_tests::simple_yaml(&[endless.url()], "")
     ))
     .await;
     let rss_before = teeproxy_tests::usage_or_skip!(p).rss_kib;
@@ -395,12 +432,8 @@ async fn primary_endless_body_streams_bounded_and_ends_with_the_client() {
 #[tokio::test]
 async fn client_gone_mid_response_releases_the_upstream_at_once() {
     use tokio::io::AsyncReadExt;
-    let (addr, _task) = teeproxy_tests::endless_body_server(1 << 30).await;
-    let p = ProxyProcess::start(&teeproxy_tests::simple_yaml(
-        &[format!("http://{addr}")],
-        "",
-    ))
-    .await;
+    let endless = FakeUpstream::builder().endless_body(1 << 30).start().await;
+    let p = ProxyProcess::start(&teeproxy_tests::simple_yaml(&[endless.url()], "")).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
         .await

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use teeproxy::demo::faults::{Fault, spawn_faulty};
 use teeproxy_tests::process::{ProxyProcess, Signal, http_get};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -11,30 +10,41 @@ use super::*;
 
 const REQUESTS: usize = 20;
 
-/// F31: one route per broken shadow (down, black-holed, slow, garbage, reset, 5xx,
-/// endless body), all served by one healthy primary. Every client request gets the
-/// primary's answer without waiting on the shadow; each shadow's failures are counted
-/// by outcome or drop reason, `offered = sent + dropped`; the black hole never has more
-/// copies in flight than its cap; and SIGTERM with copies still queued exits 0 within
-/// the drain deadlines.
+/// F31: one route per broken shadow (down, black-holed, slow, garbage, reset, closing
+/// mid-body, 5xx, endless body), all served by one healthy primary. Every client request
+/// gets the primary's answer without waiting on the shadow; each shadow's failures are
+/// counted by outcome or drop reason, `offered = sent + dropped`; the dead shadow's
+/// circuit opens; the black hole never has more copies in flight than its cap; once
+/// they time out nothing stays queued or in flight; and SIGTERM with copies still
+/// queued exits 0 within the drain deadlines.
 #[tokio::test]
 async fn f31_broken_shadows_change_nothing_for_the_primary() {
     let primary = FakeUpstream::builder().body("primary ok").start().await;
     let down = closed_port().await;
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     let slow = FakeUpstream::builder()
         .delay(Duration::from_secs(3))
         .start()
         .await;
-    let (garbage, _, _stop_garbage) = spawn_faulty(Fault::Garbage).await.unwrap();
-    let (reset, _, _stop_reset) = spawn_faulty(Fault::Reset).await.unwrap();
+    let garbage = FakeUpstream::builder()
+        .fault(Fault::Garbage(DEMO_GARBAGE))
+        .start()
+        .await;
+    let reset = FakeUpstream::builder().fault(Fault::Reset).start().await;
+    let cut = FakeUpstream::builder()
+        .fault(Fault::CutLength)
+        .start()
+        .await;
     let failing = FakeUpstream::builder()
         .status(500)
         .body("boom")
         .start()
         .await;
-    let (endless, _endless_task) = endless_body_server(64 * 1024 * 1024).await;
-    let shadows: [(&str, String, &str); 7] = [
+    let endless = FakeUpstream::builder()
+        .endless_body(64 * 1024 * 1024)
+        .start()
+        .await;
+    let shadows: [(&str, String, &str); 8] = [
         ("down", format!("http://{down}"), ""),
         (
             "hole",
@@ -42,10 +52,11 @@ async fn f31_broken_shadows_change_nothing_for_the_primary() {
             "shadow_queue: 8, shadow_max_in_flight: 4",
         ),
         ("slow", slow.url(), ""),
-        ("garbage", format!("http://{garbage}"), ""),
-        ("reset", format!("http://{reset}"), ""),
+        ("garbage", garbage.url(), ""),
+        ("reset", reset.url(), ""),
+        ("cut", cut.url(), ""),
         ("failing", failing.url(), ""),
-        ("endless", format!("http://{endless}"), ""),
+        ("endless", endless.url(), ""),
     ];
     let mut clusters = cluster("primary", &primary.url(), "");
     let mut routes = String::from("routes:\n");
@@ -98,6 +109,7 @@ async fn f31_broken_shadows_change_nothing_for_the_primary() {
                 && outcomes(&m, "slow", "timeout") == REQUESTS as f64
                 && outcomes(&m, "garbage", "protocol_error") == REQUESTS as f64
                 && outcomes(&m, "reset", "protocol_error") == REQUESTS as f64
+                && outcomes(&m, "cut", "body_error") == REQUESTS as f64
                 && outcomes(&m, "failing", "ok") == REQUESTS as f64
                 && outcomes(&m, "endless", "ok") == REQUESTS as f64
         },
@@ -132,10 +144,31 @@ async fn f31_broken_shadows_change_nothing_for_the_primary() {
     // briefly; the number of copies in flight may not).
     let sent = ShadowCounts::from_metrics(&proxy.metrics().await, "hole", "hole-shadow").sent;
     assert_eq!(hole.accepted() as f64, sent);
+    // Every copy has landed: nothing queued for the black hole, nothing in flight to any
+    // shadow (the endless bodies were read up to the cap and let go).
+    assert_eventually!(
+        {
+            let m = proxy.metrics().await;
+            metric_value(&m, "teeproxy_shadow_queue_depth{shadow=\"hole-shadow\"}") == 0.0
+                && shadows.iter().all(|(n, _, _)| {
+                    metric_value(
+                        &m,
+                        &format!("teeproxy_shadow_in_flight{{shadow=\"{n}-shadow\"}}"),
+                    ) == 0.0
+                })
+        },
+        "queues and in-flight gauges back to zero:\n{}",
+        brief(&proxy.metrics().await)
+    );
     let m = proxy.metrics().await;
     // The dead shadow: refused a few times, then its circuit opened.
     let dead = ShadowCounts::from_metrics(&m, "down", "down-shadow");
     assert_eq!(outcomes(&m, "down", "connect_error"), dead.sent);
+    assert!(dead.sent >= 5.0, "refused a few times first: {dead:?}");
+    assert!(
+        dropped(&m, "down", "down-shadow", "circuit_open") >= 1.0,
+        "the circuit opened"
+    );
     assert_eq!(
         dead.sent + dropped(&m, "down", "down-shadow", "circuit_open"),
         REQUESTS as f64
@@ -244,11 +277,17 @@ async fn f32_copies_are_faithful_and_only_for_complete_requests() {
     )
     .await;
     assert_eq!(ex.status(), 405);
-    let _ = exchange(
+    let ex = exchange(
         addr,
         b"GET /f32/ws HTTP/1.1\r\nHost: app.example\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .await;
+    assert_eq!(
+        ex.status(),
+        200,
+        "relayed to the primary as a plain request: {}",
+        ex.text()
+    );
     let offered = ShadowCounts::from_metrics(&rig.metrics().await, "all", "candidate").offered;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -267,6 +306,14 @@ async fn f32_copies_are_faithful_and_only_for_complete_requests() {
 
     let primary = rig.primary.received();
     let shadow = rig.shadow.received();
+    assert!(
+        primary.iter().all(|r| r.method.as_str() != "CONNECT"),
+        "CONNECT reached nobody"
+    );
+    assert!(
+        primary.iter().any(|r| r.uri == "/f32/ws"),
+        "the upgrade request reached the primary"
+    );
     let mirrored = [
         "/f32/get?x=1&y=%20z",
         "/f32/post?a=b",

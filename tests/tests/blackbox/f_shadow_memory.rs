@@ -13,7 +13,7 @@ use teeproxy_tests::*;
 #[tokio::test]
 async fn queued_copies_cost_about_their_own_size() {
     let primary = FakeUpstream::start().await;
-    let hole = BlackHole::start().await;
+    let hole = FakeUpstream::builder().black_hole().start().await;
     const COPIES: usize = 3000;
     let p = ProxyProcess::start(&shadow_yaml(
         &primary.url(),

@@ -7,9 +7,8 @@
 //! aborted requests), and that the process still serves afterwards.
 //!
 //! The helpers here are shared by every module: `Rig` (a primary, a shadow and a proxy
-//! process mirroring everything), raw exchanges with a small HTTP/1.1 response parser,
-//! and upstreams the library does not have (a byte-counting one for huge bodies, a
-//! scripted one that misbehaves by path).
+//! process mirroring everything) and raw exchanges with a small HTTP/1.1 response
+//! parser. Every fake upstream is the kit's `FakeUpstream`.
 
 mod a_framing;
 mod b_headers;
