@@ -112,7 +112,7 @@ impl App {
     pub fn build(config: Config, registry: &mut Registry) -> App {
         let config = Arc::new(config);
         let metrics = Metrics::new(registry);
-        let shared = Shared::new(metrics.clone(), config.mismatch_ring);
+        let shared = Shared::new(metrics.clone(), &config);
         let (first, dispatchers) = Snapshot::build(config.clone(), &shared, None);
         let running = Arc::new(Dispatchers::default());
         running.start(dispatchers);
@@ -217,7 +217,10 @@ impl App {
             );
         }
         admin_state.ready.store(true, Ordering::Relaxed);
-        let reloads = tokio::spawn(self.reloader.clone().run(reloads, stop.subscribe()));
+        // Reloads apply until the connections are drained (a SIGHUP during the drain still
+        // counts).
+        let reload_stop = Stop::new();
+        let reloads = tokio::spawn(self.reloader.clone().run(reloads, reload_stop.subscribe()));
 
         shutdown.await;
         let drain = self.config.drain_timeout;
@@ -228,7 +231,6 @@ impl App {
         admin_state.ready.store(false, Ordering::Relaxed);
         stop.stop();
         self.stop.stop();
-        let _ = reloads.await;
         let mut conns = Vec::new();
         while let Some(done) = loops.join_next().await {
             if let Ok(set) = done {
@@ -255,6 +257,8 @@ impl App {
         for mut set in conns {
             set.shutdown().await;
         }
+        reload_stop.stop();
+        let _ = reloads.await;
         let shadow_drain = self.config.shadow_drain;
         tracing::info!(
             shadow_drain_ms = shadow_drain.as_millis() as u64,

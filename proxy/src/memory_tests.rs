@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::app::App;
 use crate::config::Config;
@@ -70,24 +70,31 @@ fn dropped(registry: &Registry, reason: &str) -> f64 {
 /// notified, when there is one); counts requests and keeps the last request body.
 struct Upstream {
     addr: SocketAddr,
+    /// Requests answered.
     hits: Arc<AtomicUsize>,
+    /// Requests received (before the gate).
+    arrived: Arc<AtomicUsize>,
 }
 
 async fn upstream(status: u16, body: &'static str, gate: Option<Arc<Notify>>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (counted, seen) = (hits.clone(), arrived.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let hits = counted.clone();
+            let arrived = seen.clone();
             let gate = gate.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let hits = hits.clone();
+                    let arrived = arrived.clone();
                     let gate = gate.clone();
                     async move {
                         let _ = req.into_body().collect().await;
+                        arrived.fetch_add(1, Ordering::SeqCst);
                         if let Some(g) = gate {
                             g.notified().await;
                         }
@@ -107,7 +114,27 @@ async fn upstream(status: u16, body: &'static str, gate: Option<Arc<Notify>>) ->
             });
         }
     });
-    Upstream { addr, hits }
+    Upstream {
+        addr,
+        hits,
+        arrived,
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: the status line's code and the text.
+async fn http1(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
 }
 
 /// Accepts connections and never answers (a black-holed shadow).
@@ -155,8 +182,8 @@ fn get(path: &str) -> Request<Full<Bytes>> {
 fn snapshot(cluster: &str, shadow: &str) -> (Snapshot, Vec<Dispatcher>, Registry) {
     let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut registry = Registry::default();
-    let shared = Shared::new(Metrics::new(&mut registry), 10);
     let config = Arc::new(Config::from_yaml(&yaml(a, a, cluster, shadow)).unwrap());
+    let shared = Shared::new(Metrics::new(&mut registry), &config);
     let (snap, dispatchers) = Snapshot::build(config, &shared, None);
     (snap, dispatchers, registry)
 }
@@ -473,6 +500,115 @@ async fn a_reload_retires_the_old_queue_once_its_last_request_is_done() {
     .await;
     let a = app.activity("all", "candidate");
     assert_eq!((a.offered, a.sent, a.dropped), (2, 2, 0));
+}
+
+/// Catches: a retired config's queue sending what it still holds without a deadline (a
+/// black-holed shadow would keep the old dispatcher for queue x timeout), or its leftovers
+/// not counted.
+#[tokio::test]
+async fn a_retired_queue_gets_the_shadow_drain_then_counts_the_rest_shutdown() {
+    let primary = upstream(200, "{}", None).await;
+    let hole = black_hole().await;
+    let yaml = yaml(
+        primary.addr,
+        hole,
+        ", shadow_max_in_flight: 1, shadow_queue: 10",
+        ", timeout: 30s",
+    )
+    .replace("routes:", "shadow_drain: 200ms\nroutes:");
+    let (app, registry) = app(&yaml);
+    for _ in 0..3 {
+        assert_eq!(
+            app.proxy().handle(get("/a"), conn()).await.status(),
+            StatusCode::OK
+        );
+    }
+    eventually(
+        "one copy in flight, one waiting for a slot, one queued",
+        || {
+            let a = app.activity("all", "candidate");
+            a.sent == 1 && a.queue_depth == 1
+        },
+    )
+    .await;
+    app.reload(Reload::Apply(Box::new(Config::from_yaml(&yaml).unwrap())));
+    // No request holds the old snapshot: its queue is closed now.
+    eventually(
+        "the retired dispatcher ended within the shadow drain",
+        || app.shadow_dispatchers() == 1,
+    )
+    .await;
+    let a = app.activity("all", "candidate");
+    assert_eq!((a.offered, a.sent), (3, 1));
+    assert_eq!(dropped(&registry, "shutdown"), 2.0);
+    assert_eq!(a.offered, a.sent + a.dropped);
+    assert_eq!(
+        metric(
+            &registry,
+            "teeproxy_shadow_outcomes_total{route=\"all\",shadow=\"candidate\",outcome=\"aborted\"}"
+        ),
+        1.0
+    );
+    assert_eq!((a.queue_depth, a.shadow_in_flight, a.held_bytes), (0, 0, 0));
+}
+
+/// Catches: reloads ignored once shutdown starts (a SIGHUP during the drain must still be
+/// applied or counted until the connections are drained).
+#[tokio::test]
+async fn a_reload_during_the_drain_is_still_applied() {
+    let gate = Arc::new(Notify::new());
+    let primary = upstream(200, "{}", Some(gate.clone())).await;
+    let shadow = upstream(200, "{}", None).await;
+    let config = Config::from_yaml(&yaml(primary.addr, shadow.addr, "", "")).unwrap();
+    let listeners = crate::app::Listeners::bind(&config).await.unwrap();
+    let (proxy_addr, admin) = (listeners.proxy_addrs()[0], listeners.admin_addr().unwrap());
+    let mut registry = Registry::default();
+    let app = App::build(config, &mut registry);
+    let (reload_tx, reloads) = mpsc::channel(4);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(app.serve(
+        listeners,
+        registry,
+        async move {
+            let _ = stop_rx.await;
+        },
+        reloads,
+    ));
+    let held = tokio::spawn(http1(proxy_addr, "/slow"));
+    let arrived = primary.arrived.clone();
+    eventually("the request is at the primary", || {
+        arrived.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    let mut ready = 200;
+    for _ in 0..500 {
+        ready = http1(admin, "/ready").await.0;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ready, 503, "draining");
+    reload_tx
+        .send(Reload::Failed("broken file".into()))
+        .await
+        .unwrap();
+    let counted = "teeproxy_config_reloads_total{result=\"error\"} 1";
+    // The reload is taken while the request still holds the drain open.
+    for _ in 0..500 {
+        if http1(admin, "/metrics").await.1.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.notify_one();
+    assert_eq!(held.await.unwrap().0, 200, "the in-flight request finished");
+    let last = tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("stopped in time")
+        .unwrap();
+    assert!(last.contains(counted), "{last}");
 }
 
 /// Catches: answers compared wrongly or not recorded (mismatch ring, per-path results).

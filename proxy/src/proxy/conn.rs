@@ -11,7 +11,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// `http`, or `https` for TLS listeners.
     pub proto: &'static str,
-    /// The connection's WebSocket tunnels (owned by its task).
+    /// The connection's WebSocket tunnels. They run as long as a clone of this handle is
+    /// kept (the connection's task keeps one and awaits `Tunnels::finished` before letting
+    /// its slot go); dropping every clone stops them.
     pub tunnels: Tunnels,
     /// Idle limit for a tunnel (no byte either way).
     pub tunnel_idle: Duration,

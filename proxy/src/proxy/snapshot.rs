@@ -22,18 +22,22 @@ use crate::shadow::record::CopySpec;
 use crate::stats::PathRegistry;
 use crate::upstream::Cluster;
 
-/// What every snapshot shares with the ones before it.
+/// What every snapshot shares with the ones before it (settings a reload cannot change
+/// are taken from the first config).
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) mismatches: Arc<MismatchRing>,
+    /// How long a retired config's shadow queues get to empty once nothing uses them.
+    pub(crate) shadow_drain: Duration,
 }
 
 impl Shared {
-    pub(crate) fn new(metrics: Arc<Metrics>, mismatch_ring: usize) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, first: &Config) -> Self {
         Shared {
             metrics,
-            mismatches: Arc::new(MismatchRing::new(mismatch_ring)),
+            mismatches: Arc::new(MismatchRing::new(first.mismatch_ring)),
+            shadow_drain: first.shadow_drain,
         }
     }
 }
@@ -89,12 +93,12 @@ impl Snapshot {
             if !queues.contains_key(name)
                 && let Some(c) = config.clusters.get(name)
             {
-                let (queue, dispatcher) = shadow_cluster(name, c, metrics);
+                let (queue, dispatcher) = shadow_cluster(name, c, metrics, shared.shadow_drain);
                 queues.insert(name, queue);
                 dispatchers.push(dispatcher);
             }
         }
-        let routes = config
+        let (kept, routes): (Vec<RouteConfig>, Vec<RouteState>) = config
             .routes
             .iter()
             .filter_map(|r| {
@@ -140,19 +144,26 @@ impl Snapshot {
                         )))
                     })
                     .collect();
-                Some(RouteState {
+                let Some(primary) = primaries.get(r.primary.as_str()) else {
+                    // A checked config cannot get here; the table below holds only the
+                    // routes built, so nothing is served by a neighbour by mistake.
+                    tracing::error!(route = %r.name, primary = %r.primary, "route left out: unknown primary cluster");
+                    return None;
+                };
+                let state = RouteState {
                     name: r.name.clone(),
-                    primary: primaries.get(r.primary.as_str())?.clone(),
+                    primary: primary.clone(),
                     shadows,
                     paths,
                     paths_key: key,
                     metrics: metrics.route(&r.name),
                     websocket: r.websocket,
-                })
+                };
+                Some((r.clone(), state))
             })
-            .collect();
+            .unzip();
         let snapshot = Snapshot {
-            table: RouteTable::new(&config.routes),
+            table: RouteTable::new(&kept),
             routes,
             limits: RequestLimits::from(&config.limits),
             body_timeout: config.limits.body_timeout,
@@ -192,7 +203,7 @@ mod tests {
             "listeners: [{{ name: l, address: \"127.0.0.1:1\" }}]\nclusters:\n  a: {{ endpoints: [\"http://127.0.0.1:2\"] }}\n  b: {{ endpoints: [\"http://127.0.0.1:3\"] }}\nroutes:\n{yaml_routes}"
         );
         let config = Arc::new(Config::from_yaml(&yaml).unwrap());
-        let shared = Shared::new(Metrics::new(&mut Registry::default()), 10);
+        let shared = Shared::new(Metrics::new(&mut Registry::default()), &config);
         Snapshot::build(config, &shared, None)
     }
 
@@ -218,7 +229,7 @@ mod tests {
     fn unchanged_routes_keep_their_path_statistics_across_a_rebuild() {
         let yaml = "  - { name: one, primary: a, shadows: [{ cluster: b }] }\n";
         let (first, _) = snapshot(yaml);
-        let shared = Shared::new(Metrics::new(&mut Registry::default()), 10);
+        let shared = Shared::new(Metrics::new(&mut Registry::default()), &first.config);
         let (same, _) = Snapshot::build(first.config.clone(), &shared, Some(&first));
         assert!(Arc::ptr_eq(&first.routes[0].paths, &same.routes[0].paths));
         let mut changed = (*first.config).clone();

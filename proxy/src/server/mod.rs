@@ -189,13 +189,14 @@ impl Server {
             }
         });
         let builder = if is_h2 { &self.h2 } else { &self.h1 };
-        let conn = builder.serve_connection_with_upgrades(io, svc);
         let limits = ClockLimits {
             head: self.head_timeout,
             idle: self.idle_timeout,
             write: self.write_timeout,
         };
-        tokio::pin!(conn);
+        // Boxed so it can be dropped before waiting for tunnels: an upgrade the connection
+        // never completed then fails at once instead of holding the slot.
+        let mut conn = Box::pin(builder.serve_connection_with_upgrades(io, svc));
         let mut draining = false;
         loop {
             tokio::select! {
@@ -236,6 +237,7 @@ impl Server {
                 }
             }
         }
+        drop(conn);
         // An upgraded connection lives on as a tunnel: it keeps its slot until it ends
         // (at the latest at the drain deadline, when this task and its tunnels are stopped).
         tunnels.finished().await;

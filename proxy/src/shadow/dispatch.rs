@@ -1,15 +1,16 @@
 //! The receiving side of a shadow cluster's queue. A dispatcher owns its receiver and runs
 //! as one task: it takes a copy, waits for an in-flight slot, and starts the exchange. It
-//! ends by itself when its queue closes (every `ShadowQueue` dropped: the snapshot that
-//! held it was replaced and the last request using it is done), after the copies already
-//! queued and in flight are finished. At shutdown, `Dispatchers::drain` gives every
-//! dispatcher, of every config generation, one deadline: the queue stops taking copies,
-//! what is queued is sent until the deadline, and what is left is counted `shutdown`.
+//! ends by itself once its queue is closed (every `ShadowQueue` dropped: the snapshot that
+//! held it was replaced and the last request using it is done): what was still queued then
+//! gets `shadow_drain` to go out, as at shutdown, and the rest is counted `shutdown`. At
+//! shutdown, `Dispatchers::drain` gives every dispatcher, of every config generation, one
+//! deadline: the queue stops taking copies, what is queued is sent until the deadline, what
+//! is left is counted `shutdown`, and copies still in flight end as `aborted`.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -25,6 +26,11 @@ type DrainWatch = watch::Receiver<Option<Instant>>;
 /// One shadow cluster's dispatcher: its queue's receiver, its own client, its in-flight cap.
 pub(crate) struct Dispatcher {
     rx: mpsc::Receiver<ShadowJob>,
+    /// Completes when the `ShadowQueue` is dropped (its config retired and the last
+    /// request using it done).
+    retired: oneshot::Receiver<()>,
+    /// Once retired, what is still queued gets this long, as at shutdown.
+    retire_within: Duration,
     exchanger: Arc<Exchanger>,
     in_flight: Arc<Semaphore>,
     metrics: ShadowClusterMetrics,
@@ -36,13 +42,23 @@ pub(crate) fn shadow_cluster(
     name: &str,
     c: &ClusterConfig,
     metrics: &Metrics,
+    retire_within: Duration,
 ) -> (Arc<ShadowQueue>, Dispatcher) {
     let (tx, rx) = mpsc::channel(c.shadow_queue);
+    let (retiring, retired) = oneshot::channel();
     let circuit = Arc::new(Circuit::new(name));
     let cm = metrics.shadow_cluster(name);
-    let queue = ShadowQueue::new(tx, c.shadow_max_bytes, circuit.clone(), cm.clone());
+    let queue = ShadowQueue::new(
+        tx,
+        retiring,
+        c.shadow_max_bytes,
+        circuit.clone(),
+        cm.clone(),
+    );
     let dispatcher = Dispatcher {
         rx,
+        retired,
+        retire_within,
         exchanger: Arc::new(Exchanger {
             name: name.to_string(),
             upstream: Cluster::new(name, c, metrics.cluster(name, Leg::shadow)),
@@ -80,6 +96,10 @@ impl Dispatcher {
             }
             let next = tokio::select! {
                 _ = sleep_until(deadline) => break,
+                _ = &mut self.retired, if deadline.is_none() => {
+                    deadline = Some(Instant::now() + self.retire_within);
+                    continue;
+                }
                 changed = drain.changed(), if deadline.is_none() => {
                     deadline = self.draining(changed, &drain);
                     continue;
@@ -92,6 +112,9 @@ impl Dispatcher {
             let permit = loop {
                 tokio::select! {
                     p = self.in_flight.clone().acquire_owned() => break p.ok(),
+                    _ = &mut self.retired, if deadline.is_none() => {
+                        deadline = Some(Instant::now() + self.retire_within);
+                    }
                     changed = drain.changed(), if deadline.is_none() => {
                         deadline = self.draining(changed, &drain);
                     }
@@ -106,8 +129,11 @@ impl Dispatcher {
             tasks.spawn(exchange::send(self.exchanger.clone(), job, permit));
         }
         // Drain deadline reached, or the queue closed and empty: count what is left, then
-        // let the copies in flight finish (each within its own timeout), at most until the
-        // drain deadline.
+        // let the copies in flight finish, at most until the drain deadline (for a retired
+        // queue: `retire_within` from now).
+        if deadline.is_none() {
+            deadline = Some(Instant::now() + self.retire_within);
+        }
         self.rx.close();
         while let Ok(job) = self.rx.try_recv() {
             self.metrics.queue_depth.dec();
@@ -116,6 +142,9 @@ impl Dispatcher {
         loop {
             tokio::select! {
                 done = tasks.join_next() => if done.is_none() { break },
+                _ = &mut self.retired, if deadline.is_none() => {
+                    deadline = Some(Instant::now() + self.retire_within);
+                }
                 changed = drain.changed(), if deadline.is_none() => {
                     deadline = self.draining(changed, &drain);
                 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::compare::BodySide;
@@ -130,6 +130,8 @@ impl Circuit {
 /// The sending side of one shadow cluster's queue.
 pub(crate) struct ShadowQueue {
     tx: mpsc::Sender<ShadowJob>,
+    /// Never sent: dropped with the queue, it tells the dispatcher its queue is retired.
+    _retiring: oneshot::Sender<()>,
     held: Arc<AtomicU64>,
     max_bytes: u64,
     circuit: Arc<Circuit>,
@@ -139,12 +141,14 @@ pub(crate) struct ShadowQueue {
 impl ShadowQueue {
     pub(crate) fn new(
         tx: mpsc::Sender<ShadowJob>,
+        retiring: oneshot::Sender<()>,
         max_bytes: u64,
         circuit: Arc<Circuit>,
         metrics: ShadowClusterMetrics,
     ) -> Self {
         ShadowQueue {
             tx,
+            _retiring: retiring,
             held: Arc::new(AtomicU64::new(0)),
             max_bytes,
             circuit,
