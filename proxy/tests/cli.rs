@@ -85,6 +85,42 @@ fn bad_config_exits_64_naming_file_place_and_key() {
 }
 
 #[test]
+fn check_json_prints_the_typed_config_with_defaults_and_secrets_redacted() {
+    let path = write_temp(
+        "json.yaml",
+        "listeners: [{ name: a, address: \"127.0.0.1:0\" }]\nclusters:\n  p: { endpoints: [\"http://127.0.0.1:1\"] }\n  s: { endpoints: [\"http://127.0.0.1:2\"] }\nroutes:\n  - name: r\n    primary: p\n    shadows: [{ cluster: s, headers: { set: { authorization: \"Bearer s3cret\" } } }]\n",
+    );
+    let out = bin()
+        .args(["check", "--json", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run teeproxy check --json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("s3cret"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let route = &v["routes"][0];
+    assert_eq!(route["websocket"], true, "every key, defaults included");
+    assert_eq!(
+        route["shadows"][0]["headers"]["set"]["authorization"],
+        "<redacted>"
+    );
+    assert_eq!(
+        route["shadows"][0]["methods"],
+        serde_json::json!(["GET", "HEAD", "OPTIONS"])
+    );
+    assert_eq!(v["clusters"]["p"]["timeout"], "30s");
+    assert_eq!(v["clusters"]["p"]["endpoints"][0], "http://127.0.0.1:1");
+    assert_eq!(v["limits"]["max_header_bytes"], "64KiB");
+    assert_eq!(v["admin"]["address"], "127.0.0.1:9901");
+    assert_eq!(v["shadow_header"], "x-teeproxy-shadow");
+}
+
+#[test]
 fn unknown_key_and_missing_file_exit_64() {
     let path = write_temp("typo.yaml", "listeners: []\nclustrs: {}\n");
     let out = bin()

@@ -339,6 +339,10 @@ async fn api_config_redacts_shadow_header_values() {
     assert_eq!(shadow["headers"]["remove"][0], "cookie");
     assert_eq!(v["clusters"]["candidate"]["endpoints"][0], c.url().as_str());
     assert_eq!(shadow["compare"]["body"], "off");
+    assert_eq!(
+        v["routes"][0]["websocket"], true,
+        "the whole config, not a copy of it"
+    );
 }
 
 #[tokio::test]
