@@ -131,26 +131,16 @@ impl Dispatcher {
         // Drain deadline reached, or the queue closed and empty: count what is left, then
         // let the copies in flight finish, at most until the drain deadline (for a retired
         // queue: `retire_within` from now).
-        if deadline.is_none() {
-            deadline = Some(Instant::now() + self.retire_within);
-        }
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.retire_within);
         self.rx.close();
         while let Ok(job) = self.rx.try_recv() {
             self.metrics.queue_depth.dec();
             job.spec.dropped(DropReason::shutdown, &job.path);
         }
-        loop {
-            tokio::select! {
-                done = tasks.join_next() => if done.is_none() { break },
-                _ = &mut self.retired, if deadline.is_none() => {
-                    deadline = Some(Instant::now() + self.retire_within);
-                }
-                changed = drain.changed(), if deadline.is_none() => {
-                    deadline = self.draining(changed, &drain);
-                }
-                _ = sleep_until(deadline) => break,
-            }
-        }
+        let _ = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         tasks.shutdown().await;
     }
 
