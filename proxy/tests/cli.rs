@@ -8,6 +8,33 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_teeproxy"))
 }
 
+/// A `teeproxy` process started by a test: killed (by its process id) when dropped, so a
+/// failing assertion never leaves it running, holding the test run's output open.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A listener that accepts connections and closes them at once, without an answer: an
+/// upstream that fails every request, for as long as the returned listener lives (a
+/// port that was merely free a moment ago may be taken by anyone meanwhile).
+fn closing_upstream() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    addr
+}
+
 fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
 }
@@ -199,23 +226,24 @@ fn demo_serves_on_its_own_and_exits_0_on_sigterm() {
 fn serve_one_request_and_collect_logs(access_log: bool) -> String {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closing_upstream();
     let path = write_temp(
         &format!("serve-{access_log}.yaml"),
         &format!(
             "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\nclusters:\n  p: {{ endpoints: [\"http://{dead}\"] }}\nroutes:\n  - {{ name: r, primary: p }}\naccess_log: {{ enabled: {access_log} }}\n"
         ),
     );
-    let mut child = bin()
-        .args(["--log-format", "json", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start teeproxy");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut child = Running(
+        bin()
+            .args(["--log-format", "json", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start teeproxy"),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut logs = String::new();
     let addr = loop {
         let mut line = String::new();
@@ -232,11 +260,11 @@ fn serve_one_request_and_collect_logs(access_log: bool) -> String {
     let resp = http_get(&addr, "/logged?x=1");
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
     Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     stderr.read_to_string(&mut logs).unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
     logs
 }
 
@@ -272,17 +300,20 @@ fn access_log_lines_are_json_and_can_be_switched_off() {
 }
 
 /// Starts `teeproxy demo` with `args`; returns the child and its proxy and admin addresses.
-fn start_demo(args: &[&str]) -> (std::process::Child, String, String) {
+fn start_demo(args: &[&str]) -> (Running, String, String) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let mut child = bin()
-        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Running(
+        bin()
+            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start demo"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let first = lines.next().expect("demo prints its addresses").unwrap();
     let addrs: Vec<String> = first
         .split("http://")
@@ -296,15 +327,15 @@ fn start_demo(args: &[&str]) -> (std::process::Child, String, String) {
 }
 
 /// SIGTERM, then the exit code (within 10 s).
-fn stop(mut child: std::process::Child) -> Option<i32> {
+fn stop(mut child: Running) -> Option<i32> {
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return status.code();
         }
         assert!(

@@ -33,7 +33,10 @@ fn chromium() -> Option<PathBuf> {
 /// Loads `url` in headless Chromium, lets its scripts run, returns the rendered DOM.
 fn rendered_dom(browser: &PathBuf, url: &str) -> String {
     let profile = std::env::temp_dir().join(format!("teeproxy-chromium-{}", std::process::id()));
-    let out = Command::new(browser)
+    // Under coreutils' `timeout`: a browser that hangs fails this test instead of the run.
+    let out = Command::new("timeout")
+        .args(["--kill-after=5", "60"])
+        .arg(browser)
         .args([
             "--headless",
             "--no-sandbox",
