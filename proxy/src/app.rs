@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Scope};
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
 use crate::proxy::Proxy;
@@ -40,6 +40,8 @@ pub struct Listeners {
     /// Proxy listeners, by name.
     pub proxy: Vec<(String, TcpListener)>,
     pub admin: TcpListener,
+    /// `admin.metrics_address`: `/metrics`, `/live` and `/ready` only.
+    pub metrics: Option<TcpListener>,
 }
 
 /// Connections the kernel may hold for a listener before they are accepted (it caps this
@@ -66,7 +68,25 @@ impl Listeners {
                 address,
                 source,
             })?;
-        Ok(Listeners { proxy, admin })
+        let metrics = match config.admin.metrics_address {
+            Some(address) => {
+                Some(
+                    TcpListener::bind(address)
+                        .await
+                        .map_err(|source| BindError {
+                            what: "metrics".to_string(),
+                            address,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Listeners {
+            proxy,
+            admin,
+            metrics,
+        })
     }
 
     /// Addresses actually bound (useful with port 0).
@@ -79,6 +99,11 @@ impl Listeners {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.local_addr().ok()
+    }
+
+    /// The address of the `/metrics`-only listener, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -197,13 +222,23 @@ impl App {
             registry,
             self.reloader.snapshots.clone(),
             self.reloader.shared.mismatches.clone(),
-            self.metrics.runtime_tasks.clone(),
+            self.metrics.clone(),
         ));
-        let admin = tokio::spawn(admin::serve(
+        let mut admin = JoinSet::new();
+        admin.spawn(admin::serve(
             listeners.admin,
             admin_state.clone(),
+            Scope::Admin,
             admin_stop.subscribe(),
         ));
+        if let Some(l) = listeners.metrics {
+            admin.spawn(admin::serve(
+                l,
+                admin_state.clone(),
+                Scope::Metrics,
+                admin_stop.subscribe(),
+            ));
+        }
         let mut loops = JoinSet::new();
         for (name, listener) in listeners.proxy {
             if let Ok(addr) = listener.local_addr() {
@@ -223,12 +258,22 @@ impl App {
         let reloads = tokio::spawn(self.reloader.clone().run(reloads, reload_stop.subscribe()));
 
         shutdown.await;
+        admin_state.ready.store(false, Ordering::Relaxed);
+        let delay = self.config.drain_delay;
+        if !delay.is_zero() {
+            // Load balancers see `/ready` fail and stop sending new connections; until then,
+            // everything is accepted and served as before.
+            tracing::info!(
+                drain_delay_ms = delay.as_millis() as u64,
+                "shutting down: /ready answers 503; still serving for drain_delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let drain = self.config.drain_timeout;
         tracing::info!(
             drain_timeout_ms = drain.as_millis() as u64,
             "shutting down: no new connections, draining"
         );
-        admin_state.ready.store(false, Ordering::Relaxed);
         stop.stop();
         self.stop.stop();
         let mut conns = Vec::new();
@@ -266,7 +311,7 @@ impl App {
         );
         self.dispatchers.drain(shadow_drain).await;
         admin_stop.stop();
-        let _ = admin.await;
+        while admin.join_next().await.is_some() {}
         tracing::info!("stopped");
         metrics::encode(&admin_state.registry)
     }

@@ -25,6 +25,7 @@ mod shadow;
 mod shutdown;
 mod stats;
 mod upstream;
+mod watch;
 
 pub use app::{App, BindError, LISTEN_BACKLOG, Listeners};
 pub use proxy::Proxy;
@@ -32,6 +33,7 @@ pub use proxy::body::{ClientBody, RequestBody};
 pub use proxy::conn::ConnInfo;
 pub use proxy::error::ProxyBody;
 pub use reload::Reload;
+pub use watch::{ConfigWatch, watch_config};
 
 /// Internals the fuzz harness and the in-memory tests reach into; not a stable API.
 #[cfg(feature = "testing")]

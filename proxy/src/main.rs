@@ -32,6 +32,9 @@ struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Do not watch the config file (SIGHUP still reloads it).
+    #[arg(long)]
+    no_watch: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -80,7 +83,8 @@ fn main() -> ExitCode {
             };
             logging::init(cli.log_format);
             let path = cli.config.expect("loaded from a path");
-            report(runtime().and_then(|rt| rt.block_on(serve(config, path))))
+            let watch = !cli.no_watch;
+            report(runtime().and_then(|rt| rt.block_on(serve(config, path, watch))))
         }
     }
 }
@@ -215,9 +219,24 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
     out
 }
 
-async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf, watch: bool) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // Changes to the file reload it as SIGHUP does (the watch ends when dropped).
+    let _watch = if watch {
+        match teeproxy::watch_config(&path, tx.clone()) {
+            Ok(w) => {
+                tracing::info!(path = %path.display(), "watching the config file");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch the config file: reload it with SIGHUP");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let hangups = tokio::spawn(reload_on_hangup(path, tx));
     let mut registry = Registry::default();
     let app = App::build(config, &mut registry);

@@ -98,8 +98,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.listeners != new.listeners {
         out.push("a listener change");
     }
-    if old.admin != new.admin {
+    if old.admin.address != new.admin.address
+        || old.admin.metrics_address != new.admin.metrics_address
+    {
         out.push("an admin address change");
+    }
+    if old.drain_delay != new.drain_delay {
+        out.push("a drain_delay change");
     }
     let (a, b) = (&old.limits, &new.limits);
     if a.request_head_timeout != b.request_head_timeout

@@ -84,6 +84,9 @@ pub fn simple_yaml(endpoints: &[String], cluster_extra: &str) -> String {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The `/metrics`-only listener (`admin.metrics_address`), when configured.
+    pub metrics_only: Option<SocketAddr>,
+    reloads: tokio::sync::mpsc::Sender<teeproxy::Reload>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<String>>,
 }
@@ -94,22 +97,24 @@ impl TestProxy {
         let listeners = teeproxy::Listeners::bind(&config).await.expect("bind");
         let addr = listeners.proxy_addrs()[0];
         let admin = listeners.admin_addr().expect("admin addr");
+        let metrics_only = listeners.metrics_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let mut registry = Registry::default();
         let app = teeproxy::App::build(config, &mut registry);
-        let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+        let (reloads_tx, reloads) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(app.serve(
             listeners,
             registry,
             async move {
                 let _ = rx.await;
-                drop(_keep);
             },
             reloads,
         ));
         TestProxy {
             addr,
             admin,
+            metrics_only,
+            reloads: reloads_tx,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -117,6 +122,24 @@ impl TestProxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Reloads with `yaml` (as a SIGHUP with that file would); returns once it is applied.
+    pub async fn reload(&self, yaml: &str) {
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
+        let before = self
+            .metric("teeproxy_config_reloads_total{result=\"ok\"}")
+            .await;
+        self.reloads
+            .send(teeproxy::Reload::Apply(Box::new(config)))
+            .await
+            .expect("the proxy takes reloads");
+        assert_eventually!(
+            self.metric("teeproxy_config_reloads_total{result=\"ok\"}")
+                .await
+                == before + 1.0,
+            "reload applied"
+        );
     }
 
     /// Starts the graceful shutdown; `stopped` waits for it.
@@ -270,6 +293,39 @@ pub fn shadow_yaml(
     yaml(&format!(
         "clusters:\n  primary: {{ endpoints: [\"{primary}\"] }}\n  candidate: {{ endpoints: [\"{candidate}\"]{extra} }}\nroutes:\n  - name: all\n    primary: primary\n    shadows: [{{ cluster: candidate{opts} }}]\n"
     ))
+}
+
+/// POSTs `body` (JSON) to an admin endpoint, with `Authorization: Bearer <token>` when a
+/// token is given; returns the status and the body.
+pub async fn admin_post(
+    admin: SocketAddr,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
+    let mut req =
+        Request::post(format!("http://{admin}{path}")).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let (status, _, body) = send(&h1_client(), req).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// GETs a URL with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_with_token(url: &str, token: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::get(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    send(
+        &h1_client(),
+        req.body(Full::new(Bytes::new())).expect("request"),
+    )
+    .await
 }
 
 /// GETs an admin JSON endpoint (`/api/paths`, ...) and parses it.

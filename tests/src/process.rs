@@ -63,6 +63,7 @@ pub struct ProxyProcessBuilder {
     env: Vec<(String, String)>,
     nofile: Option<u64>,
     log_format: LogFormat,
+    watch: bool,
 }
 
 impl ProxyProcessBuilder {
@@ -81,6 +82,13 @@ impl ProxyProcessBuilder {
 
     pub fn log_format(mut self, f: LogFormat) -> Self {
         self.log_format = f;
+        self
+    }
+
+    /// Lets the proxy watch its config file (off by default here, with `--no-watch`, so
+    /// that tests which rewrite the file and send SIGHUP see one reload, not two).
+    pub fn watch_config(mut self) -> Self {
+        self.watch = true;
         self
     }
 
@@ -155,6 +163,9 @@ impl ProxyProcessBuilder {
                 LogFormat::Json => "json",
                 LogFormat::Text => "text",
             });
+        if !self.watch {
+            cmd.arg("--no-watch");
+        }
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -187,6 +198,7 @@ impl ProxyProcess {
             env: Vec::new(),
             nofile: None,
             log_format: LogFormat::Json,
+            watch: false,
         }
     }
 

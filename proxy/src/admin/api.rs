@@ -1,13 +1,17 @@
-//! The admin API's JSON: the per-path table (`/api/paths`) and recent mismatches
-//! (`/api/mismatches`). `/api/config` is the config's own serialization.
+//! The admin API's JSON: the per-path table (`/api/paths`), the shadows' runtime state
+//! (`/api/shadows`) and its changes, and recent mismatches (`/api/mismatches`).
+//! `/api/config` is the config's own serialization.
 
 use std::sync::atomic::Ordering;
 
+use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::metrics::CompareResult;
 use crate::proxy::snapshot::Snapshot;
 use crate::shadow::compare::MismatchRing;
+use crate::shadow::control::Override;
+use crate::shadow::policy::ShadowPolicy;
 use crate::stats::{LegStats, PathEntry};
 
 fn ms(seconds: f64) -> f64 {
@@ -110,4 +114,100 @@ pub(super) fn paths(snap: &Snapshot) -> Value {
 /// `/api/mismatches`: newest first.
 pub(super) fn mismatches(ring: &MismatchRing) -> Value {
     json!({ "mismatches": ring.recent() })
+}
+
+/// `/api/shadows`: each route's shadows with their state (`active` or `paused`), the
+/// percent that applies now, the file's percent, and the runtime change in force.
+pub(super) fn shadows(snap: &Snapshot) -> Value {
+    let mut rows = Vec::new();
+    for route in &snap.routes {
+        for policy in &route.shadows {
+            rows.push(shadow_row(&route.name, policy));
+        }
+    }
+    json!({ "shadows": rows })
+}
+
+fn shadow_row(route: &str, policy: &ShadowPolicy) -> Value {
+    let (current, percent, file_percent) = policy.control.view();
+    json!({
+        "route": route,
+        "shadow": policy.spec.shadow,
+        "state": if current.paused { "paused" } else { "active" },
+        "percent": percent,
+        "file_percent": file_percent,
+        "runtime": (current != Override::default()).then_some(current),
+    })
+}
+
+/// What `POST /api/shadows/{route}/{cluster}` may carry.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    paused: Option<bool>,
+    percent: Option<f64>,
+    /// Back to the file's settings (applied before `paused` and `percent`).
+    #[serde(default)]
+    reset: bool,
+}
+
+/// Applies a runtime change to one shadow policy; returns the status and the policy's new
+/// row (or an error object).
+pub(super) fn change_shadow(
+    snap: &Snapshot,
+    route: &str,
+    shadow: &str,
+    body: &[u8],
+    peer: std::net::SocketAddr,
+) -> (StatusCode, Value) {
+    let error = |status: StatusCode, msg: String| (status, json!({ "error": msg }));
+    let Some(policy) = snap
+        .routes
+        .iter()
+        .find(|r| r.name == route)
+        .and_then(|r| r.shadows.iter().find(|p| p.spec.shadow == shadow))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("route {route:?} has no shadow {shadow:?} (GET /api/shadows lists them)"),
+        );
+    };
+    let change: Change = match serde_json::from_slice(body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected a JSON object with paused (true or false), percent (0 to 100) or reset (true): {e}"
+                ),
+            );
+        }
+    };
+    if change.paused.is_none() && change.percent.is_none() && !change.reset {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "nothing to change: give paused, percent or reset".to_string(),
+        );
+    }
+    if let Some(p) = change.percent
+        && !(0.0..=100.0).contains(&p)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("percent must be between 0 and 100, not {p}"),
+        );
+    }
+    policy
+        .control
+        .change(change.reset, change.paused, change.percent);
+    tracing::warn!(
+        route,
+        shadow,
+        %peer,
+        reset = change.reset,
+        paused = ?change.paused,
+        percent = ?change.percent,
+        "shadow changed at runtime (admin API); it holds until the config file changes this shadow"
+    );
+    (StatusCode::OK, shadow_row(route, policy))
 }

@@ -1,18 +1,25 @@
-//! The admin listener: the dashboard (`/`), `/api/paths`, `/api/mismatches`,
-//! `/api/config`, `/metrics` (OpenMetrics text), `/live`, `/ready`. HTTP/1.1 only, meant
-//! for loopback or a private network. It reads the current snapshot, the registry and the
-//! mismatch ring; it holds nothing of the handler.
+//! The admin listener: the dashboard (`/`), `/api/paths`, `/api/shadows` (and `POST
+//! /api/shadows/{route}/{cluster}` to pause, resume or re-percent a shadow at runtime),
+//! `/api/mismatches`, `/api/config`, `/metrics` (OpenMetrics text), `/live`, `/ready`;
+//! and, when `admin.metrics_address` is set, a second listener with only `/metrics`,
+//! `/live` and `/ready`. HTTP/1.1 only, meant for loopback or a private network. Changes
+//! and what shows request or response contents (`/api/mismatches`, `/api/config`) need the
+//! bearer token of `admin.token_file`; without one they are open on a loopback address and
+//! refused on any other. It reads the current snapshot, the registry and the mismatch
+//! ring; it holds nothing of the handler.
 
 mod api;
+mod auth;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -22,9 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use prometheus_client::metrics::gauge::Gauge;
-
-use crate::metrics;
+use crate::metrics::{self, Metrics};
 use crate::proxy::Snapshots;
 use crate::shadow::compare::MismatchRing;
 use crate::shutdown::stopped;
@@ -36,7 +41,7 @@ pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     snapshots: Snapshots,
     mismatches: Arc<MismatchRing>,
-    runtime_tasks: Gauge,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminState {
@@ -44,16 +49,25 @@ impl AdminState {
         registry: Registry,
         snapshots: Snapshots,
         mismatches: Arc<MismatchRing>,
-        runtime_tasks: Gauge,
+        metrics: Arc<Metrics>,
     ) -> Self {
         AdminState {
             registry,
             ready: AtomicBool::new(false),
             snapshots,
             mismatches,
-            runtime_tasks,
+            metrics,
         }
     }
+}
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Everything.
+    Admin,
+    /// `/metrics`, `/live` and `/ready` only (`admin.metrics_address`).
+    Metrics,
 }
 
 /// The live dashboard: one self-contained page, assets inline, no network beyond the
@@ -64,15 +78,23 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
+    scope: Scope,
     mut stop: watch::Receiver<bool>,
 ) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin listening");
+    let local = listener.local_addr().ok();
+    if let Some(addr) = local {
+        match scope {
+            Scope::Admin => tracing::info!(%addr, "admin listening"),
+            Scope::Metrics => tracing::info!(%addr, "metrics listening"),
+        }
     }
+    // Bound to loopback: only this host can connect, so protected endpoints are open
+    // when no token is configured.
+    let loopback = local.is_some_and(|a| a.ip().is_loopback());
     let mut conns = JoinSet::new();
     loop {
         while conns.try_join_next().is_some() {}
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stopped(&mut stop) => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -87,7 +109,8 @@ pub(crate) async fn serve(
         conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+                let from = Caller { peer, loopback };
+                async move { Ok::<_, Infallible>(respond(&state, scope, from, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -99,49 +122,124 @@ pub(crate) async fn serve(
     conns.shutdown().await;
 }
 
-fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let text = |status: StatusCode, body: &'static str| {
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .expect("static parts are valid")
-    };
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    }
-    let json = |body: String| {
-        Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::CACHE_CONTROL, "no-store")
-            .body(Full::new(Bytes::from(body)))
-            .expect("static parts are valid")
-    };
-    match req.uri().path() {
-        "/" => Response::builder()
-            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-            .header(header::CACHE_CONTROL, "no-store")
-            .body(Full::new(Bytes::from_static(DASHBOARD.as_bytes())))
-            .expect("static parts are valid"),
-        "/api/paths" => json(api::paths(&state.snapshots.load()).to_string()),
-        "/api/mismatches" => json(api::mismatches(&state.mismatches).to_string()),
-        "/api/config" => json(state.snapshots.load().config.to_json().to_string()),
-        "/metrics" => {
+/// Who is asking, and on which kind of address.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    peer: SocketAddr,
+    /// The admin listener is bound to a loopback address.
+    loopback: bool,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static parts are valid")
+}
+
+fn json_with(status: StatusCode, body: String) -> Answer {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static parts are valid")
+}
+
+fn json(body: String) -> Answer {
+    json_with(StatusCode::OK, body)
+}
+
+fn not_allowed(allow: &'static str) -> Answer {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
+}
+
+/// Largest body a `POST` may carry.
+const MAX_POST: usize = 16 * 1024;
+
+async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<Incoming>) -> Answer {
+    let method = req.method().clone();
+    let read = method == Method::GET || method == Method::HEAD;
+    let path = req.uri().path().to_string();
+    match (scope, path.as_str()) {
+        (_, "/metrics") if read => {
             let tasks = tokio::runtime::Handle::current()
                 .metrics()
                 .num_alive_tasks();
-            state.runtime_tasks.set(tasks as i64);
+            state.metrics.runtime_tasks.set(tasks as i64);
             Response::builder()
                 .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
                 .body(Full::new(Bytes::from(metrics::encode(&state.registry))))
                 .expect("static parts are valid")
         }
-        "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (_, "/live") if read => text(StatusCode::OK, "live\n"),
+        (_, "/ready") if read && state.ready.load(Ordering::Relaxed) => {
+            text(StatusCode::OK, "ready\n")
+        }
+        (_, "/ready") if read => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (_, "/metrics" | "/live" | "/ready") => not_allowed("GET, HEAD"),
+        (Scope::Metrics, _) => text(
+            StatusCode::NOT_FOUND,
+            "not found: this listener serves /metrics, /live and /ready\n",
+        ),
+        (Scope::Admin, "/") if read => Response::builder()
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(Full::new(Bytes::from_static(DASHBOARD.as_bytes())))
+            .expect("static parts are valid"),
+        (Scope::Admin, "/api/paths") if read => {
+            json(api::paths(&state.snapshots.load()).to_string())
+        }
+        (Scope::Admin, "/api/shadows") if read => {
+            json(api::shadows(&state.snapshots.load()).to_string())
+        }
+        (Scope::Admin, "/api/mismatches" | "/api/config") if read => {
+            if let Some(denied) = auth::refusal(state, from, &req) {
+                return denied;
+            }
+            if path == "/api/mismatches" {
+                json(api::mismatches(&state.mismatches).to_string())
+            } else {
+                json(state.snapshots.load().config.to_json().to_string())
+            }
+        }
+        (Scope::Admin, p) if p.starts_with("/api/shadows/") && method == Method::POST => {
+            if let Some(denied) = auth::refusal(state, from, &req) {
+                return denied;
+            }
+            let Some((route, shadow)) = p["/api/shadows/".len()..].split_once('/') else {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "not found: POST /api/shadows/{route}/{cluster}\n",
+                );
+            };
+            let (route, shadow) = (route.to_string(), shadow.to_string());
+            let body = match Limited::new(req.into_body(), MAX_POST).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the body is over {MAX_POST} bytes or was cut\n"),
+                    );
+                }
+            };
+            let snap = state.snapshots.load();
+            let (status, v) = api::change_shadow(&snap, &route, &shadow, &body, from.peer);
+            json_with(status, v.to_string())
+        }
+        (Scope::Admin, "/" | "/api/paths" | "/api/shadows" | "/api/mismatches" | "/api/config") => {
+            not_allowed("GET, HEAD")
+        }
+        (Scope::Admin, p) if p.starts_with("/api/shadows/") => not_allowed("POST"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /, /metrics, /live, /ready, /api/paths, /api/mismatches or /api/config\n",
+            "not found: try /, /metrics, /live, /ready, /api/paths, /api/shadows, /api/mismatches or /api/config\n",
         ),
     }
 }

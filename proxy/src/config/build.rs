@@ -43,6 +43,17 @@ impl TryFrom<ConfigFile> for Config {
         }
         let admin = AdminConfig {
             address: addr(&f.admin.address, "admin.address")?,
+            token_file: f
+                .admin
+                .token_file
+                .as_ref()
+                .map(|p| std::path::PathBuf::from(&p.value)),
+            metrics_address: f
+                .admin
+                .metrics_address
+                .as_ref()
+                .map(|a| addr(a, "admin.metrics_address"))
+                .transpose()?,
         };
         let mut clusters = std::collections::BTreeMap::new();
         for (name, c) in &f.clusters {
@@ -86,6 +97,7 @@ impl TryFrom<ConfigFile> for Config {
             routes,
             limits: limits(&f.limits),
             drain_timeout: f.drain_timeout.get(),
+            drain_delay: f.drain_delay.get(),
             access_log: AccessLogConfig {
                 enabled: f.access_log.enabled,
             },
@@ -195,6 +207,7 @@ fn shadow(s: &ShadowFile, key: &str) -> Result<ShadowConfig, Invalid> {
             headers: names(&s.compare.headers, "compare.headers")?,
             body: s.compare.body,
             ignore: s.compare.ignore.clone(),
+            redact: s.compare.redact.clone(),
             max_body: s.compare.max_body.value.as_usize(),
         },
     })
@@ -212,6 +225,7 @@ pub(super) fn default_compare() -> CompareConfig {
             .collect(),
         body: c.body,
         ignore: c.ignore,
+        redact: c.redact,
         max_body: c.max_body.value.as_usize(),
     }
 }

@@ -36,6 +36,18 @@ impl ConfigFile {
             check_addr(&l.address, &format!("{key}.address"))?;
         }
         check_addr(&self.admin.address, "admin.address")?;
+        if let Some(a) = &self.admin.metrics_address {
+            check_addr(a, "admin.metrics_address")?;
+        }
+        if let Some(t) = &self.admin.token_file
+            && t.value.trim().is_empty()
+        {
+            return Err(Invalid::at(
+                Some(&t.referenced),
+                "admin.token_file",
+                "an empty path: leave the key out, or name the token's file",
+            ));
+        }
         if self.clusters.is_empty() {
             return Err(Invalid::at(
                 None,
@@ -344,6 +356,18 @@ impl ShadowFile {
                     Some(&self.cluster.referenced),
                     &format!("{key}.compare.ignore"),
                     format!("{pointer:?} is not a JSON pointer (like /meta/request_id)"),
+                ));
+            }
+        }
+        for item in &self.compare.redact {
+            let pointer = item.starts_with('/');
+            if !pointer && http::HeaderName::from_bytes(item.as_bytes()).is_err() {
+                return Err(Invalid::at(
+                    Some(&self.cluster.referenced),
+                    &format!("{key}.compare.redact"),
+                    format!(
+                        "{item:?} is neither a JSON pointer (like /user/email) nor a header name"
+                    ),
                 ));
             }
         }

@@ -29,6 +29,11 @@ pub(super) struct ConfigFile {
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     #[serde(default = "default_drain_timeout")]
     pub(super) drain_timeout: Dur,
+    /// After SIGTERM/SIGINT, how long `/ready` answers 503 while requests are still
+    /// accepted and served (so a load balancer takes the instance out first), before the
+    /// drain starts.
+    #[serde(default = "default_drain_delay")]
+    pub(super) drain_delay: Dur,
     /// One log line per request.
     #[serde(default)]
     pub(super) access_log: AccessLogFile,
@@ -58,15 +63,28 @@ pub(super) struct ListenerFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminFile {
+    #[serde(default = "default_admin_address")]
     pub(super) address: Spanned<String>,
+    /// A file holding the bearer token that mutating and content-showing endpoints need.
+    #[serde(default)]
+    pub(super) token_file: Option<Spanned<String>>,
+    /// A second listener that serves only `/metrics`, `/live` and `/ready`.
+    #[serde(default)]
+    pub(super) metrics_address: Option<Spanned<String>>,
 }
 
 impl Default for AdminFile {
     fn default() -> Self {
         AdminFile {
-            address: unspanned("127.0.0.1:9901".to_string()),
+            address: default_admin_address(),
+            token_file: None,
+            metrics_address: None,
         }
     }
+}
+
+fn default_admin_address() -> Spanned<String> {
+    unspanned("127.0.0.1:9901".to_string())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +194,10 @@ pub(super) struct CompareFile {
     /// JSON pointers left out of `json` comparisons.
     #[serde(default)]
     pub(super) ignore: Vec<String>,
+    /// JSON pointers and header names whose values kept mismatch examples show as
+    /// `[redacted]`.
+    #[serde(default)]
+    pub(super) redact: Vec<String>,
     /// Bodies larger than this are not compared (counted `skipped`, `body_too_large`).
     #[serde(default = "default_compare_max_body")]
     pub(super) max_body: Spanned<Size>,
@@ -188,6 +210,7 @@ impl Default for CompareFile {
             headers: default_compare_headers(),
             body: CompareBody::Off,
             ignore: Vec::new(),
+            redact: Vec::new(),
             max_body: default_compare_max_body(),
         }
     }
@@ -326,6 +349,9 @@ fn unspanned<T>(value: T) -> Spanned<T> {
 }
 fn yes() -> bool {
     true
+}
+fn default_drain_delay() -> Dur {
+    Dur::secs(0)
 }
 fn default_drain_timeout() -> Dur {
     Dur::secs(30)

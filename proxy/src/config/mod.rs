@@ -61,6 +61,9 @@ pub struct Config {
     /// How long in-flight requests may run after SIGTERM/SIGINT.
     #[serde(serialize_with = "units::duration")]
     pub drain_timeout: Duration,
+    /// After SIGTERM/SIGINT, how long `/ready` is 503 while requests are still served.
+    #[serde(serialize_with = "units::duration")]
+    pub drain_delay: Duration,
     pub access_log: AccessLogConfig,
     pub x_forwarded_for: ForwardedMode,
     /// After the primary drain, how long shadow queues get to empty.
@@ -82,6 +85,12 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// The bearer token's file: read when a protected endpoint is asked (so a rotated
+    /// token applies at once). Without it, protected endpoints are open on a loopback
+    /// address and refused (403) on any other.
+    pub token_file: Option<std::path::PathBuf>,
+    /// A listener serving only `/metrics`, `/live` and `/ready`.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 /// Which `Host` an upstream receives.
@@ -250,6 +259,9 @@ pub struct CompareConfig {
     pub body: CompareBody,
     /// JSON pointers left out of `json` comparisons.
     pub ignore: Vec<String>,
+    /// JSON pointers (starting with `/`) and header names whose values kept mismatch
+    /// examples show as `[redacted]`.
+    pub redact: Vec<String>,
     /// Bodies larger than this are not compared.
     #[serde(serialize_with = "units::size_usize")]
     pub max_body: usize,

@@ -152,6 +152,55 @@ pub(crate) struct ShadowDropLabels {
     pub(crate) reason: DropReason,
 }
 
+/// A runtime change to a shadow policy.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum ControlChange {
+    pause,
+    resume,
+    percent,
+    /// Back to the file's settings, asked through the admin API.
+    reset,
+    /// Dropped because a reload changed the shadow in the file.
+    file,
+}
+
+impl ControlChange {
+    pub(crate) const ALL: [ControlChange; 5] = [
+        Self::pause,
+        Self::resume,
+        Self::percent,
+        Self::reset,
+        Self::file,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ShadowControlLabels {
+    pub(crate) route: String,
+    pub(crate) shadow: String,
+    pub(crate) change: ControlChange,
+}
+
+/// Why the admin refused a request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum AdminDenial {
+    /// No `Authorization: Bearer` header.
+    missing_token,
+    /// A token that is not the one in `admin.token_file`.
+    wrong_token,
+    /// No `admin.token_file` and the admin is not on loopback.
+    no_token_configured,
+    /// `admin.token_file` could not be read.
+    token_unreadable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AdminDenialLabels {
+    pub(crate) reason: AdminDenial,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ShadowOutcomeLabels {
     pub(crate) route: String,
@@ -200,10 +249,12 @@ pub(crate) enum DropReason {
     circuit_open,
     /// Still queued (or offered) when the shadow drain ended.
     shutdown,
+    /// The shadow was paused at runtime (admin API).
+    paused,
 }
 
 impl DropReason {
-    pub(crate) const ALL: [DropReason; 9] = [
+    pub(crate) const ALL: [DropReason; 10] = [
         Self::sampled_out,
         Self::method_filtered,
         Self::upgrade,
@@ -213,6 +264,7 @@ impl DropReason {
         Self::queue_full,
         Self::circuit_open,
         Self::shutdown,
+        Self::paused,
     ];
 }
 

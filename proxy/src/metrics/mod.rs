@@ -4,6 +4,7 @@
 //! path never builds label sets or takes the family lock.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,6 +41,10 @@ pub(crate) struct Metrics {
     connections_closed: Family<ListenerCloseLabels, Counter>,
     accept_errors: Family<ListenerLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
+    shadow_paused: Family<RouteShadowLabels, Gauge>,
+    shadow_percent: Family<RouteShadowLabels, Gauge<f64, AtomicU64>>,
+    shadow_control_changes: Family<ShadowControlLabels, Counter>,
+    admin_denied: Family<AdminDenialLabels, Counter>,
     /// Tasks alive on the runtime, set when `/metrics` is read.
     pub(crate) runtime_tasks: Gauge,
     /// One counter per `RejectReason`, created up front so every reason shows at 0.
@@ -69,6 +74,10 @@ impl Metrics {
             connections_closed: Family::default(),
             accept_errors: Family::default(),
             config_reloads: Family::default(),
+            shadow_paused: Family::default(),
+            shadow_percent: Family::default(),
+            shadow_control_changes: Family::default(),
+            admin_denied: Family::default(),
             runtime_tasks: Gauge::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
@@ -114,6 +123,26 @@ impl Metrics {
             "compare_skipped",
             "Comparisons skipped, by reason",
             m.compare_skipped.clone(),
+        );
+        r.register(
+            "shadow_paused",
+            "1 while a shadow policy is paused at runtime (admin API), else 0",
+            m.shadow_paused.clone(),
+        );
+        r.register(
+            "shadow_percent",
+            "The share of a route's eligible requests a shadow policy copies now (the file's percent, or the runtime override)",
+            m.shadow_percent.clone(),
+        );
+        r.register(
+            "shadow_control_changes",
+            "Runtime changes to shadow policies: pause, resume, percent, reset (through the admin API), file (dropped by a reload that changed the shadow)",
+            m.shadow_control_changes.clone(),
+        );
+        r.register(
+            "admin_denied",
+            "Admin requests refused, by reason (missing_token, wrong_token, no_token_configured, token_unreadable)",
+            m.admin_denied.clone(),
         );
         r.register(
             "shadow_dropped",
@@ -290,6 +319,33 @@ impl Metrics {
             .inc();
     }
 
+    /// Handles for one (route, shadow cluster) policy's runtime control.
+    pub(crate) fn shadow_control(&self, route: &str, shadow: &str) -> ShadowControlMetrics {
+        let rs = RouteShadowLabels {
+            route: route.to_string(),
+            shadow: shadow.to_string(),
+        };
+        ShadowControlMetrics {
+            paused: self.shadow_paused.get_or_create_owned(&rs),
+            percent: self.shadow_percent.get_or_create_owned(&rs),
+            changes: ControlChange::ALL.map(|change| {
+                self.shadow_control_changes
+                    .get_or_create_owned(&ShadowControlLabels {
+                        route: route.to_string(),
+                        shadow: shadow.to_string(),
+                        change,
+                    })
+            }),
+        }
+    }
+
+    /// Counts an admin request refused.
+    pub(crate) fn admin_denied(&self, reason: AdminDenial) {
+        self.admin_denied
+            .get_or_create(&AdminDenialLabels { reason })
+            .inc();
+    }
+
     /// Cached handles for one (route, shadow cluster) policy.
     pub(crate) fn shadow_policy(&self, route: &str, shadow: &str) -> ShadowPolicyMetrics {
         let rs = RouteShadowLabels {
@@ -412,12 +468,31 @@ impl RouteMetrics {
     }
 }
 
+/// Handles for one policy's runtime control.
+#[derive(Clone)]
+pub(crate) struct ShadowControlMetrics {
+    paused: Gauge,
+    percent: Gauge<f64, AtomicU64>,
+    changes: [Counter; 5],
+}
+
+impl ShadowControlMetrics {
+    pub(crate) fn show(&self, paused: bool, percent: f64) {
+        self.paused.set(i64::from(paused));
+        self.percent.set(percent);
+    }
+
+    pub(crate) fn changed(&self, change: ControlChange) {
+        self.changes[change as usize].inc();
+    }
+}
+
 /// Cached handles for one (route, shadow) policy.
 #[derive(Clone)]
 pub(crate) struct ShadowPolicyMetrics {
     pub(crate) offered: Counter,
     pub(crate) sent: Counter,
-    dropped: [Counter; 9],
+    dropped: [Counter; 10],
     outcomes: [Counter; 6],
     statuses: [Counter; 5],
     latency: [Histogram; 2],

@@ -16,6 +16,7 @@ use crate::http::checks::RequestLimits;
 use crate::metrics::{Leg, Metrics, RouteMetrics};
 use crate::route::RouteTable;
 use crate::shadow::compare::{Comparator, MismatchRing};
+use crate::shadow::control::Controls;
 use crate::shadow::dispatch::{Dispatcher, shadow_cluster};
 use crate::shadow::policy::ShadowPolicy;
 use crate::shadow::record::CopySpec;
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) mismatches: Arc<MismatchRing>,
     /// How long a retired config's shadow queues get to empty once nothing uses them.
     pub(crate) shadow_drain: Duration,
+    /// Runtime pauses and percent overrides, kept across reloads.
+    pub(crate) controls: Arc<Controls>,
 }
 
 impl Shared {
@@ -38,6 +41,7 @@ impl Shared {
             metrics,
             mismatches: Arc::new(MismatchRing::new(first.mismatch_ring)),
             shadow_drain: first.shadow_drain,
+            controls: Arc::default(),
         }
     }
 }
@@ -136,10 +140,14 @@ impl Snapshot {
                             metrics: metrics.shadow_policy(&r.name, &sh.cluster),
                         });
                         let queue = queues.get(sh.cluster.as_str())?.clone();
+                        let control = shared.controls.get(&r.name, sh, || {
+                            metrics.shadow_control(&r.name, &sh.cluster)
+                        });
                         Some(Arc::new(ShadowPolicy::new(
                             sh,
                             spec,
                             queue,
+                            control,
                             config.shadow_header.as_ref(),
                         )))
                     })
@@ -162,6 +170,7 @@ impl Snapshot {
                 Some((r.clone(), state))
             })
             .unzip();
+        shared.controls.retain(&config);
         let snapshot = Snapshot {
             table: RouteTable::new(&kept),
             routes,

@@ -95,17 +95,58 @@ pub(crate) struct Comparator {
     headers: Vec<HeaderName>,
     pub(crate) body: CompareBody,
     ignore: Vec<String>,
+    /// JSON pointers whose values kept examples do not show.
+    redact_pointers: Vec<String>,
+    /// Header names (lowercase) whose values kept examples do not show.
+    redact_headers: Vec<String>,
     pub(crate) max_body: usize,
 }
 
+/// What a kept example shows instead of a redacted value.
+pub(crate) const REDACTED: &str = "[redacted]";
+
 impl Comparator {
     pub(crate) fn new(c: &CompareConfig) -> Self {
+        let (redact_pointers, redact_headers) =
+            c.redact.iter().cloned().partition(|r| r.starts_with('/'));
         Comparator {
             status: c.status,
             headers: c.headers.clone(),
             body: c.body,
             ignore: c.ignore.clone(),
+            redact_pointers,
+            redact_headers: redact_headers
+                .into_iter()
+                .map(|h: String| h.to_ascii_lowercase())
+                .collect(),
             max_body: c.max_body,
+        }
+    }
+
+    /// Replaces the values of redacted fields in `diff` before it is kept: a difference
+    /// at a redacted JSON pointer, under it, or above it (its value contains the field);
+    /// at a redacted header; and byte snippets of bodies compared `exact` whenever any
+    /// pointer is redacted (raw bytes cannot say where a field is).
+    pub(crate) fn redact(&self, diff: &mut [Difference]) {
+        for d in diff {
+            let hidden = if let Some(name) = d.at.strip_prefix("header ") {
+                self.redact_headers
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name))
+            } else if d.at.starts_with("byte ") || d.at == "/" {
+                // Raw bytes, or the whole document (`/` is how a root difference is shown).
+                !self.redact_pointers.is_empty()
+            } else if d.at == "status" {
+                false
+            } else {
+                self.redact_pointers
+                    .iter()
+                    .any(|p| pointer_overlaps(&d.at, p))
+            };
+            if hidden {
+                d.primary = REDACTED.to_string();
+                d.shadow = REDACTED.to_string();
+            }
         }
     }
 
@@ -219,6 +260,14 @@ impl Comparator {
             }
         }
     }
+}
+
+/// Whether one JSON pointer is the other, or lies under it.
+fn pointer_overlaps(a: &str, b: &str) -> bool {
+    let under = |x: &str, y: &str| {
+        y.is_empty() || x == y || (x.starts_with(y) && x.as_bytes().get(y.len()) == Some(&b'/'))
+    };
+    under(a, b) || under(b, a)
 }
 
 fn joined(h: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -594,6 +643,67 @@ mod tests {
         assert_eq!(
             c.compare_body(&body("x"), &BodySide::Incomplete).result,
             CompareResult::ShadowError
+        );
+    }
+
+    #[test]
+    fn redaction_hides_the_fields_it_names_and_whatever_contains_them() {
+        let c = Comparator::new(&CompareConfig {
+            body: CompareBody::Json,
+            redact: vec!["/user/email".into(), "Set-Cookie".into()],
+            headers: vec![
+                HeaderName::from_static("set-cookie"),
+                HeaderName::from_static("etag"),
+            ],
+            ..Default::default()
+        });
+        let v = c.compare_body(
+            &body(r#"{"user":{"email":"a@x","name":"a"},"n":1,"users":2}"#),
+            &body(r#"{"user":{"email":"b@x","name":"b"},"n":2,"users":3}"#),
+        );
+        let mut diff = v.diff;
+        c.redact(&mut diff);
+        let shown: Vec<(&str, &str)> = diff
+            .iter()
+            .map(|d| (d.at.as_str(), d.primary.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("/n", "1"),
+                ("/user/email", REDACTED),
+                ("/user/name", "\"a\""),
+                ("/users", "2")
+            ]
+        );
+        // A difference above the field (its value holds it) is hidden too.
+        let v = c.compare_body(&body(r#"{"user":1}"#), &body(r#"{"user":{"email":"b@x"}}"#));
+        let mut diff = v.diff;
+        c.redact(&mut diff);
+        assert_eq!(diff[0].at, "/user");
+        assert_eq!(diff[0].shadow, REDACTED);
+        // Headers by name, any case; other headers stay readable.
+        let h = c
+            .compare_head(
+                (
+                    StatusCode::OK,
+                    &headers(&[("set-cookie", "s=1"), ("etag", "a")]),
+                ),
+                (
+                    StatusCode::OK,
+                    &headers(&[("set-cookie", "s=2"), ("etag", "b")]),
+                ),
+            )
+            .unwrap();
+        let mut diff = h.diff;
+        c.redact(&mut diff);
+        let shown: Vec<(&str, &str)> = diff
+            .iter()
+            .map(|d| (d.at.as_str(), d.shadow.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [("header set-cookie", REDACTED), ("header etag", "b")]
         );
     }
 

@@ -3,10 +3,12 @@
 //! primary's answer builds the copies (`pending`) and offers them to each shadow cluster's
 //! bounded queue (`queue`); a dispatcher per shadow cluster takes them off (`dispatch`) and
 //! sends each with the cluster's own client (`exchange`); the answer is compared (`compare`)
-//! and recorded (`record`). Nothing on the primary path waits for any of it; every copy not
+//! and recorded (`record`). The admin API pauses a policy or overrides its percent at
+//! runtime (`control`). Nothing on the primary path waits for any of it; every copy not
 //! sent is counted with its reason.
 
 pub(crate) mod compare;
+pub(crate) mod control;
 pub(crate) mod dispatch;
 pub(crate) mod exchange;
 pub(crate) mod pending;

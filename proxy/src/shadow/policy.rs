@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, request::Parts};
 
+use super::control::ShadowControl;
 use super::queue::ShadowQueue;
 use super::record::CopySpec;
 use super::sample;
@@ -21,6 +22,8 @@ pub(crate) struct ShadowPolicy {
     pub(crate) spec: Arc<CopySpec>,
     /// The shadow cluster's queue (shared by every route copying to it).
     pub(crate) queue: Arc<ShadowQueue>,
+    /// Runtime pause and percent override (shared with the policy's other generations).
+    pub(crate) control: Arc<ShadowControl>,
     threshold: u64,
     sample_key: Option<SampleKey>,
     /// `None`: any method.
@@ -37,6 +40,7 @@ impl ShadowPolicy {
         c: &ShadowConfig,
         spec: Arc<CopySpec>,
         queue: Arc<ShadowQueue>,
+        control: Arc<ShadowControl>,
         tag_name: Option<&HeaderName>,
     ) -> Self {
         let tag = tag_name
@@ -51,6 +55,7 @@ impl ShadowPolicy {
             tag,
             spec,
             queue,
+            control,
         }
     }
 
@@ -65,7 +70,9 @@ impl ShadowPolicy {
         path: &PathEntry,
     ) -> bool {
         self.spec.metrics.offered.inc();
-        let refused = if !mirrorable {
+        let refused = if self.control.paused() {
+            Some(DropReason::paused)
+        } else if !mirrorable {
             Some(DropReason::upgrade)
         } else if self
             .methods
@@ -87,7 +94,7 @@ impl ShadowPolicy {
     }
 
     fn sampled_in(&self, headers: &HeaderMap) -> bool {
-        match self.threshold {
+        match self.control.threshold().unwrap_or(self.threshold) {
             0 => false,
             t if t >= sample::SCALE => true,
             t => {

@@ -107,6 +107,8 @@ pub(crate) fn verdict(
         stats.compared(verdict.result, verdict.skipped);
     }
     if verdict.result.is_mismatch() {
+        let mut diff = verdict.diff;
+        spec.compare.redact(&mut diff);
         spec.mismatches.push(Mismatch {
             time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -120,7 +122,7 @@ pub(crate) fn verdict(
             primary_status: subject.primary_status.map(|s| s.as_u16()),
             shadow_status: answer.status.map(|s| s.as_u16()),
             result: verdict.result.as_str(),
-            diff: verdict.diff,
+            diff,
         });
     }
     tracing::debug!(

@@ -2,7 +2,7 @@
 //! `teeproxy_tests::process`) driven from outside over raw sockets on 127.0.0.1, with
 //! in-process fake upstreams in every fault mode. One module per group of the
 //! reliability catalogue (A framing, B headers and upgrades, C HTTP/2 abuse, D slow
-//! clients, E client aborts and primary faults, F shadow faults, G lifecycle and reload). Every case checks the status or the
+//! clients, E client aborts and primary faults, F shadow faults, G lifecycle, reload and operation). Every case checks the status or the
 //! connection's fate, what the primary and the shadow received (nothing, for refused or
 //! aborted requests), and that the process still serves afterwards.
 //!
@@ -20,6 +20,7 @@ mod e_faults;
 mod f_shadow;
 mod f_shadow_memory;
 mod g_lifecycle;
+mod g_operate;
 mod g_reload;
 
 use std::net::SocketAddr;

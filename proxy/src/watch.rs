@@ -1,0 +1,102 @@
+//! The config file watch: a change to the file reloads it exactly as SIGHUP does. The
+//! directory is watched, not the file (an editor's atomic save and a Kubernetes ConfigMap
+//! update, which swaps a `..data` symlink, both replace the file rather than write it);
+//! events are debounced, and a reload is sent only when the file's bytes changed. A file
+//! that does not parse is reported as a failed reload: the running config stays.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::reload::Reload;
+
+/// How long the directory must be quiet before the file is read (a swap is several
+/// events; a half-written file is not read).
+const SETTLE: Duration = Duration::from_millis(150);
+
+/// A running watch; dropping it stops watching.
+pub struct ConfigWatch {
+    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConfigWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches `path` and sends a `Reload` on `reloads` each time its contents change. Call
+/// it in a Tokio runtime. An error means the directory cannot be watched (the caller logs
+/// it; SIGHUP still works).
+pub fn watch_config(path: &Path, reloads: mpsc::Sender<Reload>) -> notify::Result<ConfigWatch> {
+    let path = path.to_path_buf();
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Any event in the directory is a reason to look; a full channel already is one.
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })?;
+    for dir in directories(&path) {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    }
+    let seen = std::fs::read(&path).ok();
+    let task = tokio::spawn(follow(path, seen, rx, reloads));
+    Ok(ConfigWatch {
+        _watcher: watcher,
+        task,
+    })
+}
+
+/// The directories whose changes can change what `path` reads: its own, and, when it is a
+/// symbolic link, the one of the file it points to now.
+fn directories(path: &Path) -> Vec<PathBuf> {
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut dirs = vec![parent(path)];
+    if let Ok(real) = std::fs::canonicalize(path) {
+        let d = parent(&real);
+        let same = std::fs::canonicalize(&dirs[0]).is_ok_and(|first| first == d);
+        if !same {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+async fn follow(
+    path: PathBuf,
+    mut seen: Option<Vec<u8>>,
+    mut events: mpsc::Receiver<()>,
+    reloads: mpsc::Sender<Reload>,
+) {
+    while events.recv().await.is_some() {
+        // Settle: wait until no event came for SETTLE.
+        loop {
+            match tokio::time::timeout(SETTLE, events.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let now = std::fs::read(&path).ok();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        tracing::info!(path = %path.display(), "config file changed: reloading");
+        let reload = match Config::load(&path) {
+            Ok(c) => Reload::Apply(Box::new(c)),
+            Err(e) => Reload::Failed(e.to_string()),
+        };
+        if reloads.send(reload).await.is_err() {
+            return;
+        }
+    }
+}
