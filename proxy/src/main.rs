@@ -153,7 +153,17 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
     for l in &config.listeners {
         let _ = writeln!(out, "  {:<12} {}", l.name, l.address);
     }
-    let _ = writeln!(out, "admin:        {}", config.admin.address);
+    let a = &config.admin;
+    let _ = writeln!(
+        out,
+        "admin:        {}{}{}",
+        a.address,
+        a.token_file
+            .as_ref()
+            .map_or(String::new(), |t| format!(" (token file {})", t.display())),
+        a.metrics_address
+            .map_or(String::new(), |m| format!(", metrics only on {m}")),
+    );
     let _ = writeln!(out, "clusters:");
     let json = config.to_json();
     for (name, c) in &config.clusters {
@@ -209,12 +219,13 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
     let l = &json["limits"];
     let _ = writeln!(
         out,
-        "limits:       headers {} / {} fields, uri {}, head timeout {}; drain {}",
+        "limits:       headers {} / {} fields, uri {}, head timeout {}; drain {} after a delay of {}",
         l["max_header_bytes"].as_str().unwrap_or("?"),
         config.limits.max_headers,
         l["max_uri_bytes"].as_str().unwrap_or("?"),
         l["request_head_timeout"].as_str().unwrap_or("?"),
         json["drain_timeout"].as_str().unwrap_or("?"),
+        json["drain_delay"].as_str().unwrap_or("?"),
     );
     out
 }

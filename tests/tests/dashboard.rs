@@ -118,6 +118,16 @@ async fn the_rendered_dashboard_tells_which_path_is_slower_or_different() {
         "every comparison done"
     );
 
+    // A shadow paused at runtime shows as paused, with its runtime change.
+    let (status, _) = admin_post(
+        proxy.admin,
+        "/api/shadows/all/candidate",
+        r#"{"paused": true}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
     let url = format!("http://{}/", proxy.admin);
     let dom = tokio::task::spawn_blocking(move || rendered_dom(&browser, &url))
         .await
@@ -164,4 +174,13 @@ async fn the_rendered_dashboard_tells_which_path_is_slower_or_different() {
         dom.contains("GET /broken"),
         "the mismatch names its request"
     );
+    let shadow = dom
+        .find("data-shadow=\"all/candidate\"")
+        .map(|at| &dom[at..at + dom[at..].find("</tr>").expect("end of row")])
+        .unwrap_or_else(|| panic!("no shadow row in:\n{dom}"));
+    assert!(
+        shadow.contains("class=\"shadow-paused\"") && shadow.contains("<strong>paused</strong>"),
+        "{shadow}"
+    );
+    assert!(shadow.contains("set at runtime"), "{shadow}");
 }

@@ -333,3 +333,55 @@ fn case_framing_headers_and_budgets_are_checked_with_a_place() {
         );
     }
 }
+
+#[test]
+fn operating_keys_parse_and_are_checked() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(c.drain_delay, Duration::ZERO);
+    assert_eq!(c.admin.token_file, None);
+    assert_eq!(c.admin.metrics_address, None);
+    let yaml = format!(
+        "{MINIMAL}admin: {{ address: \"0.0.0.0:9901\", token_file: /run/token, metrics_address: \"0.0.0.0:9902\" }}\ndrain_delay: 90s\n"
+    );
+    let c = Config::from_yaml(&yaml).unwrap();
+    assert_eq!(c.drain_delay, Duration::from_secs(90));
+    assert_eq!(
+        c.admin.token_file.as_deref(),
+        Some(std::path::Path::new("/run/token"))
+    );
+    assert_eq!(
+        c.admin.metrics_address.map(|a| a.port()),
+        Some(9902),
+        "{:?}",
+        c.admin
+    );
+    let s = Config::from_yaml(&with_shadow(
+        "{ cluster: c, compare: { redact: [/user/email, Set-Cookie] } }",
+    ))
+    .unwrap();
+    assert_eq!(
+        s.routes[0].shadows[0].compare.redact,
+        ["/user/email", "Set-Cookie"]
+    );
+    for (yaml, key, msg) in [
+        (
+            format!("{MINIMAL}admin: {{ token_file: \" \" }}\n"),
+            "admin.token_file",
+            "empty path",
+        ),
+        (
+            format!("{MINIMAL}admin: {{ metrics_address: nowhere }}\n"),
+            "admin.metrics_address",
+            "invalid address",
+        ),
+        (
+            with_shadow("{ cluster: c, compare: { redact: [\"user email\"] } }"),
+            "routes[0].shadows[0].compare.redact",
+            "neither a JSON pointer",
+        ),
+    ] {
+        let e = err(&yaml);
+        assert!(e.contains(&format!(": {key}: ")), "want key {key} in {e}");
+        assert!(e.contains(msg), "want {msg:?} in {e}");
+    }
+}
