@@ -299,7 +299,16 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   unit_dir=$work/systemd
   mkdir -p "$unit_dir"
   sed "s#/usr/local/bin/teeproxy#$(realpath "$teeproxy")#g" deploy/systemd/teeproxy.service >"$unit_dir/teeproxy.service"
-  systemd-analyze verify "$unit_dir/teeproxy.service" || fail "systemd-analyze verify deploy/systemd/teeproxy.service"
+  # It reports unparsable settings ("..., ignoring") on stderr and still exits 0: any
+  # output is a failure.
+  out=$(systemd-analyze verify "$unit_dir/teeproxy.service" 2>&1) || {
+    echo "$out"
+    fail "systemd-analyze verify deploy/systemd/teeproxy.service"
+  }
+  [ -z "$out" ] || {
+    echo "$out"
+    fail "systemd-analyze verify deploy/systemd/teeproxy.service printed warnings"
+  }
   echo "  ok"
 else
   echo "  skipped: systemd-analyze is not installed"
