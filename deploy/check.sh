@@ -128,8 +128,8 @@ def secs(v):
 admin_host, admin_port = conf["admin"]["address"].rsplit(":", 1)
 proxy_port = int(conf["listeners"][0]["address"].rsplit(":", 1)[1])
 check(admin_host == "0.0.0.0", "the admin must bind 0.0.0.0 in Kubernetes (Prometheus scrapes it)")
-# drain_delay is being added (5 s in the manifests' arithmetic) and may be commented out.
-shutdown = secs(conf.get("drain_delay", "5s")) + secs(conf.get("drain_timeout", "30s")) + secs(conf.get("shadow_drain", "5s"))
+check("drain_delay" in conf, "drain_delay is set (the manifests' grace period counts on it)")
+shutdown = secs(conf.get("drain_delay", "0s")) + secs(conf.get("drain_timeout", "30s")) + secs(conf.get("shadow_drain", "5s"))
 
 dep = one("Deployment", "teeproxy")
 pod = dep["spec"]["template"]
