@@ -22,7 +22,7 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Parser, Debug)]
 #[command(
     name = "teeproxy",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TEEPROXY_COMMIT"), ")"),
     about = "Shadow-traffic tee proxy: the primary serves, shadows get a copy"
 )]
 struct Cli {

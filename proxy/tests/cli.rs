@@ -399,3 +399,218 @@ fn the_demo_tells_its_story_on_the_dashboard_api() {
     );
     assert_eq!(stop(child), Some(0));
 }
+
+/// Sends one HTTP/1.1 GET with extra header lines (each ending in `\r\n`) and returns the
+/// response's head (lowercased) and body.
+fn http_get_with(addr: &str, path: &str, headers: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A demo that has served a request through the tee and compared the copy, so every
+/// metric family has samples; returns it with its admin address.
+fn demo_with_traffic() -> (Running, String) {
+    let (child, proxy, admin) = start_demo(&["--rate", "0"]);
+    for path in ["/api/users/7", "/api/search?q=a", "/nope"] {
+        let resp = http_get(&proxy, path);
+        assert!(resp.starts_with("HTTP/1.1 "), "{resp}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !http_get(&admin, "/metrics").contains("result=\"match\"} 1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the candidate's answer was never compared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, admin)
+}
+
+/// `promtool` from PATH, or `None` (the caller skips) unless `CI` is set.
+fn promtool() -> Option<&'static str> {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is required under CI (apt-get install prometheus)"
+        );
+        eprintln!("SKIPPED: promtool not found (apt-get install prometheus)");
+        return None;
+    }
+    Some("promtool")
+}
+
+#[test]
+fn metrics_pass_promtool_check_metrics() {
+    let Some(promtool) = promtool() else { return };
+    let (child, admin) = demo_with_traffic();
+    let (head, text) = http_get_with(&admin, "/metrics", "");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for family in [
+        "teeproxy_requests_total",
+        "teeproxy_shadow_sent_total",
+        "teeproxy_compare_results_total",
+        "teeproxy_path_latency_seconds_bucket",
+        "teeproxy_build_info",
+    ] {
+        assert!(text.contains(&format!("\n{family}{{")), "{family}: {text}");
+    }
+    use std::io::Write;
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {:?}\n{report}",
+        out.status
+    );
+    assert_eq!(stop(child), Some(0));
+}
+
+#[test]
+fn metrics_format_follows_the_accept_header() {
+    let (child, admin) = demo_with_traffic();
+    // What Prometheus sends: OpenMetrics first.
+    let prometheus = "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+    let (head, om) = http_get_with(&admin, "/metrics", prometheus);
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE teeproxy_requests counter\n"), "{om}");
+    assert!(om.contains("# TYPE teeproxy_build info\n"), "{om}");
+    for accept in ["", "Accept: */*\r\n", "Accept: text/plain;version=0.0.4\r\n"] {
+        let (head, text) = http_get_with(&admin, "/metrics", accept);
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{accept}: {head}"
+        );
+        assert!(!text.contains("# EOF"), "{accept}: {text}");
+        assert!(
+            text.contains("# HELP teeproxy_requests_total ")
+                && text.contains("# TYPE teeproxy_requests_total counter\n"),
+            "{accept}: {text}"
+        );
+        assert!(
+            text.contains("# TYPE teeproxy_build_info gauge\n"),
+            "{text}"
+        );
+        // The same samples in both formats.
+        let sample = "teeproxy_requests_total{route=\"api\",status_class=\"2xx\"} 2";
+        assert!(text.contains(sample) && om.contains(sample), "{text}");
+    }
+    assert_eq!(stop(child), Some(0));
+}
+
+/// The commit `build.rs` should have recorded.
+fn expected_commit() -> String {
+    let git = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::null())
+        .output();
+    match git {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap().trim().into(),
+        _ => std::env::var("TEEPROXY_COMMIT").unwrap_or_else(|_| "unknown".into()),
+    }
+}
+
+#[test]
+fn version_prints_the_version_and_commit() {
+    let out = bin().arg("--version").output().expect("run teeproxy --version");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let commit = expected_commit();
+    assert_eq!(
+        text.trim(),
+        format!(
+            "teeproxy {} (commit {commit})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert!(
+        commit == "unknown" || commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
+}
+
+#[test]
+fn build_info_metric_names_version_and_commit() {
+    let (child, _proxy, admin) = start_demo(&["--rate", "0"]);
+    let (_, text) = http_get_with(&admin, "/metrics", "");
+    let sample = format!(
+        "teeproxy_build_info{{version=\"{}\",commit=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION"),
+        expected_commit()
+    );
+    assert!(text.contains(&sample), "{sample} missing in {text}");
+    assert_eq!(stop(child), Some(0));
+}
+
+#[test]
+fn text_logs_have_no_colour_when_stderr_is_not_a_terminal() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Running(
+        bin()
+            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--rate", "0"])
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start demo"),
+    );
+    // Kept open until the demo has stopped: it may still log.
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let mut logs = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        logs.push_str(&line);
+        logs.push('\n');
+        if line.contains("listening") {
+            break;
+        }
+    }
+    assert!(logs.contains(" INFO "), "text logs with levels: {logs}");
+    assert!(!logs.contains('\x1b'), "an escape code in {logs:?}");
+    assert_eq!(stop(child), Some(0));
+}

@@ -1,5 +1,5 @@
 //! The admin listener: the dashboard (`/`), `/api/paths`, `/api/mismatches`,
-//! `/api/config`, `/metrics` (OpenMetrics text), `/live`, `/ready`. HTTP/1.1 only, meant
+//! `/api/config`, `/metrics` (Prometheus text), `/live`, `/ready`. HTTP/1.1 only, meant
 //! for loopback or a private network. It reads the current snapshot, the registry and the
 //! mismatch ring; it holds nothing of the handler.
 
@@ -131,9 +131,15 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 .metrics()
                 .num_alive_tasks();
             state.runtime_tasks.set(tasks as i64);
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = metrics::Format::negotiate(accept);
             Response::builder()
-                .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
-                .body(Full::new(Bytes::from(metrics::encode(&state.registry))))
+                .header(header::CONTENT_TYPE, format.content_type())
+                .header(header::VARY, "accept")
+                .body(Full::new(Bytes::from(metrics::encode_as(
+                    &state.registry,
+                    format,
+                ))))
                 .expect("static parts are valid")
         }
         "/live" => text(StatusCode::OK, "live\n"),
