@@ -35,6 +35,46 @@ fn closing_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// An upstream that reads each request (head and `Content-Length` body) and answers 200
+/// with the 10-byte body `0123456789`, counting the requests it got; for as long as the
+/// test process lives.
+fn answering_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+                );
+            });
+        }
+    });
+    (addr, count)
+}
+
 fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
 }
@@ -221,16 +261,19 @@ fn demo_serves_on_its_own_and_exits_0_on_sigterm() {
     assert_eq!(stop(child), Some(0), "exit 0 after SIGTERM");
 }
 
-/// Runs `teeproxy --config` with JSON logs, sends one request, stops it with SIGTERM and
-/// returns everything it logged.
+/// Runs `teeproxy --config` with JSON logs, sends a request to a failing primary and a
+/// POST to a working one (with two shadows: one gets a copy, one samples it out), stops
+/// it with SIGTERM and returns everything it logged.
 fn serve_one_request_and_collect_logs(access_log: bool) -> String {
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::process::Stdio;
     let dead = closing_upstream();
+    let (good, _) = answering_upstream();
+    let (shadow, shadow_count) = answering_upstream();
     let path = write_temp(
         &format!("serve-{access_log}.yaml"),
         &format!(
-            "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\nclusters:\n  p: {{ endpoints: [\"http://{dead}\"] }}\nroutes:\n  - {{ name: r, primary: p }}\naccess_log: {{ enabled: {access_log} }}\n"
+            "listeners: [{{ name: public, address: \"127.0.0.1:0\" }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\nclusters:\n  p: {{ endpoints: [\"http://{dead}\"] }}\n  good: {{ endpoints: [\"http://{good}\"] }}\n  s: {{ endpoints: [\"http://{shadow}\"] }}\n  s2: {{ endpoints: [\"http://{shadow}\"] }}\nroutes:\n  - {{ name: ok, match: {{ path_prefix: /ok }}, primary: good, shadows: [{{ cluster: s, methods: any }}, {{ cluster: s2, methods: any, percent: 0 }}] }}\n  - {{ name: r, primary: p }}\naccess_log: {{ enabled: {access_log} }}\n"
         ),
     );
     let mut child = Running(
@@ -259,6 +302,26 @@ fn serve_one_request_and_collect_logs(access_log: bool) -> String {
     };
     let resp = http_get(&addr, "/logged?x=1");
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "POST /ok/upload HTTP/1.1\r\nHost: app.example:8080\r\nUser-Agent: cli-test/1.0\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("0123456789"),
+        "{resp}"
+    );
+    // The copy is fire-and-forget: wait for it, so the drain at SIGTERM does not race it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shadow_count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the shadow got no copy");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
@@ -275,22 +338,54 @@ fn access_log_lines_are_json_and_can_be_switched_off() {
         .lines()
         .filter(|l| l.contains("\"target\":\"teeproxy::access\""))
         .collect();
-    assert_eq!(access.len(), 1, "{logs}");
-    for field in [
-        "\"route\":\"r\"",
-        "\"method\":\"GET\"",
-        "\"path\":\"/logged\"",
-        "\"status\":502",
-        "\"request_id\":\"",
-        "\"duration_ms\":",
-        "\"endpoint\":\"http://",
+    assert_eq!(access.len(), 2, "{logs}");
+    let line = |route: &str| -> serde_json::Value {
+        let l = access
+            .iter()
+            .find(|l| l.contains(&format!("\"route\":\"{route}\"")))
+            .unwrap_or_else(|| panic!("no access line for route {route}: {logs}"));
+        serde_json::from_str(l).expect("a JSON line")
+    };
+    // A primary that fails: no response head, so no upstream time.
+    let failed = line("r");
+    for (key, want) in [
+        ("method", serde_json::json!("GET")),
+        ("path", serde_json::json!("/logged")),
+        ("status", serde_json::json!(502)),
+        ("protocol", serde_json::json!("HTTP/1.1")),
+        ("bytes_received", serde_json::json!(0)),
+        ("shadow", serde_json::json!("-")),
+        ("user_agent", serde_json::json!("-")),
+        ("complete", serde_json::json!(true)),
+        ("client", serde_json::json!("127.0.0.1")),
     ] {
-        assert!(
-            access[0].contains(field),
-            "{field} missing in {}",
-            access[0]
-        );
+        assert_eq!(failed[key], want, "{key} in {failed}");
     }
+    assert!(failed["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{failed}");
+    assert!(failed["endpoint"].as_str().unwrap().starts_with("http://"), "{failed}");
+    assert!(failed["host"].as_str().unwrap().starts_with("127.0.0.1:"), "{failed}");
+    assert!(failed.get("upstream_ms").is_none(), "{failed}");
+    assert!(failed["bytes_sent"].as_u64().unwrap() > 0, "the error's body: {failed}");
+    // A served POST: every field with its real value.
+    let ok = line("ok");
+    for (key, want) in [
+        ("method", serde_json::json!("POST")),
+        ("path", serde_json::json!("/ok/upload")),
+        ("status", serde_json::json!(200)),
+        ("protocol", serde_json::json!("HTTP/1.1")),
+        ("host", serde_json::json!("app.example:8080")),
+        ("user_agent", serde_json::json!("cli-test/1.0")),
+        ("bytes_received", serde_json::json!(5)),
+        ("bytes_sent", serde_json::json!(10)),
+        ("shadow", serde_json::json!("s:queued,s2:sampled_out")),
+        ("complete", serde_json::json!(true)),
+    ] {
+        assert_eq!(ok[key], want, "{key} in {ok}");
+    }
+    assert!(ok["endpoint"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{ok}");
+    let upstream = ok["upstream_ms"].as_f64().expect("upstream_ms");
+    let total = ok["duration_ms"].as_f64().expect("duration_ms");
+    assert!(upstream > 0.0 && total >= upstream, "{ok}");
     let logs = serve_one_request_and_collect_logs(false);
     assert!(!logs.contains("teeproxy::access"), "{logs}");
     assert!(

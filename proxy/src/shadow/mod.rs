@@ -3,7 +3,7 @@
 //! primary's answer builds the copies (`pending`) and offers them to each shadow cluster's
 //! bounded queue (`queue`); a dispatcher per shadow cluster takes them off (`dispatch`) and
 //! sends each with the cluster's own client (`exchange`); the answer is compared (`compare`)
-//! and recorded (`record`). Nothing on the primary path waits for any of it; every copy not
+//! and recorded (`record`); `trace` tells the access log what became of each copy. Nothing on the primary path waits for any of it; every copy not
 //! sent is counted with its reason.
 
 pub(crate) mod compare;
@@ -15,3 +15,4 @@ pub(crate) mod queue;
 pub(crate) mod record;
 pub(crate) mod sample;
 pub(crate) mod tee;
+pub(crate) mod trace;
