@@ -709,3 +709,72 @@ fn text_logs_have_no_colour_when_stderr_is_not_a_terminal() {
     assert!(!logs.contains('\x1b'), "an escape code in {logs:?}");
     assert_eq!(stop(child), Some(0));
 }
+
+/// The hard limit on open files of this process (what `ulimit -n` may be raised to).
+fn hard_open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Runs the demo under `ulimit -n nofile` (through `sh`, which `exec`s it: the process id
+/// stays the demo's) until it listens, stops it, and returns its text logs.
+fn demo_logs_under_ulimit(nofile: u64) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut child = Running(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_teeproxy"))
+            .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--rate", "0"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start demo under ulimit"),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut logs = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the demo exited early: {logs}"
+        );
+        logs.push_str(&line);
+        if line.contains("listening") {
+            break;
+        }
+    }
+    let pid = child.0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    stderr.read_to_string(&mut logs).unwrap();
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "{logs}");
+    logs
+}
+
+#[test]
+fn the_ulimit_warning_shows_only_when_the_lowered_cap_matters() {
+    let warning = "the default connection cap was lowered";
+    // 1024 open files: the default cap of 10000 becomes 384, which a busy service reaches.
+    let logs = demo_logs_under_ulimit(1024);
+    assert!(
+        logs.contains(warning) && logs.contains("WARN"),
+        "{logs}"
+    );
+    // 20000 open files: 9872, a little under the default; not worth a warning.
+    if hard_open_files_limit().is_some_and(|hard| hard >= 20_000) {
+        let logs = demo_logs_under_ulimit(20_000);
+        assert!(!logs.contains(warning), "{logs}");
+        assert!(!logs.contains("WARN"), "{logs}");
+    } else {
+        eprintln!("SKIPPED (half): the hard open-files limit is below 20000");
+    }
+}
