@@ -40,17 +40,19 @@ fn main() {
         if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
             watch(&dir.join("HEAD"));
         }
-        let common = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
-            .map(PathBuf::from);
-        if let (Some(common), Some(head_ref)) =
-            (common, git(&["symbolic-ref", "-q", "HEAD"]))
-        {
+        let common =
+            git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]).map(PathBuf::from);
+        if let (Some(common), Some(head_ref)) = (common, git(&["symbolic-ref", "-q", "HEAD"])) {
             watch(&common.join(head_ref));
             watch(&common.join("packed-refs"));
         }
     }
     let commit = commit
-        .or_else(|| std::env::var("TEEPROXY_COMMIT").ok().filter(|c| !c.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("TEEPROXY_COMMIT")
+                .ok()
+                .filter(|c| !c.trim().is_empty())
+        })
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=TEEPROXY_COMMIT={}", commit.trim());
 }

@@ -38,7 +38,10 @@ fn closing_upstream() -> std::net::SocketAddr {
 /// An upstream that reads each request (head and `Content-Length` body) and answers 200
 /// with the 10-byte body `0123456789`, counting the requests it got; for as long as the
 /// test process lives.
-fn answering_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+fn answering_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -319,7 +322,10 @@ fn serve_one_request_and_collect_logs(access_log: bool) -> String {
     // The copy is fire-and-forget: wait for it, so the drain at SIGTERM does not race it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while shadow_count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the shadow got no copy");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shadow got no copy"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Command::new("kill")
@@ -361,11 +367,23 @@ fn access_log_lines_are_json_and_can_be_switched_off() {
     ] {
         assert_eq!(failed[key], want, "{key} in {failed}");
     }
-    assert!(failed["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{failed}");
-    assert!(failed["endpoint"].as_str().unwrap().starts_with("http://"), "{failed}");
-    assert!(failed["host"].as_str().unwrap().starts_with("127.0.0.1:"), "{failed}");
+    assert!(
+        failed["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{failed}"
+    );
+    assert!(
+        failed["endpoint"].as_str().unwrap().starts_with("http://"),
+        "{failed}"
+    );
+    assert!(
+        failed["host"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{failed}"
+    );
     assert!(failed.get("upstream_ms").is_none(), "{failed}");
-    assert!(failed["bytes_sent"].as_u64().unwrap() > 0, "the error's body: {failed}");
+    assert!(
+        failed["bytes_sent"].as_u64().unwrap() > 0,
+        "the error's body: {failed}"
+    );
     // A served POST: every field with its real value.
     let ok = line("ok");
     for (key, want) in [
@@ -382,7 +400,13 @@ fn access_log_lines_are_json_and_can_be_switched_off() {
     ] {
         assert_eq!(ok[key], want, "{key} in {ok}");
     }
-    assert!(ok["endpoint"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{ok}");
+    assert!(
+        ok["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{ok}"
+    );
     let upstream = ok["upstream_ms"].as_f64().expect("upstream_ms");
     let total = ok["duration_ms"].as_f64().expect("duration_ms");
     assert!(upstream > 0.0 && total >= upstream, "{ok}");
@@ -610,7 +634,11 @@ fn metrics_format_follows_the_accept_header() {
     assert!(om.ends_with("# EOF\n"), "{om}");
     assert!(om.contains("# TYPE teeproxy_requests counter\n"), "{om}");
     assert!(om.contains("# TYPE teeproxy_build info\n"), "{om}");
-    for accept in ["", "Accept: */*\r\n", "Accept: text/plain;version=0.0.4\r\n"] {
+    for accept in [
+        "",
+        "Accept: */*\r\n",
+        "Accept: text/plain;version=0.0.4\r\n",
+    ] {
         let (head, text) = http_get_with(&admin, "/metrics", accept);
         assert!(
             head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
@@ -648,16 +676,16 @@ fn expected_commit() -> String {
 
 #[test]
 fn version_prints_the_version_and_commit() {
-    let out = bin().arg("--version").output().expect("run teeproxy --version");
+    let out = bin()
+        .arg("--version")
+        .output()
+        .expect("run teeproxy --version");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let commit = expected_commit();
     assert_eq!(
         text.trim(),
-        format!(
-            "teeproxy {} (commit {commit})",
-            env!("CARGO_PKG_VERSION")
-        )
+        format!("teeproxy {} (commit {commit})", env!("CARGO_PKG_VERSION"))
     );
     assert!(
         commit == "unknown" || commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
@@ -765,10 +793,7 @@ fn the_ulimit_warning_shows_only_when_the_lowered_cap_matters() {
     let warning = "the default connection cap was lowered";
     // 1024 open files: the default cap of 10000 becomes 384, which a busy service reaches.
     let logs = demo_logs_under_ulimit(1024);
-    assert!(
-        logs.contains(warning) && logs.contains("WARN"),
-        "{logs}"
-    );
+    assert!(logs.contains(warning) && logs.contains("WARN"), "{logs}");
     // 20000 open files: 9872, a little under the default; not worth a warning.
     if hard_open_files_limit().is_some_and(|hard| hard >= 20_000) {
         let logs = demo_logs_under_ulimit(20_000);

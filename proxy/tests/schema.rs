@@ -43,7 +43,9 @@ fn check_jsonschema() -> Option<PathBuf> {
         std::env::var_os("CI").is_none(),
         "check-jsonschema is required under CI (pip install check-jsonschema; or set TEEPROXY_VENV)"
     );
-    eprintln!("SKIPPED: check-jsonschema not found (pip install check-jsonschema, or set TEEPROXY_VENV)");
+    eprintln!(
+        "SKIPPED: check-jsonschema not found (pip install check-jsonschema, or set TEEPROXY_VENV)"
+    );
     None
 }
 
@@ -104,15 +106,26 @@ fn every_shipped_config_passes_the_schema() {
     );
     let mut files = Vec::new();
     yaml_files(&root().join("config"), &mut files);
-    assert!(files.len() >= 4, "config/tee.yaml and the examples: {files:?}");
+    assert!(
+        files.len() >= 4,
+        "config/tee.yaml and the examples: {files:?}"
+    );
     let (ok, text) = validate(&tool, &files);
     assert!(ok, "{text}");
     // The validator does reject what the binary rejects.
     let bad = [
-        ("unknown-key.yaml", "routes: [{ name: r, primary: a, bogus: 1 }]", "bogus"),
+        (
+            "unknown-key.yaml",
+            "routes: [{ name: r, primary: a, bogus: 1 }]",
+            "bogus",
+        ),
         ("duration.yaml", "drain_timeout: 30s1m", "drain_timeout"),
         ("duration-unit.yaml", "drain_timeout: 30", "drain_timeout"),
-        ("size.yaml", "limits: { max_uri_bytes: 4Kb }", "max_uri_bytes"),
+        (
+            "size.yaml",
+            "limits: { max_uri_bytes: 4Kb }",
+            "max_uri_bytes",
+        ),
         ("enum.yaml", "x_forwarded_for: prepend", "x_forwarded_for"),
     ];
     for (name, extra, key) in bad {
@@ -124,7 +137,10 @@ fn every_shipped_config_passes_the_schema() {
         yaml.push('\n');
         let path = write_temp(name, &yaml);
         let (ok, text) = validate(&tool, &[path]);
-        assert!(!ok && text.contains(key), "{name} should fail on {key}: {text}");
+        assert!(
+            !ok && text.contains(key),
+            "{name} should fail on {key}: {text}"
+        );
     }
 }
 
@@ -150,7 +166,12 @@ fn child<'a>(root: &'a Value, node: &'a Value, key: &str) -> Vec<&'a Value> {
         out.push(a);
     }
     for alt in ["oneOf", "anyOf"] {
-        for branch in node.get(alt).and_then(Value::as_array).into_iter().flatten() {
+        for branch in node
+            .get(alt)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             out.extend(child(root, branch, key));
         }
     }
@@ -162,7 +183,12 @@ fn items<'a>(root: &'a Value, node: &'a Value) -> Vec<&'a Value> {
     let node = resolve(root, node);
     let mut out: Vec<&Value> = node.get("items").into_iter().collect();
     for alt in ["oneOf", "anyOf"] {
-        for branch in node.get(alt).and_then(Value::as_array).into_iter().flatten() {
+        for branch in node
+            .get(alt)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             out.extend(items(root, branch));
         }
     }
@@ -175,7 +201,14 @@ const WRITTEN: [&str; 1] = ["$.routes[0].shadows"];
 /// Walks `value` (as `check --json` prints it) against the schema: every object key must
 /// be described; with `defaults` (a config that leaves the key out, unless `WRITTEN`),
 /// every described default must equal the value the binary used.
-fn walk(root: &Value, node: &Value, value: &Value, at: &str, defaults: bool, problems: &mut Vec<String>) {
+fn walk(
+    root: &Value,
+    node: &Value,
+    value: &Value,
+    at: &str,
+    defaults: bool,
+    problems: &mut Vec<String>,
+) {
     let default = node.get("default").or(resolve(root, node).get("default"));
     if defaults
         && !WRITTEN.contains(&at)
@@ -186,7 +219,9 @@ fn walk(root: &Value, node: &Value, value: &Value, at: &str, defaults: bool, pro
             _ => want == value,
         };
         if !same {
-            problems.push(format!("{at}: the schema's default is {want}, the binary's {value}"));
+            problems.push(format!(
+                "{at}: the schema's default is {want}, the binary's {value}"
+            ));
         }
     }
     match value {

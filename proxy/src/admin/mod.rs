@@ -131,7 +131,10 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 .metrics()
                 .num_alive_tasks();
             state.runtime_tasks.set(tasks as i64);
-            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
             let format = metrics::Format::negotiate(accept);
             Response::builder()
                 .header(header::CONTENT_TYPE, format.content_type())

@@ -125,7 +125,7 @@ impl FromStr for Dur {
                 frac.parse().map_err(|_| err("bad decimals"))?
             };
             let frac_ms = frac_units * ms_per_unit;
-            if frac_ms % scale != 0 {
+            if !frac_ms.is_multiple_of(scale) {
                 return Err(err("finer than a millisecond"));
             }
             total = int

@@ -75,8 +75,9 @@ pub(crate) async fn forward<'r>(
     let path = route.paths.entry(req.uri().path());
     let client_upgrade =
         matches!(upgrade, Upgrade::WebSocket(_)).then(|| hyper::upgrade::on(&mut req));
-    let (mut upstream_req, pending, body_sent) =
-        prepare(req, route, ep, conn, snap, request_id, upgrade, &path, trace);
+    let (mut upstream_req, pending, body_sent) = prepare(
+        req, route, ep, conn, snap, request_id, upgrade, &path, trace,
+    );
     if let Upgrade::WebSocket(protocol) = upgrade {
         let h = upstream_req.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -381,14 +381,56 @@ mod tests {
             (&default, 1, None, 10_000, CapNotice::Fits),
             (&default, 1, Some(1_000_000), 10_000, CapNotice::Fits),
             // (20000 - 256) / 2 = 9872: a little under the default.
-            (&default, 1, Some(20_000), 9_872, CapNotice::Lowered { matters: false }),
-            (&default, 2, Some(20_000), 4_936, CapNotice::Lowered { matters: false }),
+            (
+                &default,
+                1,
+                Some(20_000),
+                9_872,
+                CapNotice::Lowered { matters: false },
+            ),
+            (
+                &default,
+                2,
+                Some(20_000),
+                4_936,
+                CapNotice::Lowered { matters: false },
+            ),
             // 2 * 4096 + 256 files hold 4096 connections: the floor itself is fine.
-            (&default, 1, Some(8_448), 4_096, CapNotice::Lowered { matters: false }),
-            (&default, 1, Some(8_447), 4_095, CapNotice::Lowered { matters: true }),
-            (&default, 1, Some(1024), 384, CapNotice::Lowered { matters: true }),
-            (&default, 2, Some(1024), 192, CapNotice::Lowered { matters: true }),
-            (&explicit, 1, Some(1024), 5_000, CapNotice::AboveLimit { fit: 384 }),
+            (
+                &default,
+                1,
+                Some(8_448),
+                4_096,
+                CapNotice::Lowered { matters: false },
+            ),
+            (
+                &default,
+                1,
+                Some(8_447),
+                4_095,
+                CapNotice::Lowered { matters: true },
+            ),
+            (
+                &default,
+                1,
+                Some(1024),
+                384,
+                CapNotice::Lowered { matters: true },
+            ),
+            (
+                &default,
+                2,
+                Some(1024),
+                192,
+                CapNotice::Lowered { matters: true },
+            ),
+            (
+                &explicit,
+                1,
+                Some(1024),
+                5_000,
+                CapNotice::AboveLimit { fit: 384 },
+            ),
             (&explicit, 1, Some(20_000), 5_000, CapNotice::Fits),
         ];
         for (limits, listeners, soft, cap, notice) in table {
