@@ -40,10 +40,18 @@ fn main() {
         if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
             watch(&dir.join("HEAD"));
         }
-        let common =
-            git(&["rev-parse", "--path-format=absolute", "--git-common-dir"]).map(PathBuf::from);
+        // (`--git-common-dir` may print a path relative to the manifest directory.)
+        let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+        let common = git(&["rev-parse", "--git-common-dir"]).map(|d| manifest.join(d));
         if let (Some(common), Some(head_ref)) = (common, git(&["symbolic-ref", "-q", "HEAD"])) {
-            watch(&common.join(head_ref));
+            let loose = common.join(head_ref);
+            if loose.exists() {
+                watch(&loose);
+            } else if let Some(dir) = loose.parent() {
+                // The branch is only in packed-refs (a fresh clone): its next commit
+                // creates the loose file in this directory.
+                watch(dir);
+            }
             watch(&common.join("packed-refs"));
         }
     }
