@@ -35,6 +35,11 @@ pub use proxy::error::ProxyBody;
 pub use reload::Reload;
 pub use watch::{ConfigWatch, watch_config};
 
+/// The package version (`Cargo.toml`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit the binary was built from (12 hex digits), or `unknown`; see `build.rs`.
+pub const COMMIT: &str = env!("TEEPROXY_COMMIT");
+
 /// Internals the fuzz harness and the in-memory tests reach into; not a stable API.
 #[cfg(feature = "testing")]
 pub mod testing {

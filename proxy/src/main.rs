@@ -22,7 +22,7 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Parser, Debug)]
 #[command(
     name = "teeproxy",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("TEEPROXY_COMMIT"), ")"),
     about = "Shadow-traffic tee proxy: the primary serves, shadows get a copy"
 )]
 struct Cli {
@@ -257,28 +257,35 @@ async fn serve(config: Config, path: PathBuf, watch: bool) -> anyhow::Result<()>
 }
 
 /// On each SIGHUP, reads and validates the config file again and hands the result over:
-/// a config that does not load is reported, and the running one stays.
-async fn reload_on_hangup(path: PathBuf, tx: tokio::sync::mpsc::Sender<Reload>) {
+/// a config that does not load is reported, and the running one stays. The handler is
+/// installed when this is called (a SIGHUP during start-up reloads, never terminates).
+fn reload_on_hangup(
+    path: PathBuf,
+    tx: tokio::sync::mpsc::Sender<Reload>,
+) -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: config reload is off");
-            return;
-        };
-        while hangup.recv().await.is_some() {
-            tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
-            let reload = match Config::load(&path) {
-                Ok(c) => Reload::Apply(Box::new(c)),
-                Err(e) => Reload::Failed(e.to_string()),
-            };
-            if tx.send(reload).await.is_err() {
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut hangup) = hangup else {
+                tracing::warn!("cannot listen for SIGHUP: config reload is off");
                 return;
+            };
+            while hangup.recv().await.is_some() {
+                tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
+                let reload = match Config::load(&path) {
+                    Ok(c) => Reload::Apply(Box::new(c)),
+                    Err(e) => Reload::Failed(e.to_string()),
+                };
+                if tx.send(reload).await.is_err() {
+                    return;
+                }
             }
         }
+        #[cfg(not(unix))]
+        drop((path, tx));
     }
-    #[cfg(not(unix))]
-    drop((path, tx));
 }
 
 async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Result<()> {
@@ -343,23 +350,32 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Resul
 }
 
 /// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future
+/// is first polled: a signal that arrives while the listeners start is a graceful
+/// shutdown, never the default action's abrupt exit.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let one = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = one(term) => {}
+                _ = one(int) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -200,6 +200,7 @@ fn pending(snap: &Snapshot) -> (Arc<Pending>, Arc<PathEntry>) {
         host: None,
         request_id: http::HeaderValue::from_static("id-1"),
         path: path.clone(),
+        trace: None,
     });
     (Arc::new(p), path)
 }

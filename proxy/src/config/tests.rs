@@ -95,6 +95,34 @@ fn bad_duration_and_size_are_refused() {
 }
 
 #[test]
+fn compound_and_fractional_durations_parse_and_print_readably() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}drain_timeout: 1m30s\nshadow_drain: 1.5s\nlimits: {{ idle_timeout: 0.5m, body_timeout: 2s500ms }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.drain_timeout, Duration::from_secs(90));
+    assert_eq!(c.shadow_drain, Duration::from_millis(1500));
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.limits.body_timeout, Duration::from_millis(2500));
+    let json = c.to_json();
+    assert_eq!(json["drain_timeout"], "1m30s");
+    assert_eq!(json["shadow_drain"], "1.5s");
+    assert_eq!(json["limits"]["body_timeout"], "2.5s");
+    // Errors say what is wrong, with the value and its place (line 8, column 16).
+    for (value, why) in [
+        ("1m30", "30 has no unit"),
+        ("30s1m", "from largest to smallest"),
+        ("1.0005s", "finer than a millisecond"),
+    ] {
+        let e = err(&format!("{MINIMAL}drain_timeout: {value}\n"));
+        assert!(
+            e.contains(":8:16:") && e.contains(&format!("{value:?}")) && e.contains(why),
+            "{value}: {e}"
+        );
+    }
+}
+
+#[test]
 fn every_validation_error_names_its_key() {
     let table: Vec<(String, &str, &str)> = vec![
         (MINIMAL.replace("primary: primary", "primary: nope"), "routes[0].primary", "unknown cluster \"nope\""),

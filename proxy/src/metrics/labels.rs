@@ -66,6 +66,13 @@ impl CloseReason {
     ];
 }
 
+/// `teeproxy_build_info`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BuildLabels {
+    pub(crate) version: &'static str,
+    pub(crate) commit: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReloadLabels {
     pub(crate) result: &'static str,

@@ -10,11 +10,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets_range};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 mod labels;
+mod text;
 
 pub(crate) use labels::*;
+pub(crate) use text::{Format, encode_as};
 
 /// All metric families.
 pub(crate) struct Metrics {
@@ -98,6 +101,14 @@ impl Metrics {
             compare_skipped: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
+        r.register(
+            "build",
+            "The version and commit teeproxy was built from (always 1)",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("TEEPROXY_COMMIT"),
+            }),
+        );
         r.register(
             "shadow_offered",
             "Requests a route's shadow policy looked at (offered = sent + dropped)",
@@ -625,11 +636,5 @@ impl Drop for GaugeGuard {
 
 /// Renders the registry as OpenMetrics text.
 pub(crate) fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("writing to a String cannot fail");
-    out
+    encode_as(registry, Format::OpenMetrics)
 }
-
-/// The content type Prometheus expects for OpenMetrics text.
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -2,8 +2,9 @@
 //! body in tests), under the body inactivity limit, teed for the shadows. On the way out:
 //! the primary's response body, whose frames pass straight through while the end of the
 //! body is timed for the path's statistics and, when a shadow compares bodies, the chunks
-//! are kept as `Bytes` clones (up to `compare.max_body`) for the comparison. The client
-//! never waits for any of it.
+//! are kept as `Bytes` clones (up to `compare.max_body`) for the comparison, and the
+//! access-log line (when the log is on) counts the bytes and is written at the end. The
+//! client never waits for any of it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::watch;
 
+use super::access::AccessLine;
 use crate::idle::{BoxError, IdleTimeout};
 use crate::shadow::compare::BodySide;
 use crate::shadow::tee::TeeBody;
@@ -86,12 +88,22 @@ pin_project! {
         sent: Instant,
         path: Option<Arc<PathEntry>>,
         keep: Option<Keep>,
+        // The request's access-log line, written at the end of the body (only when the
+        // access log is on).
+        log: Option<Box<AccessLine>>,
+        // The body has ended (or broken off).
+        done: bool,
     }
 
     impl<B> PinnedDrop for ResponseTee<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(k) = this.project().keep.take() {
+            let this = this.project();
+            if let Some(k) = this.keep.take() {
                 k.finish(false);
+            }
+            // The client left (or the connection closed) before the end of the body.
+            if let Some(line) = this.log.take() {
+                line.write(false);
             }
         }
     }
@@ -117,8 +129,11 @@ impl<B: Body<Data = Bytes>> ResponseTee<B> {
             sent,
             path: Some(path),
             keep,
+            log: None,
+            done: false,
         };
         if tee.inner.is_end_stream() {
+            tee.done = true;
             if let Some(p) = tee.path.take() {
                 p.primary_end(tee.sent.elapsed());
             }
@@ -127,6 +142,15 @@ impl<B: Body<Data = Bytes>> ResponseTee<B> {
             }
         }
         tee
+    }
+
+    /// Writes `line` at the end of the body (now, if it has ended already).
+    pub(crate) fn log_at_end(&mut self, line: Box<AccessLine>) {
+        if self.done {
+            line.write(true);
+        } else {
+            self.log = Some(line);
+        }
     }
 }
 
@@ -142,6 +166,9 @@ impl<B: Body<Data = Bytes>> Body for ResponseTee<B> {
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         let ended = match &frame {
             Some(Ok(f)) => {
+                if let (Some(line), Some(d)) = (this.log.as_mut(), f.data_ref()) {
+                    line.bytes_sent += d.len() as u64;
+                }
                 if let (Some(k), Some(d)) = (this.keep.as_mut(), f.data_ref()) {
                     k.len += d.len();
                     if k.len <= k.max {
@@ -158,11 +185,19 @@ impl<B: Body<Data = Bytes>> Body for ResponseTee<B> {
                 if let Some(k) = this.keep.take() {
                     k.finish(false);
                 }
+                *this.done = true;
+                if let Some(line) = this.log.take() {
+                    line.write(false);
+                }
                 false
             }
             None => true,
         };
         if ended {
+            *this.done = true;
+            if let Some(line) = this.log.take() {
+                line.write(true);
+            }
             if let Some(p) = this.path.take() {
                 p.primary_end(this.sent.elapsed());
             }

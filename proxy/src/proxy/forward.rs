@@ -5,7 +5,7 @@
 //! protocols, and the answer's body wrapped for timing and comparison.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -29,6 +29,7 @@ use crate::idle::IdleTimeout;
 use crate::shadow::pending::{Pending, Plan};
 use crate::shadow::queue::{CANCELLED, PrimaryOutcome};
 use crate::shadow::tee::TeeBody;
+use crate::shadow::trace::Trace;
 use crate::stats::PathEntry;
 use crate::upstream::{EndpointState, UpstreamError, upstream_uri};
 
@@ -42,6 +43,8 @@ pub(crate) struct PrimaryAnswer<'r> {
     pub(crate) endpoint: &'r str,
     /// The protocol of a tunnel that started.
     pub(crate) tunnel: Option<HeaderValue>,
+    /// From sending the request to the primary's response head (when one came).
+    pub(crate) upstream: Option<Duration>,
 }
 
 /// The request's side of a forward: the request, its id, and what it asks to upgrade to.
@@ -49,6 +52,8 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) req: Request<ClientBody>,
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) upgrade: &'a Upgrade,
+    /// For the access log (only when it is on): body bytes and shadow decisions.
+    pub(crate) trace: Option<Arc<Trace>>,
 }
 
 /// Forwards a routed request to the route's primary.
@@ -63,14 +68,16 @@ pub(crate) async fn forward<'r>(
         mut req,
         request_id,
         upgrade,
+        trace,
     } = out;
     let cluster = &route.primary;
     let mut ep = cluster.pick();
     let path = route.paths.entry(req.uri().path());
     let client_upgrade =
         matches!(upgrade, Upgrade::WebSocket(_)).then(|| hyper::upgrade::on(&mut req));
-    let (mut upstream_req, pending, body_sent) =
-        prepare(req, route, ep, conn, snap, request_id, upgrade, &path);
+    let (mut upstream_req, pending, body_sent) = prepare(
+        req, route, ep, conn, snap, request_id, upgrade, &path, trace,
+    );
     if let Upgrade::WebSocket(protocol) = upgrade {
         let h = upstream_req.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -140,6 +147,7 @@ pub(crate) async fn forward<'r>(
         });
     }
     PrimaryAnswer {
+        upstream: result.is_ok().then_some(elapsed),
         result: result
             .map(|resp| resp.map(|b| ResponseTee::new(b, sent, path, sink)))
             .map_err(ProxyError::from),
@@ -207,6 +215,7 @@ fn prepare(
     request_id: &HeaderValue,
     upgrade: &Upgrade,
     path: &Arc<PathEntry>,
+    trace: Option<Arc<Trace>>,
 ) -> (
     Request<PrimaryBody>,
     Option<Arc<Pending>>,
@@ -225,8 +234,15 @@ fn prepare(
     let targets: Vec<_> = route
         .shadows
         .iter()
-        .filter(|p| p.admit(&parts, upgrade.mirrorable(), declared_len, path))
-        .cloned()
+        .enumerate()
+        .filter(|(i, p)| {
+            let admitted = p.admit(&parts, upgrade.mirrorable(), declared_len, path);
+            if let Some(t) = &trace {
+                t.admission(*i, admitted);
+            }
+            admitted.is_ok()
+        })
+        .map(|(_, p)| p.clone())
         .collect();
     let pending = (!targets.is_empty()).then(|| {
         Arc::new(Pending::new(Plan {
@@ -246,10 +262,11 @@ fn prepare(
             host: host.as_ref().map(headers::detached_value),
             request_id: headers::detached_value(request_id),
             path: path.clone(),
+            trace: trace.clone(),
         }))
     });
     let (body, body_sent) = IdleTimeout::with_end_signal(body, snap.body_timeout);
-    let body = TeeBody::new(body, pending.clone());
+    let body = TeeBody::new(body, pending.clone()).with_trace(trace);
 
     let upstream_host = match route.primary.host_mode {
         HostMode::Keep => host,

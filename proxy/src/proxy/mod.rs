@@ -1,6 +1,7 @@
 //! The proxy handler: check, route, forward, respond. It never returns an error to hyper:
 //! every failure becomes a response in `error`.
 
+pub(crate) mod access;
 pub(crate) mod body;
 pub(crate) mod conn;
 pub(crate) mod error;
@@ -22,7 +23,9 @@ use crate::http::headers::{self, RequestIds, X_REQUEST_ID};
 use crate::http::host::request_host;
 use crate::http::upgrade::Upgrade;
 use crate::metrics::{Metrics, NO_ROUTE, RouteMetrics};
+use crate::shadow::trace::Trace;
 use crate::upstream::UpstreamError;
+use access::AccessLine;
 use body::RequestBody;
 use conn::ConnInfo;
 use error::{ProxyBody, ProxyError};
@@ -82,9 +85,9 @@ impl Proxy {
         // Check: limits hold on what the client sent, before the request id is added.
         let checked = check_request(&req, &snap.limits).map_err(ProxyError::from);
         let request_id = self.ids.ensure(req.headers_mut());
-        let log = snap
+        let mut log = snap
             .access_log
-            .then(|| (req.method().clone(), req.uri().path().to_string()));
+            .then(|| AccessLine::new(&req, &request_id, conn.peer.ip(), start));
         let upgrade = Upgrade::of(&req);
         let version = req.version();
 
@@ -95,10 +98,16 @@ impl Proxy {
         let (route, answer) = match routed {
             Err(e) => (None, Err(e)),
             Ok(route) => {
+                let trace = log.as_mut().map(|line| {
+                    let trace = Trace::new(&route.shadows);
+                    line.trace = Some(trace.clone());
+                    trace
+                });
                 let out = Outgoing {
                     req,
                     request_id: &request_id,
                     upgrade: &upgrade,
+                    trace,
                 };
                 let answer =
                     forward::forward(out, route, &snap, &conn, &self.metrics.tunnels).await;
@@ -108,6 +117,7 @@ impl Proxy {
 
         // Respond.
         let route_name = route.map_or(NO_ROUTE, |r| r.name.as_str());
+        let upstream = answer.as_ref().ok().and_then(|a| a.upstream);
         let (mut resp, endpoint, tunnel) = self.respond(answer, route_name, &request_id);
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -132,18 +142,15 @@ impl Proxy {
         route
             .map_or(&self.no_route, |r| &r.metrics)
             .record(resp.status(), elapsed);
-        if let Some((method, raw_path)) = log {
-            tracing::info!(
-                target: "teeproxy::access",
-                request_id = request_id.to_str().unwrap_or("-"),
-                route = route_name,
-                method = %method,
-                path = %raw_path,
-                status = resp.status().as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                endpoint = endpoint.unwrap_or("-"),
-                client = %conn.peer.ip(),
-            );
+        if let Some(mut line) = log {
+            line.answered(route_name, resp.status().as_u16(), endpoint, upstream);
+            match resp.body_mut() {
+                Either::Left(tee) => tee.log_at_end(line),
+                Either::Right(full) => {
+                    line.bytes_sent = http_body::Body::size_hint(&*full).exact().unwrap_or(0);
+                    line.write(true);
+                }
+            }
         }
         resp
     }

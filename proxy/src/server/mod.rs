@@ -248,35 +248,72 @@ impl Server {
 /// idle pooled upstream connections, logs.
 const FD_RESERVE: u64 = 256;
 
+/// Below this many client connections in all (the lowered caps of every listener added
+/// up), lowering the default cap *matters* and is logged as a warning. That is an
+/// open-files soft limit under about 8448 (`2 * 4096 + FD_RESERVE`) with one listener, such
+/// as the common 1024: a busy service reaches such a cap and then stops accepting. Above
+/// it, the lowered cap is only somewhat under the 10000 default (with `ulimit -n 20000`,
+/// 9872), a difference nobody tunes for, so it is logged at debug: a warning on every
+/// start that calls for no action teaches operators to ignore warnings.
+const CAP_FLOOR: u64 = 4096;
+
+/// What the connection cap came to, and what to tell the operator.
+#[derive(Debug, PartialEq, Eq)]
+enum CapNotice {
+    /// The configured (or default) cap fits the open-files limit.
+    Fits,
+    /// The default cap was lowered to fit; whether that `matters`: see `CAP_FLOOR`.
+    Lowered { matters: bool },
+    /// An explicit cap above what the open-files limit allows: kept (accept errors back
+    /// off), always a warning since the config asked for more than can be served.
+    AboveLimit { fit: usize },
+}
+
 /// The per-listener connection cap. Each client connection may hold an upstream
 /// connection too, so the default cap is brought down to what the open-files limit
-/// allows (with a warning); a cap the config sets explicitly is kept (with a warning if
-/// it is above that), and accept errors then back off.
+/// allows (with a warning when that matters, see `CAP_FLOOR`); a cap the config sets
+/// explicitly is kept (with a warning if it is above that), and accept errors then back
+/// off.
 pub(crate) fn connection_cap(limits: &Limits, listeners: usize, open_files: Option<u64>) -> usize {
-    let configured = limits.max_connections;
-    let Some(soft) = open_files else {
-        return configured;
-    };
-    let fit = (soft.saturating_sub(FD_RESERVE) / 2 / listeners.max(1) as u64).max(16);
-    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
-    if configured <= fit {
-        return configured;
-    }
-    if limits.max_connections_set {
-        tracing::warn!(
-            max_connections = configured,
+    let (cap, notice) = plan_cap(limits, listeners, open_files);
+    let soft = open_files.unwrap_or(0);
+    match notice {
+        CapNotice::Fits => {}
+        CapNotice::AboveLimit { fit } => tracing::warn!(
+            max_connections = cap,
             open_files_limit = soft,
             fits = fit,
             "limits.max_connections is above what the open-files limit allows; accepting will back off on EMFILE (raise `ulimit -n`)"
-        );
-        configured
-    } else {
-        tracing::warn!(
-            max_connections = fit,
+        ),
+        CapNotice::Lowered { matters: true } => tracing::warn!(
+            max_connections = cap,
             open_files_limit = soft,
             "the default connection cap was lowered to fit the open-files limit (raise `ulimit -n` or set limits.max_connections)"
-        );
-        fit
+        ),
+        CapNotice::Lowered { matters: false } => tracing::debug!(
+            max_connections = cap,
+            open_files_limit = soft,
+            "the default connection cap was lowered a little to fit the open-files limit"
+        ),
+    }
+    cap
+}
+
+fn plan_cap(limits: &Limits, listeners: usize, open_files: Option<u64>) -> (usize, CapNotice) {
+    let configured = limits.max_connections;
+    let Some(soft) = open_files else {
+        return (configured, CapNotice::Fits);
+    };
+    let listeners = listeners.max(1) as u64;
+    let fit = (soft.saturating_sub(FD_RESERVE) / 2 / listeners).max(16);
+    let matters = fit.saturating_mul(listeners) < CAP_FLOOR;
+    let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+    if configured <= fit {
+        (configured, CapNotice::Fits)
+    } else if limits.max_connections_set {
+        (configured, CapNotice::AboveLimit { fit })
+    } else {
+        (fit, CapNotice::Lowered { matters })
     }
 }
 
@@ -334,6 +371,75 @@ mod tests {
         let explicit = limits("limits: { max_connections: 5000 }");
         assert_eq!(connection_cap(&explicit, 1, Some(1024)), 5000);
         assert_eq!(connection_cap(&explicit, 1, Some(1_000_000)), 5000);
+    }
+
+    #[test]
+    fn lowering_the_default_cap_is_a_warning_only_when_it_matters() {
+        let default = limits("");
+        let explicit = limits("limits: { max_connections: 5000 }");
+        let table = [
+            (&default, 1, None, 10_000, CapNotice::Fits),
+            (&default, 1, Some(1_000_000), 10_000, CapNotice::Fits),
+            // (20000 - 256) / 2 = 9872: a little under the default.
+            (
+                &default,
+                1,
+                Some(20_000),
+                9_872,
+                CapNotice::Lowered { matters: false },
+            ),
+            (
+                &default,
+                2,
+                Some(20_000),
+                4_936,
+                CapNotice::Lowered { matters: false },
+            ),
+            // 2 * 4096 + 256 files hold 4096 connections: the floor itself is fine.
+            (
+                &default,
+                1,
+                Some(8_448),
+                4_096,
+                CapNotice::Lowered { matters: false },
+            ),
+            (
+                &default,
+                1,
+                Some(8_447),
+                4_095,
+                CapNotice::Lowered { matters: true },
+            ),
+            (
+                &default,
+                1,
+                Some(1024),
+                384,
+                CapNotice::Lowered { matters: true },
+            ),
+            (
+                &default,
+                2,
+                Some(1024),
+                192,
+                CapNotice::Lowered { matters: true },
+            ),
+            (
+                &explicit,
+                1,
+                Some(1024),
+                5_000,
+                CapNotice::AboveLimit { fit: 384 },
+            ),
+            (&explicit, 1, Some(20_000), 5_000, CapNotice::Fits),
+        ];
+        for (limits, listeners, soft, cap, notice) in table {
+            assert_eq!(
+                plan_cap(limits, listeners, soft),
+                (cap, notice),
+                "{listeners} listeners, ulimit -n {soft:?}"
+            );
+        }
     }
 
     #[test]

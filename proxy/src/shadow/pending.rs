@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::policy::ShadowPolicy;
 use super::queue::{CANCELLED, PrimaryBodySink, PrimaryBodyWatch, PrimaryOutcome, ShadowJob};
+use super::trace::Trace;
 use crate::metrics::DropReason;
 use crate::stats::PathEntry;
 
@@ -43,6 +44,8 @@ pub(crate) struct Plan {
     pub(crate) request_id: HeaderValue,
     /// The request's path entry (statistics per path template).
     pub(crate) path: Arc<PathEntry>,
+    /// Where the access log learns each copy's fate (only when the log is on).
+    pub(crate) trace: Option<Arc<Trace>>,
 }
 
 #[derive(Default)]
@@ -151,13 +154,20 @@ fn offer(
         // service completed, and mirroring it would turn a reset flood into shadow load.
         return drop_all(plan, DropReason::cancelled);
     }
-    for target in &plan.targets {
+    let decided = |i: usize, decision: Result<(), DropReason>| {
+        if let Some(t) = &plan.trace {
+            t.decided(i, decision);
+        }
+    };
+    for (i, target) in plan.targets.iter().enumerate() {
         if target.queue.circuit_open() {
             target.spec.dropped(DropReason::circuit_open, &plan.path);
+            decided(i, Err(DropReason::circuit_open));
             continue;
         }
         if len > target.max_body {
             target.spec.dropped(DropReason::body_too_large, &plan.path);
+            decided(i, Err(DropReason::body_too_large));
             continue;
         }
         let job = ShadowJob {
@@ -175,13 +185,16 @@ fn offer(
             path: plan.path.clone(),
             charge: None,
         };
-        target.queue.offer(job);
+        decided(i, target.queue.offer(job));
     }
 }
 
 fn drop_all(plan: &Plan, reason: DropReason) {
-    for t in &plan.targets {
+    for (i, t) in plan.targets.iter().enumerate() {
         t.spec.dropped(reason, &plan.path);
+        if let Some(trace) = &plan.trace {
+            trace.decided(i, Err(reason));
+        }
     }
 }
 

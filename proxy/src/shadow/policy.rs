@@ -59,16 +59,16 @@ impl ShadowPolicy {
         }
     }
 
-    /// Whether this request is copied to this shadow; counts `offered` and every refusal.
-    /// `body_len` is the body's exact size when the client declared it; `mirrorable` is
-    /// false for upgrade requests.
+    /// Whether this request is copied to this shadow (`Err`: why not); counts `offered`
+    /// and every refusal. `body_len` is the body's exact size when the client declared
+    /// it; `mirrorable` is false for upgrade requests.
     pub(crate) fn admit(
         &self,
         parts: &Parts,
         mirrorable: bool,
         body_len: Option<u64>,
         path: &PathEntry,
-    ) -> bool {
+    ) -> Result<(), DropReason> {
         self.spec.metrics.offered.inc();
         let refused = if self.control.paused() {
             Some(DropReason::paused)
@@ -87,10 +87,13 @@ impl ShadowPolicy {
         } else {
             None
         };
-        if let Some(reason) = refused {
-            self.spec.dropped(reason, path);
+        match refused {
+            Some(reason) => {
+                self.spec.dropped(reason, path);
+                Err(reason)
+            }
+            None => Ok(()),
         }
-        refused.is_none()
     }
 
     fn sampled_in(&self, headers: &HeaderMap) -> bool {

@@ -174,13 +174,13 @@ impl ShadowQueue {
 
     /// Queues a job without waiting; a full queue, a full byte budget or a closed queue
     /// drops it with its reason.
-    pub(crate) fn offer(&self, mut job: ShadowJob) {
+    pub(crate) fn offer(&self, mut job: ShadowJob) -> Result<(), DropReason> {
         let bytes = job.body_len;
         if bytes > 0 {
             if self.held.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_bytes {
                 self.held.fetch_sub(bytes, Ordering::Relaxed);
                 job.spec.dropped(DropReason::queue_full, &job.path);
-                return;
+                return Err(DropReason::queue_full);
             }
             self.metrics.held_bytes.inc_by(bytes as i64);
             job.charge = Some(ByteCharge {
@@ -192,11 +192,12 @@ impl ShadowQueue {
         // Counted before the send so the dispatcher's decrement can never come first.
         self.metrics.queue_depth.inc();
         let (job, reason) = match self.tx.try_send(job) {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Full(job)) => (job, DropReason::queue_full),
             Err(mpsc::error::TrySendError::Closed(job)) => (job, DropReason::shutdown),
         };
         self.metrics.queue_depth.dec();
         job.spec.dropped(reason, &job.path);
+        Err(reason)
     }
 }

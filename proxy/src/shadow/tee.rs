@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::pending::{Captured, Pending};
+use super::trace::Trace;
 
 pin_project! {
     /// A request body that tees its chunks to a mirror.
@@ -21,6 +22,8 @@ pin_project! {
         #[pin]
         inner: B,
         tap: Option<Tap>,
+        // Counts the bytes passed on, for the access log (only when it is on).
+        trace: Option<Arc<Trace>>,
     }
 
     impl<B> PinnedDrop for TeeBody<B> {
@@ -55,12 +58,22 @@ impl<B: Body<Data = Bytes>> TeeBody<B> {
             len: 0,
             trailers: None,
         });
-        let mut body = TeeBody { inner, tap };
+        let mut body = TeeBody {
+            inner,
+            tap,
+            trace: None,
+        };
         if body.inner.is_end_stream() {
             // An empty body may never be polled: report it complete now.
             body.finish();
         }
         body
+    }
+
+    /// Counts the body bytes passed on in `trace`, for the access log.
+    pub(crate) fn with_trace(mut self, trace: Option<Arc<Trace>>) -> Self {
+        self.trace = trace;
+        self
     }
 
     fn finish(&mut self) {
@@ -93,6 +106,9 @@ impl<B: Body<Data = Bytes>> Body for TeeBody<B> {
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
+                if let (Some(trace), Some(data)) = (this.trace.as_ref(), f.data_ref()) {
+                    trace.add_received(data.len());
+                }
                 if let Some(tap) = this.tap.as_mut() {
                     if let Some(data) = f.data_ref() {
                         tap.len += data.len() as u64;
