@@ -274,11 +274,7 @@ fn reload_on_hangup(
             };
             while hangup.recv().await.is_some() {
                 tracing::info!(path = %path.display(), "SIGHUP: reloading the config");
-                let reload = match Config::load(&path) {
-                    Ok(c) => Reload::Apply(Box::new(c)),
-                    Err(e) => Reload::Failed(e.to_string()),
-                };
-                if tx.send(reload).await.is_err() {
+                if tx.send(Reload::load(&path)).await.is_err() {
                     return;
                 }
             }

@@ -22,6 +22,16 @@ pub enum Reload {
     Failed(String),
 }
 
+impl Reload {
+    /// Reads, checks and types the config file (as SIGHUP and the file watch do).
+    pub fn load(path: &std::path::Path) -> Reload {
+        match Config::load(path) {
+            Ok(c) => Reload::Apply(Box::new(c)),
+            Err(e) => Reload::Failed(e.to_string()),
+        }
+    }
+}
+
 /// Everything a reload changes.
 pub(crate) struct Reloader {
     pub(crate) shared: Shared,

@@ -10,7 +10,6 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
 use crate::reload::Reload;
 
 /// How long the directory must be quiet before the file is read (a swap is several
@@ -91,11 +90,7 @@ async fn follow(
         }
         seen = now;
         tracing::info!(path = %path.display(), "config file changed: reloading");
-        let reload = match Config::load(&path) {
-            Ok(c) => Reload::Apply(Box::new(c)),
-            Err(e) => Reload::Failed(e.to_string()),
-        };
-        if reloads.send(reload).await.is_err() {
+        if reloads.send(Reload::load(&path)).await.is_err() {
             return;
         }
     }

@@ -1,25 +1,12 @@
 //! The `teeproxy` binary: `check` accepts every shipped config, and bad configs exit 64
 //! with the file, line:column and key in the message.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_teeproxy"))
-}
+mod common;
 
-/// A `teeproxy` process started by a test: killed (by its process id) when dropped, so a
-/// failing assertion never leaves it running, holding the test run's output open.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use common::{Running, bin, config_dir, tool, write_temp, yaml_files};
 
 /// A listener that accepts connections and closes them at once, without an answer: an
 /// upstream that fails every request, for as long as the returned listener lives (a
@@ -78,24 +65,6 @@ fn answering_upstream() -> (
     (addr, count)
 }
 
-fn config_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
-}
-
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("config dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn check_accepts_every_shipped_config() {
     let mut files = Vec::new();
@@ -124,14 +93,6 @@ fn check_accepts_every_shipped_config() {
             assert!(stdout.contains("shadow "), "shadows listed: {stdout}");
         }
     }
-}
-
-fn write_temp(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("teeproxy-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write temp config");
-    path
 }
 
 #[test]
@@ -557,22 +518,12 @@ fn demo_with_traffic() -> (Running, String) {
 }
 
 /// `promtool` from PATH, or `None` (the caller skips) unless `CI` is set.
-fn promtool() -> Option<&'static str> {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is required under CI (apt-get install prometheus)"
-        );
-        eprintln!("SKIPPED: promtool not found (apt-get install prometheus)");
-        return None;
-    }
-    Some("promtool")
+fn promtool() -> Option<PathBuf> {
+    tool(
+        "promtool",
+        &[PathBuf::from("promtool")],
+        "apt-get install prometheus",
+    )
 }
 
 #[test]

@@ -7,6 +7,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+mod common;
+
+use common::{tool, write_temp, yaml_files};
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -23,47 +27,18 @@ fn schema() -> Value {
 /// `check-jsonschema` from `$TEEPROXY_VENV/bin` or PATH; `None` (the caller skips) when
 /// neither has it, unless `CI` is set.
 fn check_jsonschema() -> Option<PathBuf> {
-    let candidates = std::env::var_os("TEEPROXY_VENV")
+    let candidates: Vec<PathBuf> = std::env::var_os("TEEPROXY_VENV")
         .map(|venv| PathBuf::from(venv).join("bin/check-jsonschema"))
         .into_iter()
-        .chain([PathBuf::from("check-jsonschema")]);
-    for c in candidates {
-        let ok = Command::new(&c)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(c);
-        }
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "check-jsonschema is required under CI (pip install check-jsonschema; or set TEEPROXY_VENV)"
-    );
-    eprintln!(
-        "SKIPPED: check-jsonschema not found (pip install check-jsonschema, or set TEEPROXY_VENV)"
-    );
-    None
+        .chain([PathBuf::from("check-jsonschema")])
+        .collect();
+    tool(
+        "check-jsonschema",
+        &candidates,
+        "pip install check-jsonschema, or set TEEPROXY_VENV",
+    )
 }
 
-fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("config dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            yaml_files(&path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(path);
-        }
-    }
-}
-
-/// Runs the validator on `files`; returns whether they passed and what it printed.
 fn validate(tool: &Path, files: &[PathBuf]) -> (bool, String) {
     let out = Command::new(tool)
         .arg("--schemafile")
@@ -78,14 +53,6 @@ fn validate(tool: &Path, files: &[PathBuf]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-fn write_temp(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("teeproxy-schema-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write temp file");
-    path
 }
 
 #[test]

@@ -295,6 +295,40 @@ pub fn shadow_yaml(
     ))
 }
 
+/// A program for a test that needs a real third-party tool: the path in the environment
+/// variable `env` if set, else the first of `paths` that exists, else `name` found on
+/// PATH; `None` when there is none.
+pub fn find_program(name: &str, env: &str, paths: &[&str]) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(p.into());
+    }
+    if let Some(p) = paths.iter().find(|p| std::path::Path::new(p).exists()) {
+        return Some(p.into());
+    }
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()?;
+    found
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&found.stdout).trim().into())
+}
+
+/// The `/api/shadows` row for (route, shadow).
+pub fn shadow_row<'a>(
+    v: &'a serde_json::Value,
+    route: &str,
+    shadow: &str,
+) -> &'a serde_json::Value {
+    v["shadows"]
+        .as_array()
+        .expect("shadows array")
+        .iter()
+        .find(|r| r["route"] == route && r["shadow"] == shadow)
+        .unwrap_or_else(|| panic!("no {route}/{shadow} in {v}"))
+}
+
 /// POSTs `body` (JSON) to an admin endpoint, with `Authorization: Bearer <token>` when a
 /// token is given; returns the status and the body.
 pub async fn admin_post(

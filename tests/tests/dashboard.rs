@@ -12,22 +12,11 @@ use std::time::Duration;
 use teeproxy_tests::*;
 
 fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    for candidate in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if std::path::Path::new(candidate).exists() {
-            return Some(PathBuf::from(candidate));
-        }
-    }
-    let found = Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .output()
-        .ok()?;
-    found
-        .status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&found.stdout).trim()))
+    find_program(
+        "chromium",
+        "CHROMIUM",
+        &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+    )
 }
 
 /// Loads `url` in headless Chromium, lets its scripts run, returns the rendered DOM.

@@ -13,15 +13,6 @@ async fn send_n(proxy: &TestProxy, tag: &str, n: usize) {
     }
 }
 
-fn shadow_row<'a>(v: &'a serde_json::Value, route: &str, shadow: &str) -> &'a serde_json::Value {
-    v["shadows"]
-        .as_array()
-        .expect("shadows array")
-        .iter()
-        .find(|r| r["route"] == route && r["shadow"] == shadow)
-        .unwrap_or_else(|| panic!("no {route}/{shadow} in {v}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_is_paused_resumed_and_repercented_at_runtime_until_the_file_changes_it() {
     let p = FakeUpstream::builder().name("primary").start().await;

@@ -30,17 +30,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn prometheus_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PROMETHEUS") {
-        return Some(PathBuf::from(p));
-    }
-    let found = Command::new("sh")
-        .args(["-c", "command -v prometheus"])
-        .output()
-        .ok()?;
-    found
-        .status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&found.stdout).trim()))
+    teeproxy_tests::find_program("prometheus", "PROMETHEUS", &[])
 }
 
 /// A Prometheus server on 127.0.0.1 with its storage in a temporary directory; killed
