@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::reload::Reload;
@@ -33,10 +33,11 @@ impl Drop for ConfigWatch {
 /// it; SIGHUP still works).
 pub fn watch_config(path: &Path, reloads: mpsc::Sender<Reload>) -> notify::Result<ConfigWatch> {
     let path = path.to_path_buf();
+    let names = names(&path);
     let (tx, rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Any event in the directory is a reason to look; a full channel already is one.
-        if event.is_ok() {
+        // A full channel already holds a reason to look.
+        if event.is_ok_and(|e| relevant(&e, &names)) {
             let _ = tx.try_send(());
         }
     })?;
@@ -49,6 +50,31 @@ pub fn watch_config(path: &Path, reloads: mpsc::Sender<Reload>) -> notify::Resul
         _watcher: watcher,
         task,
     })
+}
+
+/// Whether an event can have changed the file: a change (not a read: reading the file
+/// here opens it, which is an event too) to one of `names` (not to another file of the
+/// directory).
+fn relevant(event: &notify::Event, names: &[PathBuf]) -> bool {
+    !matches!(event.kind, EventKind::Access(_))
+        && event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| names.iter().any(|m| m.as_os_str() == n))
+        })
+}
+
+/// The names whose changes matter: the file's own, the Kubernetes ConfigMap's `..data`
+/// link, and, when the file is a link, the name of the file it points to now.
+fn names(path: &Path) -> Vec<PathBuf> {
+    let mut names: Vec<PathBuf> = vec![PathBuf::from("..data")];
+    names.extend(path.file_name().map(PathBuf::from));
+    if let Some(real) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|r| r.file_name().map(PathBuf::from))
+    {
+        names.push(real);
+    }
+    names
 }
 
 /// The directories whose changes can change what `path` reads: its own, and, when it is a
@@ -93,5 +119,41 @@ async fn follow(
         if reloads.send(Reload::load(&path)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, CreateKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn changes_to_the_file_or_its_link_count_and_reads_and_neighbours_do_not() {
+        let names = names(Path::new("/etc/teeproxy/tee.yaml"));
+        let at = |kind: EventKind, name: &str| {
+            notify::Event::new(kind).add_path(PathBuf::from("/etc/teeproxy").join(name))
+        };
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert!(relevant(&at(modify, "tee.yaml"), &names));
+        assert!(relevant(
+            &at(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "..data"
+            ),
+            &names
+        ));
+        assert!(relevant(
+            &at(EventKind::Create(CreateKind::File), "tee.yaml"),
+            &names
+        ));
+        // Its own read of the file, and another file beside it.
+        assert!(!relevant(
+            &at(
+                EventKind::Access(AccessKind::Open(notify::event::AccessMode::Read)),
+                "tee.yaml"
+            ),
+            &names
+        ));
+        assert!(!relevant(&at(modify, "admin-token"), &names));
     }
 }

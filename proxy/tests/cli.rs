@@ -73,6 +73,7 @@ fn check_accepts_every_shipped_config() {
         files.len() >= 3,
         "config/tee.yaml and the examples: {files:?}"
     );
+    files.push(config_dir().join("../deploy/kubernetes/tee.yaml"));
     for file in files {
         let out = bin()
             .args(["check", "--config"])

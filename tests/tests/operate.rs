@@ -391,3 +391,116 @@ async fn kept_mismatches_show_redacted_fields_as_redacted() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_removes_a_shadow_drops_its_runtime_change() {
+    let p = FakeUpstream::builder().start().await;
+    let c = FakeUpstream::builder().start().await;
+    let with = shadow_yaml(&p.url(), &c.url(), "", "");
+    let proxy = TestProxy::start(&with).await;
+    let (status, _) = admin_post(
+        proxy.admin,
+        "/api/shadows/all/candidate",
+        r#"{"paused": true}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let paused = "teeproxy_shadow_paused{route=\"all\",shadow=\"candidate\"}";
+    assert_eq!(proxy.metric(paused).await, 1.0);
+    // The same file without the shadow.
+    let without = with.replace("    shadows: [{ cluster: candidate }]\n", "");
+    assert_ne!(with, without);
+    proxy.reload(&without).await;
+    let m = proxy.metrics().await;
+    assert!(!m.contains(paused), "the state series is gone: {m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "teeproxy_shadow_control_changes_total{route=\"all\",shadow=\"candidate\",change=\"file\"}"
+        ),
+        1.0
+    );
+    assert!(
+        admin_json(&proxy, "/api/shadows").await["shadows"]
+            .as_array()
+            .is_some_and(|s| s.is_empty())
+    );
+    // Back in the file: active, as the file says.
+    proxy.reload(&with).await;
+    let shadows = admin_json(&proxy, "/api/shadows").await;
+    assert_eq!(shadow_row(&shadows, "all", "candidate")["state"], "active");
+    assert_eq!(proxy.metric(paused).await, 0.0);
+}
+
+#[tokio::test]
+async fn the_admin_refuses_cross_site_posts_and_rebound_host_names() {
+    let p = FakeUpstream::builder().start().await;
+    let c = FakeUpstream::builder().start().await;
+    let proxy = TestProxy::start(&shadow_yaml(&p.url(), &c.url(), "", "")).await;
+    let url = format!("http://{}/api/shadows/all/candidate", proxy.admin);
+    // A form post (what a page can send cross-site without a preflight).
+    let req = http::Request::post(&url)
+        .header("content-type", "text/plain")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            r#"{"paused": true}"#,
+        )))
+        .unwrap();
+    let (status, _, _) = send(&h1_client(), req).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // A page whose host name resolves to 127.0.0.1.
+    for path in ["/api/config", "/api/mismatches"] {
+        let req = http::Request::get(format!("http://{}{path}", proxy.admin))
+            .header("host", format!("rebound.example:{}", proxy.admin.port()))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let (status, _, _) = send(&h1_client(), req).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let shadows = admin_json(&proxy, "/api/shadows").await;
+    assert_eq!(shadow_row(&shadows, "all", "candidate")["state"], "active");
+    assert_eq!(
+        proxy
+            .metric("teeproxy_admin_denied_total{reason=\"host_not_local\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_token_file_closes_the_protected_endpoints_and_head_is_guarded_too() {
+    let p = FakeUpstream::builder().start().await;
+    let c = FakeUpstream::builder().start().await;
+    let missing = std::env::temp_dir().join(format!("teeproxy-no-token-{}", std::process::id()));
+    let yaml = shadow_yaml(&p.url(), &c.url(), "", "").replace(
+        "admin: { address: \"127.0.0.1:0\" }",
+        &format!(
+            "admin: {{ address: \"127.0.0.1:0\", token_file: \"{}\" }}",
+            missing.display()
+        ),
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let url = format!("http://{}/api/config", proxy.admin);
+    let (status, _, _) = get_with_token(&url, Some("anything")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    std::fs::write(&missing, "t0ken").unwrap();
+    let head = |token: Option<&str>| {
+        let mut req = http::Request::head(&url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let (status, _, _) = send(&h1_client(), head(None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send(&h1_client(), head(Some("t0ken"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        proxy
+            .metric("teeproxy_admin_denied_total{reason=\"token_unreadable\"}")
+            .await,
+        1.0
+    );
+    let _ = std::fs::remove_file(&missing);
+}

@@ -12,8 +12,19 @@ use crate::metrics::AdminDenial;
 pub(super) fn refusal<B>(state: &AdminState, from: Caller, req: &Request<B>) -> Option<Answer> {
     let token_file = state.snapshots.load().config.admin.token_file.clone();
     let Some(path) = token_file else {
-        if from.loopback {
+        if from.loopback && local_host(req) {
             return None;
+        }
+        if from.loopback {
+            // Reached on loopback under another name: a page whose host name was made to
+            // resolve to 127.0.0.1 (DNS rebinding) is not this host's operator.
+            return Some(deny(
+                state,
+                from,
+                AdminDenial::host_not_local,
+                StatusCode::FORBIDDEN,
+                "forbidden: without admin.token_file, ask for this endpoint as localhost or by IP address\n",
+            ));
         }
         return Some(deny(
             state,
@@ -61,6 +72,27 @@ pub(super) fn refusal<B>(state: &AdminState, from: Caller, req: &Request<B>) -> 
     }
 }
 
+/// Whether the request names this host as `localhost` or an IP address (or names none).
+fn local_host<B>(req: &Request<B>) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("-"))
+        .or_else(|| req.uri().host())
+    else {
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
 fn bearer(v: &str) -> Option<&str> {
     let (scheme, token) = v.trim().split_once(' ')?;
@@ -83,7 +115,12 @@ fn deny(
     body: &'static str,
 ) -> Answer {
     state.metrics.admin_denied(reason);
-    tracing::warn!(peer = %from.peer, ?reason, "admin request refused");
+    if reason == AdminDenial::missing_token {
+        // The dashboard asks without a token until one is entered: not worth a warning.
+        tracing::debug!(peer = %from.peer, ?reason, "admin request refused");
+    } else {
+        tracing::warn!(peer = %from.peer, ?reason, "admin request refused");
+    }
     let mut r: Response<_> = text(status, body);
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
@@ -107,5 +144,37 @@ mod tests {
         assert!(same(b"abc", b"abc"));
         assert!(!same(b"abc", b"abd"));
         assert!(!same(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn only_localhost_and_addresses_are_local_host_names() {
+        let host = |h: &str| {
+            let r = Request::get("/api/config")
+                .header(header::HOST, h)
+                .body(())
+                .unwrap();
+            local_host(&r)
+        };
+        for ok in [
+            "localhost",
+            "LOCALHOST:9901",
+            "127.0.0.1:9901",
+            "10.0.0.1",
+            "[::1]:9901",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:9901",
+            "localhost.evil.example",
+            "[evil]:1",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!host(bad), "{bad}");
+        }
+        assert!(
+            local_host(&Request::get("/").body(()).unwrap()),
+            "no Host at all"
+        );
     }
 }

@@ -222,12 +222,30 @@ async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<In
             if let Some(denied) = auth::refusal(state, from, &req) {
                 return denied;
             }
-            let Some((route, shadow)) = p["/api/shadows/".len()..].split_once('/') else {
+            // Cluster names have no `/`; route names may.
+            let Some((route, shadow)) = p["/api/shadows/".len()..].rsplit_once('/') else {
                 return text(
                     StatusCode::NOT_FOUND,
                     "not found: POST /api/shadows/{route}/{cluster}\n",
                 );
             };
+            let json_body = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+                });
+            if !json_body {
+                // A browser sends a cross-site JSON POST only after a preflight this
+                // listener never answers: a page cannot change shadows behind its back.
+                return text(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported media type: send content-type: application/json\n",
+                );
+            }
             let (route, shadow) = (route.to_string(), shadow.to_string());
             let body = match Limited::new(req.into_body(), MAX_POST).collect().await {
                 Ok(b) => b.to_bytes(),

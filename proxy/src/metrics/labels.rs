@@ -201,6 +201,9 @@ pub(crate) enum AdminDenial {
     no_token_configured,
     /// `admin.token_file` could not be read.
     token_unreadable,
+    /// No `admin.token_file`, and the request names the host by a name other than
+    /// `localhost` (a DNS-rebinding page).
+    host_not_local,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

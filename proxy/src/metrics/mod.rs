@@ -152,7 +152,7 @@ impl Metrics {
         );
         r.register(
             "admin_denied",
-            "Admin requests refused, by reason (missing_token, wrong_token, no_token_configured, token_unreadable)",
+            "Admin requests refused, by reason (missing_token, wrong_token, no_token_configured, token_unreadable, host_not_local)",
             m.admin_denied.clone(),
         );
         r.register(
@@ -348,6 +348,17 @@ impl Metrics {
                     })
             }),
         }
+    }
+
+    /// Removes the state series of a policy the config no longer has (its change counts
+    /// stay: counters are history).
+    pub(crate) fn forget_shadow_control(&self, route: &str, shadow: &str) {
+        let rs = RouteShadowLabels {
+            route: route.to_string(),
+            shadow: shadow.to_string(),
+        };
+        self.shadow_paused.remove(&rs);
+        self.shadow_percent.remove(&rs);
     }
 
     /// Counts an admin request refused.

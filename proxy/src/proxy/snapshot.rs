@@ -170,7 +170,7 @@ impl Snapshot {
                 Some((r.clone(), state))
             })
             .unzip();
-        shared.controls.retain(&config);
+        shared.controls.retain(&config, metrics);
         let snapshot = Snapshot {
             table: RouteTable::new(&kept),
             routes,

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::sample;
 use crate::config::{Config, ShadowConfig};
-use crate::metrics::{ControlChange, ShadowControlMetrics};
+use crate::metrics::{ControlChange, Metrics, ShadowControlMetrics};
 
 /// A runtime change to one shadow policy, as the admin API shows it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -169,14 +169,28 @@ impl Controls {
         c
     }
 
-    /// Forgets the controls of policies `config` no longer has.
-    pub(crate) fn retain(&self, config: &Config) {
+    /// Forgets the controls of policies `config` no longer has (a runtime change to one
+    /// is dropped, logged and counted `file`), and their state series.
+    pub(crate) fn retain(&self, config: &Config, metrics: &Metrics) {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|(route, cluster), _| {
-            config
+        map.retain(|(route, cluster), c| {
+            let kept = config
                 .routes
                 .iter()
-                .any(|r| &r.name == route && r.shadows.iter().any(|s| &s.cluster == cluster))
+                .any(|r| &r.name == route && r.shadows.iter().any(|s| &s.cluster == cluster));
+            if !kept {
+                let s = c.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if !s.current.is_none() {
+                    tracing::warn!(
+                        route = %route,
+                        shadow = %cluster,
+                        "the config file removed this shadow: its runtime change (pause or percent) is dropped"
+                    );
+                    c.metrics.changed(ControlChange::file);
+                }
+                metrics.forget_shadow_control(route, cluster);
+            }
+            kept
         });
     }
 }
