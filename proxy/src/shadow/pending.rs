@@ -142,9 +142,10 @@ impl Pending {
 
 /// Builds the jobs of every target (one per copy) and offers them; counts every copy that
 /// is not queued. Per copy, in this order: the circuit (`circuit_open`), the size
-/// (`body_too_large`), the rate cap (`rate_limited`: only copies that got this far take a
-/// token), the queue and its byte budget (`queue_full`, `shutdown`). The access log shows
-/// what became of copy 1.
+/// (`body_too_large`), a queue with no room now (`queue_full`, before the copy is built),
+/// the rate cap (`rate_limited`: only copies that got this far take a token), the queue
+/// and its byte budget (`queue_full`, `shutdown`). The access log shows what became of
+/// copy 1.
 fn offer(
     plan: &Plan,
     body: Captured,
@@ -188,7 +189,10 @@ fn offer(
         // The copies share the body (`Bytes` clones) and so its byte charge.
         let mut charge = None;
         for copy in 1..=*copies {
-            let decision = if target.rate_allows() {
+            let decision = if target.queue.is_full() {
+                target.spec.dropped(DropReason::queue_full, &plan.path);
+                Err(DropReason::queue_full)
+            } else if target.rate_allows() {
                 let job = ShadowJob {
                     spec: target.spec.clone(),
                     method: plan.method.clone(),

@@ -164,6 +164,13 @@ impl ShadowQueue {
         self.circuit.is_open()
     }
 
+    /// True when the queue has no room now: a copy would be dropped `queue_full`, so it
+    /// is dropped before it is built (a black-holed shadow at `amplify: 10` would
+    /// otherwise cost ten header maps per request for nothing).
+    pub(crate) fn is_full(&self) -> bool {
+        self.tx.capacity() == 0 && !self.tx.is_closed()
+    }
+
     #[cfg(test)]
     pub(crate) fn circuit(&self) -> &Circuit {
         &self.circuit
