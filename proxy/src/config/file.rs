@@ -51,6 +51,21 @@ pub(super) struct ConfigFile {
     /// Recent mismatches kept for `/api/mismatches` and the dashboard.
     #[serde(default = "default_mismatch_ring")]
     pub(super) mismatch_ring: Spanned<usize>,
+    // Chaos and capacity: the amplified copy's index header, W3C trace context.
+    /// Header carrying an amplified copy's index (1-based) when `amplify` > 1; "" for none.
+    #[serde(default = "default_copy_header")]
+    pub(super) copy_header: Spanned<String>,
+    /// W3C trace context (`traceparent`/`tracestate`) handling.
+    #[serde(default)]
+    pub(super) trace_context: TraceContextFile,
+}
+
+/// W3C trace context: whether a request without `traceparent` gets one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TraceContextFile {
+    #[serde(default)]
+    pub(super) generate: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,7 +169,7 @@ pub(super) struct ShadowFile {
     #[serde(default = "default_percent")]
     pub(super) percent: Spanned<f64>,
     /// Decide per key (a header or cookie value) instead of per request: the same key is
-    /// always in or always out. Requests without the key are sampled at random.
+    /// always in or always out. Requests without the key are decided by their request id.
     #[serde(default)]
     pub(super) sample_key: Option<SampleKey>,
     /// Methods copied: a list, or `any`. Default: GET, HEAD, OPTIONS.
@@ -176,6 +191,19 @@ pub(super) struct ShadowFile {
     /// How the shadow's response is compared with the primary's.
     #[serde(default)]
     pub(super) compare: CompareFile,
+    // Chaos and capacity: amplification and the rate cap.
+    /// Copies per sampled request, 1 to 10 (2.5: two, and a third half the time).
+    #[serde(default = "default_amplify")]
+    pub(super) amplify: Spanned<f64>,
+    /// Allows `amplify` > 1 on a shadow whose `methods` let writes through.
+    #[serde(default)]
+    pub(super) amplify_writes: bool,
+    /// Copies per second at most (a token bucket); absent: no cap.
+    #[serde(default)]
+    pub(super) max_rps: Option<Spanned<f64>>,
+    /// The bucket's size in copies; default max(1, max_rps).
+    #[serde(default)]
+    pub(super) max_burst: Option<Spanned<f64>>,
 }
 
 /// Response comparison for one shadow.
@@ -382,6 +410,12 @@ fn default_compare_max_body() -> Spanned<Size> {
 }
 fn default_mismatch_ring() -> Spanned<usize> {
     unspanned(100)
+}
+fn default_copy_header() -> Spanned<String> {
+    unspanned("x-teeproxy-copy".to_string())
+}
+fn default_amplify() -> Spanned<f64> {
+    unspanned(1.0)
 }
 fn default_shadow_drain() -> Dur {
     Dur::secs(5)

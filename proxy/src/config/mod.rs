@@ -74,6 +74,18 @@ pub struct Config {
     pub shadow_header: Option<HeaderName>,
     /// Recent mismatches kept for `/api/mismatches` and the dashboard.
     pub mismatch_ring: usize,
+    // Chaos and capacity.
+    /// Header with an amplified copy's index (1-based) when `amplify` > 1; `None`: none.
+    #[serde(serialize_with = "opt_header_name")]
+    pub copy_header: Option<HeaderName>,
+    pub trace_context: TraceContextConfig,
+}
+
+/// W3C trace context handling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TraceContextConfig {
+    /// A request without `traceparent` gets a new one (on the primary and the shadows).
+    pub generate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -193,6 +205,15 @@ pub struct ShadowConfig {
     pub host: ShadowHost,
     pub headers: HeaderOps,
     pub compare: CompareConfig,
+    // Chaos and capacity.
+    /// Copies per sampled request, 1 to 10 (the fraction drawn per request).
+    pub amplify: f64,
+    /// `amplify` > 1 allowed with write methods.
+    pub amplify_writes: bool,
+    /// Copies per second at most; `None`: no cap.
+    pub max_rps: Option<f64>,
+    /// The rate cap's bucket size in copies (`None` without `max_rps`).
+    pub max_burst: Option<f64>,
 }
 
 /// Which Host a shadow request carries.

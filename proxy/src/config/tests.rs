@@ -413,3 +413,100 @@ fn operating_keys_parse_and_are_checked() {
         assert!(e.contains(msg), "want {msg:?} in {e}");
     }
 }
+
+// Chaos and capacity: amplify, amplify_writes, max_rps, max_burst, copy_header,
+// trace_context.
+#[test]
+fn capacity_keys_parse_with_defaults() {
+    let c = Config::from_yaml(&with_shadow("{ cluster: c }")).unwrap();
+    let s = &c.routes[0].shadows[0];
+    assert_eq!((s.amplify, s.amplify_writes), (1.0, false));
+    assert_eq!((s.max_rps, s.max_burst), (None, None));
+    assert_eq!(
+        c.copy_header.as_ref().map(|h| h.as_str()),
+        Some("x-teeproxy-copy")
+    );
+    assert!(!c.trace_context.generate);
+
+    let c = Config::from_yaml(&format!(
+        "{}copy_header: \"\"\ntrace_context: {{ generate: true }}\n",
+        with_shadow("{ cluster: c, amplify: 2.5, max_rps: 0.5 }")
+    ))
+    .unwrap();
+    let s = &c.routes[0].shadows[0];
+    assert_eq!(s.amplify, 2.5);
+    assert_eq!(
+        (s.max_rps, s.max_burst),
+        (Some(0.5), Some(1.0)),
+        "burst >= 1"
+    );
+    assert!(c.copy_header.is_none());
+    assert!(c.trace_context.generate);
+    let c = Config::from_yaml(&with_shadow("{ cluster: c, max_rps: 200 }")).unwrap();
+    assert_eq!(
+        c.routes[0].shadows[0].max_burst,
+        Some(200.0),
+        "a second's worth"
+    );
+    let c = Config::from_yaml(&with_shadow(
+        "{ cluster: c, methods: any, amplify: 3, amplify_writes: true, max_rps: 10, max_burst: 2 }",
+    ))
+    .unwrap();
+    assert_eq!(c.routes[0].shadows[0].max_burst, Some(2.0));
+}
+
+#[test]
+fn capacity_keys_refused_name_their_key() {
+    for (shadow, key, msg) in [
+        (
+            "{ cluster: c, amplify: 0.5 }",
+            "amplify",
+            "between 1 and 10",
+        ),
+        ("{ cluster: c, amplify: 11 }", "amplify", "between 1 and 10"),
+        (
+            "{ cluster: c, amplify: 2, methods: any }",
+            "amplify",
+            "amplify_writes: true",
+        ),
+        (
+            "{ cluster: c, amplify: 1.5, methods: [GET, POST] }",
+            "amplify",
+            "methods include POST",
+        ),
+        ("{ cluster: c, max_rps: 0 }", "max_rps", "greater than 0"),
+        (
+            "{ cluster: c, max_burst: 5 }",
+            "max_burst",
+            "only with max_rps",
+        ),
+        (
+            "{ cluster: c, max_rps: 5, max_burst: 0.5 }",
+            "max_burst",
+            "between 1 and",
+        ),
+    ] {
+        let e = err(&with_shadow(shadow));
+        let key = format!("routes[0].shadows[0].{key}");
+        assert!(e.contains(&format!(": {key}: ")), "want key {key} in {e}");
+        assert!(e.contains(msg), "want {msg:?} in {e}");
+    }
+    // Writes amplified on purpose, and reads amplified without the flag, are fine.
+    for ok in [
+        "{ cluster: c, amplify: 2, methods: [PUT], amplify_writes: true }",
+        "{ cluster: c, amplify: 10 }",
+        "{ cluster: c, methods: any }",
+    ] {
+        Config::from_yaml(&with_shadow(ok)).unwrap();
+    }
+    let e = err(&format!(
+        "{}copy_header: \"a b\"\n",
+        with_shadow("{ cluster: c }")
+    ));
+    assert!(e.contains(": copy_header: "), "{e}");
+    let e = err(&format!(
+        "{}trace_context: {{ generate: maybe }}\n",
+        with_shadow("{ cluster: c }")
+    ));
+    assert!(e.contains("boolean"), "{e}");
+}

@@ -5,4 +5,5 @@
 pub(crate) mod checks;
 pub(crate) mod headers;
 pub(crate) mod host;
+pub(crate) mod tracecontext;
 pub(crate) mod upgrade;

@@ -261,10 +261,12 @@ pub(crate) enum DropReason {
     shutdown,
     /// The shadow was paused at runtime (admin API).
     paused,
+    /// Over the shadow's `max_rps` (each amplified copy takes a token).
+    rate_limited,
 }
 
 impl DropReason {
-    pub(crate) const ALL: [DropReason; 10] = [
+    pub(crate) const ALL: [DropReason; 11] = [
         Self::sampled_out,
         Self::method_filtered,
         Self::upgrade,
@@ -275,6 +277,7 @@ impl DropReason {
         Self::circuit_open,
         Self::shutdown,
         Self::paused,
+        Self::rate_limited,
     ];
 }
 

@@ -514,7 +514,7 @@ impl ShadowControlMetrics {
 pub(crate) struct ShadowPolicyMetrics {
     pub(crate) offered: Counter,
     pub(crate) sent: Counter,
-    dropped: [Counter; 10],
+    dropped: [Counter; DropReason::ALL.len()],
     outcomes: [Counter; 6],
     statuses: [Counter; 5],
     latency: [Histogram; 2],

@@ -24,10 +24,12 @@ use super::tunnel;
 use crate::config::HostMode;
 use crate::http::headers::{self, Forwarded};
 use crate::http::host::request_host;
+use crate::http::tracecontext::{TRACEPARENT, TraceParent};
 use crate::http::upgrade::Upgrade;
 use crate::idle::IdleTimeout;
 use crate::shadow::pending::{Pending, Plan};
 use crate::shadow::queue::{CANCELLED, PrimaryOutcome};
+use crate::shadow::sample::random_u64;
 use crate::shadow::tee::TeeBody;
 use crate::shadow::trace::Trace;
 use crate::stats::PathEntry;
@@ -229,20 +231,25 @@ fn prepare(
         host: host.as_ref().and_then(|h| h.to_str().ok()),
     };
     headers::rewrite_request(&mut parts.headers, &fwd, snap.forwarded);
+    if snap.config.trace_context.generate && !parts.headers.contains_key(TRACEPARENT) {
+        // A new trace, on the primary (and so, as its child, on every shadow).
+        let trace_id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
+        let tp = TraceParent::new_root(trace_id, random_u64());
+        parts.headers.insert(TRACEPARENT, tp.to_header());
+    }
 
     let declared_len = body.size_hint().exact();
     let targets: Vec<_> = route
         .shadows
         .iter()
         .enumerate()
-        .filter(|(i, p)| {
+        .filter_map(|(i, p)| {
             let admitted = p.admit(&parts, upgrade.mirrorable(), declared_len, path);
             if let Some(t) = &trace {
-                t.admission(*i, admitted);
+                t.admission(i, admitted.map(|_| ()));
             }
-            admitted.is_ok()
+            admitted.ok().map(|copies| (p.clone(), copies))
         })
-        .map(|(_, p)| p.clone())
         .collect();
     let pending = (!targets.is_empty()).then(|| {
         Arc::new(Pending::new(Plan {

@@ -149,6 +149,7 @@ impl Snapshot {
                             queue,
                             control,
                             config.shadow_header.as_ref(),
+                            config.copy_header.as_ref(),
                         )))
                     })
                     .collect();

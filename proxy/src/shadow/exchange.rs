@@ -126,6 +126,7 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         primary_body,
         path,
         charge,
+        copy,
     } = job;
     if let Some(h) = shadow_host(&spec.host, host.as_ref(), ep) {
         headers.insert(header::HOST, h);
@@ -178,6 +179,10 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     }
     record::answer(&spec, &path, &answer);
     unrecorded.done();
+    if copy > 1 {
+        // An amplified request's extra copies are load: counted, never compared.
+        return;
+    }
 
     let verdict = judge(&spec.compare, &primary, primary_body, &answer, spec.timeout).await;
     drop(permit);

@@ -3,7 +3,7 @@
 //! primary's answer builds the copies (`pending`) and offers them to each shadow cluster's
 //! bounded queue (`queue`); a dispatcher per shadow cluster takes them off (`dispatch`) and
 //! sends each with the cluster's own client (`exchange`); the answer is compared (`compare`)
-//! and recorded (`record`); `trace` tells the access log what became of each copy. The
+//! and recorded (`record`); `rate` caps copies per second; `trace` tells the access log what became of each copy. The
 //! admin API pauses a policy or overrides its percent at runtime (`control`). Nothing on
 //! the primary path waits for any of it; every copy not sent is counted with its reason.
 
@@ -14,6 +14,7 @@ pub(crate) mod exchange;
 pub(crate) mod pending;
 pub(crate) mod policy;
 pub(crate) mod queue;
+pub(crate) mod rate;
 pub(crate) mod record;
 pub(crate) mod sample;
 pub(crate) mod tee;

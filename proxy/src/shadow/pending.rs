@@ -34,7 +34,8 @@ pub(crate) enum Captured {
 
 /// The request as the shadows will see it, before per-shadow rewrites.
 pub(crate) struct Plan {
-    pub(crate) targets: Vec<Arc<ShadowPolicy>>,
+    /// The policies that admitted the request, each with its number of copies.
+    pub(crate) targets: Vec<(Arc<ShadowPolicy>, u8)>,
     pub(crate) method: Method,
     pub(crate) path_and_query: PathAndQuery,
     /// The primary's headers after hop-by-hop removal and `X-Forwarded-*`, without Host.
@@ -74,10 +75,16 @@ pub(crate) struct Pending {
 
 impl Pending {
     pub(crate) fn new(plan: Plan) -> Self {
-        let max_body = plan.targets.iter().map(|t| t.max_body).max().unwrap_or(0);
+        let max_body = plan
+            .targets
+            .iter()
+            .map(|(t, _)| t.max_body)
+            .max()
+            .unwrap_or(0);
         let compare_max = plan
             .targets
             .iter()
+            .map(|(t, _)| t)
             .filter(|t| t.spec.compare.compares_body())
             .map(|t| t.spec.compare.max_body)
             .max();
@@ -133,7 +140,12 @@ impl Pending {
     }
 }
 
-/// Builds one job per target and offers it; counts every copy that is not queued.
+/// Builds the jobs of every target (one per copy) and offers them; counts every copy that
+/// is not queued. Per copy, in this order: the circuit (`circuit_open`), the size
+/// (`body_too_large`), a queue with no room now (`queue_full`, before the copy is built),
+/// the rate cap (`rate_limited`: only copies that got this far take a token), the queue
+/// and its byte budget (`queue_full`, `shutdown`). The access log shows what became of
+/// copy 1.
 fn offer(
     plan: &Plan,
     body: Captured,
@@ -159,39 +171,59 @@ fn offer(
             t.decided(i, decision);
         }
     };
-    for (i, target) in plan.targets.iter().enumerate() {
+    for (i, (target, copies)) in plan.targets.iter().enumerate() {
         if target.queue.circuit_open() {
-            target.spec.dropped(DropReason::circuit_open, &plan.path);
+            target
+                .spec
+                .dropped_copies(DropReason::circuit_open, &plan.path, *copies);
             decided(i, Err(DropReason::circuit_open));
             continue;
         }
         if len > target.max_body {
-            target.spec.dropped(DropReason::body_too_large, &plan.path);
+            target
+                .spec
+                .dropped_copies(DropReason::body_too_large, &plan.path, *copies);
             decided(i, Err(DropReason::body_too_large));
             continue;
         }
-        let job = ShadowJob {
-            spec: target.spec.clone(),
-            method: plan.method.clone(),
-            path_and_query: plan.path_and_query.clone(),
-            headers: target.shadow_headers(&plan.headers),
-            host: plan.host.clone(),
-            request_id: plan.request_id.clone(),
-            body: chunks.clone(),
-            trailers: trailers.clone(),
-            body_len: len,
-            primary: primary.clone(),
-            primary_body: primary_body.clone(),
-            path: plan.path.clone(),
-            charge: None,
-        };
-        decided(i, target.queue.offer(job));
+        // The copies share the body (`Bytes` clones) and so its byte charge.
+        let mut charge = None;
+        for copy in 1..=*copies {
+            let decision = if target.queue.is_full() {
+                target.spec.dropped(DropReason::queue_full, &plan.path);
+                Err(DropReason::queue_full)
+            } else if target.rate_allows() {
+                let job = ShadowJob {
+                    spec: target.spec.clone(),
+                    method: plan.method.clone(),
+                    path_and_query: plan.path_and_query.clone(),
+                    headers: target.shadow_headers(&plan.headers, copy),
+                    host: plan.host.clone(),
+                    request_id: plan.request_id.clone(),
+                    body: chunks.clone(),
+                    trailers: trailers.clone(),
+                    body_len: len,
+                    primary: primary.clone(),
+                    primary_body: primary_body.clone().filter(|_| copy == 1),
+                    path: plan.path.clone(),
+                    charge: None,
+                    copy,
+                };
+                target.queue.offer(job, &mut charge)
+            } else {
+                target.spec.dropped(DropReason::rate_limited, &plan.path);
+                Err(DropReason::rate_limited)
+            };
+            if copy == 1 {
+                decided(i, decision);
+            }
+        }
     }
 }
 
 fn drop_all(plan: &Plan, reason: DropReason) {
-    for (i, t) in plan.targets.iter().enumerate() {
-        t.spec.dropped(reason, &plan.path);
+    for (i, (t, copies)) in plan.targets.iter().enumerate() {
+        t.spec.dropped_copies(reason, &plan.path, *copies);
         if let Some(trace) = &plan.trace {
             trace.decided(i, Err(reason));
         }

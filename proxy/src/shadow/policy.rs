@@ -10,9 +10,12 @@ use http::{Method, request::Parts};
 
 use super::control::ShadowControl;
 use super::queue::ShadowQueue;
+use super::rate::RateCap;
 use super::record::CopySpec;
 use super::sample;
 use crate::config::{SampleKey, ShadowConfig};
+use crate::http::headers::X_REQUEST_ID;
+use crate::http::tracecontext::{self, TRACEPARENT, TRACESTATE, TraceParent};
 use crate::metrics::DropReason;
 use crate::stats::PathEntry;
 
@@ -33,6 +36,15 @@ pub(crate) struct ShadowPolicy {
     remove: Vec<HeaderName>,
     /// `x-teeproxy-shadow: <cluster>` (or the configured name); `None` when disabled.
     tag: Option<(HeaderName, HeaderValue)>,
+    // Chaos and capacity.
+    /// Copies per sampled request (1 to 10).
+    amplify: f64,
+    /// `x-teeproxy-copy` (or the configured name) when `amplify` > 1.
+    copy_tag: Option<HeaderName>,
+    /// `max_rps`: each copy takes a token.
+    rate: Option<RateCap>,
+    /// `shadow-<cluster>`, this shadow's `tracestate` value.
+    trace_value: String,
 }
 
 impl ShadowPolicy {
@@ -42,6 +54,7 @@ impl ShadowPolicy {
         queue: Arc<ShadowQueue>,
         control: Arc<ShadowControl>,
         tag_name: Option<&HeaderName>,
+        copy_name: Option<&HeaderName>,
     ) -> Self {
         let tag = tag_name
             .and_then(|name| Some((name.clone(), HeaderValue::from_str(&spec.shadow).ok()?)));
@@ -53,23 +66,31 @@ impl ShadowPolicy {
             set: c.headers.set.clone(),
             remove: c.headers.remove.clone(),
             tag,
+            amplify: c.amplify,
+            copy_tag: copy_name.filter(|_| c.amplify > 1.0).cloned(),
+            rate: c
+                .max_rps
+                .map(|r| RateCap::new(r, c.max_burst.unwrap_or(r.max(1.0)))),
+            trace_value: format!("shadow-{}", spec.shadow),
             spec,
             queue,
             control,
         }
     }
 
-    /// Whether this request is copied to this shadow (`Err`: why not); counts `offered`
-    /// and every refusal. `body_len` is the body's exact size when the client declared
-    /// it; `mirrorable` is false for upgrade requests.
+    /// Whether this request is copied to this shadow: `Ok(copies)`, or why not. Counts
+    /// every copy `offered` (`amplify` drawn first: 2.5 is 2 or 3) and every refused copy
+    /// dropped with the reason. `body_len` is the body's exact size when the client
+    /// declared it; `mirrorable` is false for upgrade requests.
     pub(crate) fn admit(
         &self,
         parts: &Parts,
         mirrorable: bool,
         body_len: Option<u64>,
         path: &PathEntry,
-    ) -> Result<(), DropReason> {
-        self.spec.metrics.offered.inc();
+    ) -> Result<u8, DropReason> {
+        let copies = self.copies();
+        self.spec.metrics.offered.inc_by(u64::from(copies));
         let refused = if self.control.paused() {
             Some(DropReason::paused)
         } else if !mirrorable {
@@ -89,11 +110,26 @@ impl ShadowPolicy {
         };
         match refused {
             Some(reason) => {
-                self.spec.dropped(reason, path);
+                self.spec.dropped_copies(reason, path, copies);
                 Err(reason)
             }
-            None => Ok(()),
+            None => Ok(copies),
         }
+    }
+
+    /// This request's number of copies: `amplify`'s whole part, plus one with the
+    /// probability of its fraction.
+    fn copies(&self) -> u8 {
+        let whole = self.amplify.trunc();
+        let fraction = self.amplify - whole;
+        let extra = fraction > 0.0
+            && (sample::random_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) < fraction;
+        whole as u8 + u8::from(extra)
+    }
+
+    /// Takes a rate-cap token for one copy (always true without `max_rps`).
+    pub(crate) fn rate_allows(&self) -> bool {
+        self.rate.as_ref().is_none_or(RateCap::take)
     }
 
     fn sampled_in(&self, headers: &HeaderMap) -> bool {
@@ -101,18 +137,24 @@ impl ShadowPolicy {
             0 => false,
             t if t >= sample::SCALE => true,
             t => {
+                // The configured key, else the request id (which teeproxy always sets:
+                // the client's when it sent a sane one).
                 let key = self
                     .sample_key
                     .as_ref()
-                    .and_then(|k| sample::key_value(k, headers));
-                sample::draw(self.spec.shadow.as_bytes(), key) < t
+                    .and_then(|k| sample::key_value(k, headers))
+                    .or_else(|| headers.get(&X_REQUEST_ID).map(|v| v.as_bytes()));
+                sample::draw(key) < t
             }
         }
     }
 
-    /// The shadow's headers from the primary's (already without hop-by-hop headers):
-    /// `Expect` and Host removed, configured removals and settings, the shadow tag.
-    pub(crate) fn shadow_headers(&self, base: &HeaderMap) -> HeaderMap {
+    /// The headers of copy `copy` (1-based) from the primary's (already without hop-by-hop
+    /// headers): `Expect` and Host removed, configured removals and settings, the shadow
+    /// tag, the copy index when amplified, and the trace context of a child span: the same
+    /// trace id and flags with a new parent id, `teeproxy=shadow-<cluster>` first in
+    /// `tracestate`. A malformed `traceparent` (and its `tracestate`) is not passed on.
+    pub(crate) fn shadow_headers(&self, base: &HeaderMap, copy: u8) -> HeaderMap {
         let mut h = base.clone();
         h.remove(header::EXPECT);
         h.remove(header::HOST);
@@ -124,6 +166,22 @@ impl ShadowPolicy {
         }
         if let Some((name, value)) = &self.tag {
             h.insert(name.clone(), value.clone());
+        }
+        if let Some(name) = &self.copy_tag {
+            h.insert(name.clone(), HeaderValue::from(u16::from(copy)));
+        }
+        if h.contains_key(TRACEPARENT) {
+            match TraceParent::from_headers(&h) {
+                Some(tp) => {
+                    let state = tracecontext::tracestate_with(&h, "teeproxy", &self.trace_value);
+                    h.insert(TRACEPARENT, tp.child(sample::random_u64()).to_header());
+                    h.insert(TRACESTATE, state);
+                }
+                None => {
+                    h.remove(TRACEPARENT);
+                    h.remove(TRACESTATE);
+                }
+            }
         }
         h
     }

@@ -57,8 +57,11 @@ pub(crate) struct ShadowJob {
     pub(crate) primary_body: Option<PrimaryBodyWatch>,
     pub(crate) path: Arc<PathEntry>,
     /// The body bytes this job holds against its cluster's budget (set when it is queued,
-    /// given back when it is dropped).
-    pub(crate) charge: Option<ByteCharge>,
+    /// given back when the last copy of the request holding it is done or dropped: the
+    /// copies of an amplified request share one body, so they share one charge).
+    pub(crate) charge: Option<Arc<ByteCharge>>,
+    /// Which copy of an amplified request this is (1-based); only copy 1 is compared.
+    pub(crate) copy: u8,
 }
 
 /// Body bytes held against a shadow cluster's `shadow_max_bytes`, given back on drop.
@@ -161,6 +164,13 @@ impl ShadowQueue {
         self.circuit.is_open()
     }
 
+    /// True when the queue has no room now: a copy would be dropped `queue_full`, so it
+    /// is dropped before it is built (a black-holed shadow at `amplify: 10` would
+    /// otherwise cost ten header maps per request for nothing).
+    pub(crate) fn is_full(&self) -> bool {
+        self.tx.capacity() == 0 && !self.tx.is_closed()
+    }
+
     #[cfg(test)]
     pub(crate) fn circuit(&self) -> &Circuit {
         &self.circuit
@@ -173,22 +183,28 @@ impl ShadowQueue {
     }
 
     /// Queues a job without waiting; a full queue, a full byte budget or a closed queue
-    /// drops it with its reason.
-    pub(crate) fn offer(&self, mut job: ShadowJob) -> Result<(), DropReason> {
+    /// drops it with its reason. `shared` is the body's charge for the copies of one
+    /// request: the first copy that gets one sets it, later copies share it.
+    pub(crate) fn offer(
+        &self,
+        mut job: ShadowJob,
+        shared: &mut Option<Arc<ByteCharge>>,
+    ) -> Result<(), DropReason> {
         let bytes = job.body_len;
-        if bytes > 0 {
+        if bytes > 0 && shared.is_none() {
             if self.held.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_bytes {
                 self.held.fetch_sub(bytes, Ordering::Relaxed);
                 job.spec.dropped(DropReason::queue_full, &job.path);
                 return Err(DropReason::queue_full);
             }
             self.metrics.held_bytes.inc_by(bytes as i64);
-            job.charge = Some(ByteCharge {
+            *shared = Some(Arc::new(ByteCharge {
                 held: self.held.clone(),
                 gauge: self.metrics.held_bytes.clone(),
                 bytes,
-            });
+            }));
         }
+        job.charge = shared.clone();
         // Counted before the send so the dispatcher's decrement can never come first.
         self.metrics.queue_depth.inc();
         let (job, reason) = match self.tx.try_send(job) {

@@ -37,6 +37,13 @@ impl CopySpec {
             s.dropped(reason);
         }
     }
+
+    /// Counts `copies` copies (of one amplified request) not sent.
+    pub(crate) fn dropped_copies(&self, reason: DropReason, path: &PathEntry, copies: u8) {
+        for _ in 0..copies {
+            self.dropped(reason, path);
+        }
+    }
 }
 
 /// What came back from a shadow.

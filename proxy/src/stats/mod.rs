@@ -108,7 +108,7 @@ pub(crate) struct ShadowPathStats {
     pub(crate) shadow: String,
     pub(crate) leg: LegStats,
     results: [AtomicU64; 6],
-    drops: [AtomicU64; 10],
+    drops: [AtomicU64; DropReason::ALL.len()],
     leg_metrics: LegMetrics,
     compare_metrics: CompareMetrics,
 }
