@@ -10,7 +10,8 @@ use super::file::{
 };
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
-    Limits, ListenerConfig, MatchConfig, RouteConfig, ShadowConfig, ShadowHost, parse_endpoint,
+    Limits, ListenerConfig, MatchConfig, RecordConfig, RouteConfig, ShadowConfig, ShadowHost,
+    parse_endpoint,
 };
 
 /// Parses, checks and converts `text`; errors name `file`.
@@ -210,6 +211,14 @@ fn shadow(s: &ShadowFile, key: &str) -> Result<ShadowConfig, Invalid> {
             redact: s.compare.redact.clone(),
             max_body: s.compare.max_body.value.as_usize(),
         },
+        record: s.record.as_ref().map(|r| RecordConfig {
+            path: r.path.value.clone().into(),
+            sample: r.sample.value,
+            max_bytes: r.max_bytes.value.bytes(),
+            rotate: r.rotate.value,
+            redact: r.redact.clone(),
+            queue: r.queue.value,
+        }),
     })
 }
 

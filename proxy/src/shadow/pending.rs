@@ -78,7 +78,7 @@ impl Pending {
         let compare_max = plan
             .targets
             .iter()
-            .filter(|t| t.spec.compare.compares_body())
+            .filter(|t| t.spec.compare.compares_body() || t.spec.recorder.is_some())
             .map(|t| t.spec.compare.max_body)
             .max();
         Pending {
