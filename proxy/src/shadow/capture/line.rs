@@ -20,6 +20,8 @@ use crate::shadow::sample;
 /// reference-counted clones) until the exchange is done.
 pub(crate) struct Taken {
     recorder: Arc<Recorder>,
+    /// When the copy was taken off its queue (milliseconds since the Unix epoch).
+    time_ms: u64,
     route: String,
     shadow: String,
     limit: usize,
@@ -47,6 +49,9 @@ pub(crate) fn take(job: &ShadowJob) -> Option<Taken> {
     }
     Some(Taken {
         recorder: recorder.clone(),
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
         route: job.spec.route.clone(),
         shadow: job.spec.shadow.clone(),
         limit: job.spec.compare.max_body,
@@ -107,9 +112,7 @@ impl Taken {
             rec.answer_body(answer.body.as_ref(), self.limit),
         );
         let line = json!({
-            "time_ms": std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            "time_ms": self.time_ms,
             "request_id": String::from_utf8_lossy(self.request_id.as_bytes()),
             "route": self.route,
             "shadow": self.shadow,
