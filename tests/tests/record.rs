@@ -279,6 +279,29 @@ async fn replay_with_compare_reports_the_differences() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Catches: `--rate` ignored, or `--duration` not stopping the replay.
+#[tokio::test]
+async fn a_fixed_rate_replay_stops_at_its_duration() {
+    let line = |i: u64| {
+        format!(
+            r#"{{"time_ms":{},"method":"GET","uri":"/r/{i}","request":{{"headers":[],"body":""}},"primary":{{"status":200}}}}"#,
+            1000 + i * 60_000
+        )
+    };
+    let text: Vec<String> = (0..5).map(line).collect();
+    let records = parse(&text.join("\n")).unwrap();
+    let target = FakeUpstream::start().await;
+    let mut opts = options(&target.url(), false);
+    // Recorded a minute apart; at 10/s the five would take 400 ms: 250 ms lets three go.
+    opts.pace = Pace::Rate(10.0);
+    opts.duration = Some(Duration::from_millis(250));
+    let started = std::time::Instant::now();
+    let report = replay(records, opts).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(report.sent, 3, "{}", report.summary());
+    assert_eq!(target.count(), 3);
+}
+
 /// Threads of the process named `teeproxy-record` (`None` without /proc).
 fn record_threads(pid: u32) -> Option<usize> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;

@@ -369,4 +369,19 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("e.jsonl")).unwrap(), b"{}\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Catches: a write failure that is lost (not counted) or that stops the writer.
+    #[test]
+    fn write_errors_are_counted_and_the_writer_goes_on() {
+        let dir = temp_dir("errors");
+        let m = metrics();
+        let c = config(&dir.join("missing-dir").join("w.jsonl"));
+        let (tx, handle) = spawn_writer(&c, m.clone()).unwrap();
+        tx.send(b"{}\n".to_vec()).unwrap();
+        tx.send(b"{}\n".to_vec()).unwrap();
+        drop(tx);
+        handle.join().unwrap();
+        assert_eq!((m.write_error.get(), m.lines.get()), (2, 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
