@@ -1,6 +1,6 @@
 //! `loadgen`: `drive` sends load and reports; `upstream` serves the demo application, or
 //! one of its fault modes, as a fake upstream; `slowloris` holds connections open while
-//! sending (almost) nothing.
+//! sending (almost) nothing; `replay` sends a teeproxy record file's requests again.
 
 mod slowloris;
 
@@ -15,6 +15,7 @@ use teeproxy::config::Dur;
 use teeproxy::demo::faults::{Fault, serve_faulty};
 use teeproxy::demo::{DemoUpstream, UpstreamStats, serve_upstream};
 use teeproxy_loadgen::drive::{DriveOptions, Mode, drive};
+use teeproxy_loadgen::replay::{Pace, ReplayOptions, replay};
 
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", about = "Load tools for teeproxy")]
@@ -61,6 +62,35 @@ enum Command {
         /// No progress lines.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Send the requests of a teeproxy record file again, open loop; with --compare, exit
+    /// status 1 when an answer differs from the recorded primary answer.
+    Replay {
+        /// The record file (JSON lines, as `record:` writes them).
+        file: std::path::PathBuf,
+        /// Target, `http://host:port`.
+        #[arg(long)]
+        url: Uri,
+        /// A fixed rate, requests per second (instead of the recorded pace).
+        #[arg(long, conflicts_with = "speed")]
+        rate: Option<f64>,
+        /// The recorded inter-arrival times scaled: `2x` is twice as fast (default `1x`).
+        #[arg(long)]
+        speed: Option<String>,
+        /// Compare each answer (status, body) with the recorded primary answer.
+        #[arg(long)]
+        compare: bool,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Stop sending after this long (default: the whole file once).
+        #[arg(long)]
+        duration: Option<Dur>,
+        #[arg(long, default_value = "10s")]
+        timeout: Dur,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Serve the demo application (or a fault) as a fake upstream.
     Upstream {
@@ -185,6 +215,61 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", report.to_json());
             } else {
                 println!("{}", report.summary());
+            }
+            Ok(())
+        }
+        Command::Replay {
+            file,
+            url,
+            rate,
+            speed,
+            compare,
+            connections,
+            duration,
+            timeout,
+            json,
+        } => {
+            if url.scheme_str() != Some("http") || url.authority().is_none() {
+                bail!("--url must be http://host:port");
+            }
+            let pace = match (rate, speed) {
+                (Some(r), _) if r > 0.0 => Pace::Rate(r),
+                (Some(_), _) => bail!("--rate must be positive"),
+                (None, Some(s)) => {
+                    let x: f64 = s
+                        .trim_end_matches(['x', 'X'])
+                        .parse()
+                        .with_context(|| format!("--speed {s:?}: expected a factor like 2x"))?;
+                    if x <= 0.0 || !x.is_finite() {
+                        bail!("--speed must be positive");
+                    }
+                    Pace::Speed(x)
+                }
+                (None, None) => Pace::Speed(1.0),
+            };
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let records = teeproxy_loadgen::replay::parse(&text)
+                .with_context(|| format!("{}", file.display()))?;
+            let report = replay(
+                records,
+                ReplayOptions {
+                    target: url,
+                    pace,
+                    connections: connections.max(1),
+                    duration: duration.map(|d| d.get()),
+                    compare,
+                    timeout: timeout.get(),
+                },
+            )
+            .await;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.summary());
+            }
+            if compare && report.differences > 0 {
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -215,6 +215,7 @@ fn answered(status: u16) -> PrimaryOutcome {
         status: Some(StatusCode::from_u16(status).unwrap()),
         error: None,
         headers: HeaderMap::new(),
+        to_headers: None,
     }
 }
 
@@ -276,6 +277,7 @@ async fn an_incomplete_oversized_or_cancelled_request_is_dropped_with_its_reason
                 status: None,
                 error: Some(CANCELLED),
                 headers: HeaderMap::new(),
+                to_headers: None,
             },
             "cancelled",
         ),

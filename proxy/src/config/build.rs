@@ -10,8 +10,8 @@ use super::file::{
 };
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
-    Limits, ListenerConfig, MatchConfig, RouteConfig, ShadowConfig, ShadowHost, TraceContextConfig,
-    parse_endpoint,
+    Limits, ListenerConfig, MatchConfig, RecordConfig, RouteConfig, ShadowConfig, ShadowHost,
+    TraceContextConfig, parse_endpoint,
 };
 
 /// Parses, checks and converts `text`; errors name `file`.
@@ -224,6 +224,14 @@ fn shadow(s: &ShadowFile, key: &str) -> Result<ShadowConfig, Invalid> {
             s.max_burst
                 .as_ref()
                 .map_or_else(|| r.value.max(1.0), |b| b.value)
+        }),
+        record: s.record.as_ref().map(|r| RecordConfig {
+            path: r.path.value.clone().into(),
+            sample: r.sample.value,
+            max_bytes: r.max_bytes.value.bytes(),
+            rotate: r.rotate.value,
+            redact: r.redact.clone(),
+            queue: r.queue.value,
         }),
     })
 }

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use serde_saphyr::{Location, Spanned};
 
 use super::file::{
-    ClusterFile, ConfigFile, LimitsFile, MatchFile, ShadowFile, ShadowHostFile, ShadowMethodsFile,
+    ClusterFile, ConfigFile, LimitsFile, MatchFile, RecordFile, ShadowFile, ShadowHostFile,
+    ShadowMethodsFile,
 };
 use super::{ConfigError, SampleKey, parse_endpoint};
 
@@ -171,7 +172,80 @@ impl ConfigFile {
                 format!("invalid header name {:?}", ch.value),
             ));
         }
+        self.validate_records()?;
         self.limits.validate()
+    }
+
+    /// Record files: each written by one shadow policy only.
+    fn validate_records(&self) -> Result<(), Invalid> {
+        let mut paths = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            for (j, sh) in r.shadows.iter().enumerate() {
+                let Some(rec) = &sh.record else { continue };
+                let key = format!("routes[{i}].shadows[{j}].record");
+                rec.validate(&key)?;
+                if !paths.insert(rec.path.value.as_str()) {
+                    return Err(Invalid::at(
+                        Some(&rec.path.referenced),
+                        &format!("{key}.path"),
+                        format!("{:?} is already recorded by another shadow", rec.path.value),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RecordFile {
+    fn validate(&self, key: &str) -> Result<(), Invalid> {
+        if self.path.value.is_empty() || self.path.value.ends_with('/') {
+            return Err(Invalid::at(
+                Some(&self.path.referenced),
+                &format!("{key}.path"),
+                "must name a file",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.sample.value) {
+            return Err(Invalid::at(
+                Some(&self.sample.referenced),
+                &format!("{key}.sample"),
+                "must be between 0 and 100",
+            ));
+        }
+        if self.max_bytes.value.bytes() < 1024 {
+            return Err(Invalid::at(
+                Some(&self.max_bytes.referenced),
+                &format!("{key}.max_bytes"),
+                "at least 1KiB",
+            ));
+        }
+        if self.rotate.value > 1000 {
+            return Err(Invalid::at(
+                Some(&self.rotate.referenced),
+                &format!("{key}.rotate"),
+                "at most 1000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue.value) {
+            return Err(Invalid::at(
+                Some(&self.queue.referenced),
+                &format!("{key}.queue"),
+                "must be between 1 and 1000000",
+            ));
+        }
+        for item in &self.redact {
+            if !item.starts_with('/') && http::HeaderName::from_bytes(item.as_bytes()).is_err() {
+                return Err(Invalid::at(
+                    Some(&self.path.referenced),
+                    &format!("{key}.redact"),
+                    format!(
+                        "{item:?} is neither a JSON pointer (like /user/email) nor a header name"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -204,6 +204,42 @@ pub(super) struct ShadowFile {
     /// The bucket's size in copies; default max(1, max_rps).
     #[serde(default)]
     pub(super) max_burst: Option<Spanned<f64>>,
+    /// Exchanges written to a JSON-lines file (for `loadgen replay`).
+    #[serde(default)]
+    pub(super) record: Option<RecordFile>,
+}
+
+/// Recording a shadow's exchanges to a JSON-lines file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecordFile {
+    /// The file; rotated to `<path>.1`, `<path>.2`, ...
+    pub(super) path: Spanned<String>,
+    /// Percent of the exchanged copies recorded, 0 to 100, decimals allowed.
+    #[serde(default = "default_percent")]
+    pub(super) sample: Spanned<f64>,
+    /// Size of one file before it is rotated.
+    #[serde(default = "default_record_max_bytes")]
+    pub(super) max_bytes: Spanned<Size>,
+    /// Rotated files kept.
+    #[serde(default = "default_record_rotate")]
+    pub(super) rotate: Spanned<usize>,
+    /// Header names and JSON pointers whose values are written as `[redacted]`.
+    #[serde(default)]
+    pub(super) redact: Vec<String>,
+    /// Lines waiting for the writer; past it lines are dropped (`record_full`).
+    #[serde(default = "default_record_queue")]
+    pub(super) queue: Spanned<usize>,
+}
+
+fn default_record_max_bytes() -> Spanned<Size> {
+    unspanned(Size::mib(64))
+}
+fn default_record_rotate() -> Spanned<usize> {
+    unspanned(3)
+}
+fn default_record_queue() -> Spanned<usize> {
+    unspanned(1024)
 }
 
 /// Response comparison for one shadow.

@@ -214,6 +214,25 @@ pub struct ShadowConfig {
     pub max_rps: Option<f64>,
     /// The rate cap's bucket size in copies (`None` without `max_rps`).
     pub max_burst: Option<f64>,
+    /// Exchanges recorded to a JSON-lines file; `None`: not recorded.
+    pub record: Option<RecordConfig>,
+}
+
+/// Recording a shadow's exchanges (see `shadow::capture`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordConfig {
+    pub path: std::path::PathBuf,
+    /// Percent of the exchanged copies recorded.
+    pub sample: f64,
+    /// A file's size before it is rotated.
+    #[serde(serialize_with = "units::size")]
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub rotate: usize,
+    /// Header names and JSON pointers written as `[redacted]`.
+    pub redact: Vec<String>,
+    /// Lines waiting for the writer.
+    pub queue: usize,
 }
 
 /// Which Host a shadow request carries.

@@ -510,3 +510,68 @@ fn capacity_keys_refused_name_their_key() {
     ));
     assert!(e.contains("boolean"), "{e}");
 }
+
+// --- record: (record and replay) ---
+
+#[test]
+fn record_parses_with_defaults_and_is_checked() {
+    let c = Config::from_yaml(&with_shadow("{ cluster: c }")).unwrap();
+    assert_eq!(c.routes[0].shadows[0].record, None);
+    let c = Config::from_yaml(&with_shadow(
+        "{ cluster: c, record: { path: /tmp/r.jsonl } }",
+    ))
+    .unwrap();
+    let r = c.routes[0].shadows[0].record.clone().unwrap();
+    assert_eq!(r.path, std::path::Path::new("/tmp/r.jsonl"));
+    assert_eq!(
+        (r.sample, r.max_bytes, r.rotate, r.queue),
+        (100.0, 64 << 20, 3, 1024)
+    );
+    assert!(r.redact.is_empty());
+    let c = Config::from_yaml(&with_shadow(
+        "{ cluster: c, record: { path: r.jsonl, sample: 0.5, max_bytes: 1MiB, rotate: 0, redact: [authorization, /user/email], queue: 8 } }",
+    ))
+    .unwrap();
+    let r = c.routes[0].shadows[0].record.clone().unwrap();
+    assert_eq!(
+        (r.sample, r.max_bytes, r.rotate, r.queue),
+        (0.5, 1 << 20, 0, 8)
+    );
+    assert_eq!(r.redact, ["authorization", "/user/email"]);
+    for (shadow, key, msg) in [
+        (
+            "{ cluster: c, record: { sample: 1 } }",
+            "line 9",
+            "missing field `path`",
+        ),
+        (
+            "{ cluster: c, record: { path: r, sample: 101 } }",
+            "routes[0].shadows[0].record.sample",
+            "between 0 and 100",
+        ),
+        (
+            "{ cluster: c, record: { path: r, max_bytes: 10 } }",
+            "routes[0].shadows[0].record.max_bytes",
+            "at least 1KiB",
+        ),
+        (
+            "{ cluster: c, record: { path: r, queue: 0 } }",
+            "routes[0].shadows[0].record.queue",
+            "between 1",
+        ),
+        (
+            "{ cluster: c, record: { path: r, redact: [\"a b\"] } }",
+            "routes[0].shadows[0].record.redact",
+            "neither a JSON pointer",
+        ),
+        (
+            "{ cluster: c, record: { path: \"\" } }",
+            "routes[0].shadows[0].record.path",
+            "must name a file",
+        ),
+    ] {
+        let e = err(&with_shadow(shadow));
+        assert!(e.contains(key), "want key {key} in {e}");
+        assert!(e.contains(msg), "want {msg:?} in {e}");
+    }
+}

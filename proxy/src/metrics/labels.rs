@@ -432,3 +432,20 @@ impl SkipReason {
         Self::encoded,
     ];
 }
+
+/// Why a record line was not written.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum RecordDropReason {
+    /// The writer's queue was full.
+    record_full,
+    /// The file could not be opened, written or rotated.
+    write_error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RecordDropLabels {
+    pub(crate) route: String,
+    pub(crate) shadow: String,
+    pub(crate) reason: RecordDropReason,
+}

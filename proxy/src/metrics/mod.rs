@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     shadow_percent: Family<RouteShadowLabels, Gauge<f64, AtomicU64>>,
     shadow_control_changes: Family<ShadowControlLabels, Counter>,
     admin_denied: Family<AdminDenialLabels, Counter>,
+    record_lines: Family<RouteShadowLabels, Counter>,
+    record_dropped: Family<RecordDropLabels, Counter>,
     /// Tasks alive on the runtime, set when `/metrics` is read.
     pub(crate) runtime_tasks: Gauge,
     /// One counter per `RejectReason`, created up front so every reason shows at 0.
@@ -81,6 +83,8 @@ impl Metrics {
             shadow_percent: Family::default(),
             shadow_control_changes: Family::default(),
             admin_denied: Family::default(),
+            record_lines: Family::default(),
+            record_dropped: Family::default(),
             runtime_tasks: Gauge::default(),
             rejected: RejectReason::ALL
                 .map(|reason| rejected.get_or_create_owned(&RejectLabels { reason })),
@@ -154,6 +158,16 @@ impl Metrics {
             "admin_denied",
             "Admin requests refused, by reason (missing_token, wrong_token, no_token_configured, token_unreadable, host_not_local)",
             m.admin_denied.clone(),
+        );
+        r.register(
+            "record_lines",
+            "Exchanges written to a shadow's record file",
+            m.record_lines.clone(),
+        );
+        r.register(
+            "record_dropped",
+            "Record lines not written, by reason (record_full, write_error)",
+            m.record_dropped.clone(),
         );
         r.register(
             "shadow_dropped",
@@ -410,6 +424,26 @@ impl Metrics {
         }
     }
 
+    /// Handles for one shadow policy's record file.
+    pub(crate) fn record(&self, route: &str, shadow: &str) -> RecordMetrics {
+        let rs = RouteShadowLabels {
+            route: route.to_string(),
+            shadow: shadow.to_string(),
+        };
+        let dropped = |reason| {
+            self.record_dropped.get_or_create_owned(&RecordDropLabels {
+                route: route.to_string(),
+                shadow: shadow.to_string(),
+                reason,
+            })
+        };
+        RecordMetrics {
+            lines: self.record_lines.get_or_create_owned(&rs),
+            full: dropped(RecordDropReason::record_full),
+            write_error: dropped(RecordDropReason::write_error),
+        }
+    }
+
     /// Handles for one leg of one (route, path template).
     pub(crate) fn path_leg(&self, route: &str, path: &str, leg: Leg, cluster: &str) -> LegMetrics {
         let lat = |phase| {
@@ -507,6 +541,14 @@ impl ShadowControlMetrics {
     pub(crate) fn changed(&self, change: ControlChange) {
         self.changes[change as usize].inc();
     }
+}
+
+/// One record file's counters.
+#[derive(Clone)]
+pub(crate) struct RecordMetrics {
+    pub(crate) lines: Counter,
+    pub(crate) full: Counter,
+    pub(crate) write_error: Counter,
 }
 
 /// Cached handles for one (route, shadow) policy.

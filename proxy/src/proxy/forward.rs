@@ -146,6 +146,7 @@ pub(crate) async fn forward<'r>(
                 .as_ref()
                 .map(|r| headers::detached(r.headers()))
                 .unwrap_or_default(),
+            to_headers: result.is_ok().then_some(elapsed),
         });
     }
     PrimaryAnswer {
@@ -201,6 +202,7 @@ impl Drop for PrimaryReport {
             status: None,
             error: Some(CANCELLED),
             headers: http::HeaderMap::new(),
+            to_headers: None,
         });
     }
 }

@@ -15,6 +15,7 @@ use crate::config::{Config, ForwardedMode, RouteConfig};
 use crate::http::checks::RequestLimits;
 use crate::metrics::{Leg, Metrics, RouteMetrics};
 use crate::route::RouteTable;
+use crate::shadow::capture::Recorder;
 use crate::shadow::compare::{Comparator, MismatchRing};
 use crate::shadow::control::Controls;
 use crate::shadow::dispatch::{Dispatcher, shadow_cluster};
@@ -138,6 +139,9 @@ impl Snapshot {
                             timeout: sh.timeout,
                             host: sh.host.clone(),
                             metrics: metrics.shadow_policy(&r.name, &sh.cluster),
+                            recorder: sh.record.as_ref().and_then(|c| {
+                                Recorder::start(c, metrics.record(&r.name, &sh.cluster))
+                            }),
                         });
                         let queue = queues.get(sh.cluster.as_str())?.clone();
                         let control = shared.controls.get(&r.name, sh, || {

@@ -16,6 +16,7 @@ use http_body_util::BodyExt;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::capture::line as capture;
 use super::compare::{BodySide, Comparator, Verdict};
 use super::queue::{Circuit, ShadowJob};
 use super::queue::{PrimaryBodyWatch, PrimaryOutcome};
@@ -112,6 +113,7 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     // Every sent copy gets one outcome, also when shutdown abandons it mid-way.
     let mut unrecorded = Unrecorded::new(&job.spec);
     let ep = ex.upstream.pick();
+    let taken = capture::take(&job);
     let ShadowJob {
         spec,
         method,
@@ -135,10 +137,8 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     *req.method_mut() = method.clone();
     *req.uri_mut() = upstream_uri(ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
-    let keep = spec
-        .compare
-        .compares_body()
-        .then_some(spec.compare.max_body);
+    let keep =
+        (spec.compare.compares_body() || spec.recorder.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let answer = match ex.upstream.send_within(ep, req, spec.timeout).await {
@@ -194,7 +194,11 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         raw_path: path_and_query.path(),
         primary_status: primary.status,
     };
+    let judged = (verdict.result, verdict.skipped);
     record::verdict(&spec, &path, &subject, &answer, verdict);
+    if let Some(t) = taken {
+        t.finish(&answer, judged.0, judged.1).await;
+    }
 }
 
 /// Compares a shadow's answer with the primary's.

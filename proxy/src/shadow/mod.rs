@@ -3,10 +3,12 @@
 //! primary's answer builds the copies (`pending`) and offers them to each shadow cluster's
 //! bounded queue (`queue`); a dispatcher per shadow cluster takes them off (`dispatch`) and
 //! sends each with the cluster's own client (`exchange`); the answer is compared (`compare`)
-//! and recorded (`record`); `rate` caps copies per second; `trace` tells the access log what became of each copy. The
+//! and recorded (`record`), and some exchanges written to a file (`capture`); `rate` caps
+//! copies per second; `trace` tells the access log what became of each copy. The
 //! admin API pauses a policy or overrides its percent at runtime (`control`). Nothing on
 //! the primary path waits for any of it; every copy not sent is counted with its reason.
 
+pub(crate) mod capture;
 pub(crate) mod compare;
 pub(crate) mod control;
 pub(crate) mod dispatch;

@@ -85,7 +85,7 @@ impl Pending {
             .targets
             .iter()
             .map(|(t, _)| t)
-            .filter(|t| t.spec.compare.compares_body())
+            .filter(|t| t.spec.compare.compares_body() || t.spec.recorder.is_some())
             .map(|t| t.spec.compare.max_body)
             .max();
         Pending {

@@ -31,6 +31,8 @@ pub(crate) struct PrimaryOutcome {
     pub(crate) error: Option<&'static str>,
     /// The primary's response headers (empty when it failed).
     pub(crate) headers: HeaderMap,
+    /// From sending to the primary to its response head.
+    pub(crate) to_headers: Option<Duration>,
 }
 
 /// Where the primary's response body arrives for comparisons: `None` until it is known.

@@ -27,6 +27,8 @@ pub(crate) struct CopySpec {
     pub(crate) timeout: Duration,
     pub(crate) host: ShadowHost,
     pub(crate) metrics: ShadowPolicyMetrics,
+    /// The record file's writer, when the policy records exchanges.
+    pub(crate) recorder: Option<Arc<super::capture::Recorder>>,
 }
 
 impl CopySpec {
