@@ -500,12 +500,12 @@ impl ShadowFile {
             ));
         }
         if let Some(r) = &self.max_rps
-            && !(r.value > 0.0 && r.value <= MAX_RATE)
+            && !(MIN_RATE..=MAX_RATE).contains(&r.value)
         {
             return Err(Invalid::at(
                 Some(&r.referenced),
                 &format!("{key}.max_rps"),
-                format!("must be greater than 0 and at most {MAX_RATE}"),
+                format!("must be between {MIN_RATE} and {MAX_RATE}"),
             ));
         }
         if let Some(b) = &self.max_burst {
@@ -532,6 +532,9 @@ impl ShadowFile {
 const SAFE_METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "TRACE"];
 /// The largest `max_rps` and `max_burst`.
 const MAX_RATE: f64 = 1_000_000.0;
+/// The smallest `max_rps` (one copy in about 17 minutes): the bucket's times stay far
+/// inside 64 bits of nanoseconds even with the largest burst.
+const MIN_RATE: f64 = 0.001;
 
 impl MatchFile {
     fn validate(&self, key: &str) -> Result<(), Invalid> {

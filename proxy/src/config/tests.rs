@@ -474,7 +474,12 @@ fn capacity_keys_refused_name_their_key() {
             "amplify",
             "methods include POST",
         ),
-        ("{ cluster: c, max_rps: 0 }", "max_rps", "greater than 0"),
+        ("{ cluster: c, max_rps: 0 }", "max_rps", "between 0.001 and"),
+        (
+            "{ cluster: c, max_rps: 0.0001 }",
+            "max_rps",
+            "between 0.001 and",
+        ),
         (
             "{ cluster: c, max_burst: 5 }",
             "max_burst",

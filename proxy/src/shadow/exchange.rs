@@ -137,8 +137,8 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     *req.method_mut() = method.clone();
     *req.uri_mut() = upstream_uri(ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
-    let keep =
-        (spec.compare.compares_body() || spec.recorder.is_some()).then_some(spec.compare.max_body);
+    // Bodies are read only when they are compared or this copy is recorded.
+    let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let answer = match ex.upstream.send_within(ep, req, spec.timeout).await {
@@ -185,9 +185,6 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     }
 
     let verdict = judge(&spec.compare, &primary, primary_body, &answer, spec.timeout).await;
-    drop(permit);
-    drop(gauge);
-    drop(charge);
     let subject = Subject {
         request_id: &request_id,
         method: &method,
@@ -199,6 +196,11 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     if let Some(t) = taken {
         t.finish(&answer, judged.0, judged.1).await;
     }
+    // Held until here: a copy's bodies (the comparison's and the recording's) count
+    // against the in-flight cap and the byte budget for as long as they are held.
+    drop(permit);
+    drop(gauge);
+    drop(charge);
 }
 
 /// Compares a shadow's answer with the primary's.

@@ -46,7 +46,7 @@ impl RateCap {
             }
             match self.tat.compare_exchange_weak(
                 tat,
-                start + self.interval,
+                start.saturating_add(self.interval),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {

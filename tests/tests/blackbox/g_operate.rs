@@ -164,7 +164,8 @@ async fn a_rolling_update_sigterm_with_drain_delay_fails_no_request() {
         let failed: Vec<_> = results.iter().filter(|r| **r != Some(200)).collect();
         assert!(failed.is_empty(), "failed requests: {failed:?}");
     }
-    assert!(total >= 40, "{total} requests");
+    // At least 20 before SIGTERM and 10 after /ready failed reached the upstream.
+    assert!(total >= 30, "{total} requests");
     let status = p
         .wait_exit(Duration::from_secs(10))
         .await

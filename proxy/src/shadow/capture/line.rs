@@ -38,9 +38,10 @@ pub(crate) struct Taken {
     primary_body: Option<PrimaryBodyWatch>,
 }
 
-/// Decides whether `job` is recorded; if so, keeps what its line needs.
+/// Decides whether `job` is recorded; if so, keeps what its line needs. Only a request's
+/// first copy is (the others of an amplified request are load, never compared).
 pub(crate) fn take(job: &ShadowJob) -> Option<Taken> {
-    let recorder = job.spec.recorder.as_ref()?;
+    let recorder = job.spec.recorder.as_ref().filter(|_| job.copy == 1)?;
     match recorder.threshold {
         0 => return None,
         t if t >= sample::SCALE => {}

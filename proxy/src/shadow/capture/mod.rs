@@ -40,6 +40,14 @@ pub(crate) struct Recorder {
     metrics: RecordMetrics,
 }
 
+/// Headers that carry credentials: never written, whatever `redact` lists.
+const ALWAYS_REDACTED: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
 impl Recorder {
     /// Starts the file's writer thread; `None` (logged) when no thread can be started.
     pub(crate) fn start(c: &RecordConfig, metrics: RecordMetrics) -> Option<Arc<Recorder>> {
@@ -53,8 +61,10 @@ impl Recorder {
     }
 
     fn new(c: &RecordConfig, tx: SyncSender<Vec<u8>>, metrics: RecordMetrics) -> Self {
-        let (pointers, headers) = c.redact.iter().cloned().partition(|r| r.starts_with('/'));
-        let headers: Vec<String> = headers;
+        let (pointers, mut headers): (Vec<String>, Vec<String>) =
+            c.redact.iter().cloned().partition(|r| r.starts_with('/'));
+        // Credentials never reach the file, listed or not.
+        headers.extend(ALWAYS_REDACTED.iter().map(|h| h.to_string()));
         Recorder {
             tx,
             threshold: sample::threshold(c.sample),
@@ -93,23 +103,22 @@ impl Recorder {
         )
     }
 
-    /// The body as base64, JSON pointers redacted when it is JSON.
-    fn body_b64(&self, body: &[u8]) -> String {
-        if !self.pointers.is_empty()
-            && let Ok(mut v) = serde_json::from_slice::<Value>(body)
-        {
-            let mut changed = false;
-            for p in &self.pointers {
-                if let Some(slot) = v.pointer_mut(p) {
-                    *slot = Value::String(REDACTED.into());
-                    changed = true;
-                }
-            }
-            if changed && let Ok(out) = serde_json::to_vec(&v) {
-                return BASE64.encode(out);
+    /// The body as base64, JSON pointers redacted. With pointers to redact, a body that is
+    /// not JSON (a form, compressed bytes, ...) is not written at all (`null`): redaction
+    /// fails closed.
+    fn body_b64(&self, body: &[u8]) -> Value {
+        if self.pointers.is_empty() || body.is_empty() {
+            return Value::String(BASE64.encode(body));
+        }
+        let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+            return Value::Null;
+        };
+        for p in &self.pointers {
+            if let Some(slot) = v.pointer_mut(p) {
+                *slot = Value::String(REDACTED.into());
             }
         }
-        BASE64.encode(body)
+        serde_json::to_vec(&v).map_or(Value::Null, |out| Value::String(BASE64.encode(out)))
     }
 
     /// `body`, `body_len`, `truncated` of an answer's body as kept for comparison.
@@ -284,7 +293,7 @@ mod tests {
         assert_eq!(m.lines.get(), 0);
     }
 
-    /// Catches: header names or JSON pointers reaching the file unredacted.
+    /// Catches: credentials, header names or JSON pointers reaching the file unredacted.
     #[test]
     fn headers_and_json_pointers_are_redacted() {
         let (tx, _rx) = sync_channel(1);
@@ -292,22 +301,37 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
         h.insert("x-other", HeaderValue::from_static("kept"));
+        h.insert("cookie", HeaderValue::from_static("session=c00kie"));
         let v = rec.headers_json(&h).to_string();
         assert!(
-            !v.contains("s3cret") && v.contains(REDACTED) && v.contains("kept"),
+            !v.contains("s3cret")
+                && !v.contains("c00kie")
+                && v.contains(REDACTED)
+                && v.contains("kept"),
             "{v}"
         );
+        let b64 = |v: Value| BASE64.decode(v.as_str().expect("a body")).unwrap();
         let body = br#"{"user":{"email":"a@b.c","name":"n"}}"#;
-        let out = BASE64.decode(rec.body_b64(body)).unwrap();
+        let out = b64(rec.body_b64(body));
         let out = String::from_utf8(out).unwrap();
         assert!(
             !out.contains("a@b.c") && out.contains(REDACTED) && out.contains("\"n\""),
             "{out}"
         );
-        assert_eq!(
-            BASE64.decode(rec.body_b64(b"not json")).unwrap(),
-            b"not json"
-        );
+        // Not JSON while pointers are to be redacted: not written.
+        assert_eq!(rec.body_b64(b"email=a@b.c"), Value::Null);
+        // Without pointers, bodies are written as they are.
+        let (tx, _rx) = sync_channel(1);
+        let mut c = config(Path::new("/x"));
+        c.redact.retain(|r| !r.starts_with('/'));
+        let plain = Recorder::new(&c, tx, metrics());
+        assert_eq!(b64(plain.body_b64(b"not json")), b"not json");
+        // Credentials even when the list does not name them.
+        c.redact.clear();
+        let (tx, _rx) = sync_channel(1);
+        let bare = Recorder::new(&c, tx, metrics());
+        let v = bare.headers_json(&h).to_string();
+        assert!(!v.contains("s3cret") && !v.contains("c00kie"), "{v}");
     }
 
     /// Catches: a file growing past max_bytes, or rotation keeping more (or fewer) files.
