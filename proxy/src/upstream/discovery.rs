@@ -187,6 +187,9 @@ where
             let Ok((m, result)) = done else { continue };
             counters[result as usize].inc();
             if let Some(now) = m.checked(result == HealthResult::ok, h.healthy, h.unhealthy) {
+                // The cluster's state first (a shadow's circuit), then the gauge.
+                self.update_any_healthy();
+                m.show();
                 if now {
                     tracing::info!(cluster = %self.metrics.cluster, leg = ?self.metrics.leg, endpoint = %m.label, "endpoint healthy again");
                 } else {

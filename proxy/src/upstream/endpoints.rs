@@ -103,10 +103,15 @@ impl EndpointState {
             return None;
         }
         self.healthy.store(now, Ordering::Relaxed);
-        if let Some(g) = &self.gauge {
-            g.set(now);
-        }
         Some(now)
+    }
+
+    /// Shows the health in the endpoint's gauge (after everything that depends on it is
+    /// updated, so a reader of the gauge never sees a state the proxy does not act on).
+    pub(super) fn show(&self) {
+        if let Some(g) = &self.gauge {
+            g.set(self.healthy());
+        }
     }
 }
 
