@@ -405,3 +405,48 @@ async fn the_system_resolver_turns_localhost_into_its_addresses() {
         assert_eq!(p.get("/x").await, (StatusCode::OK, "local".to_string()));
     }
 }
+
+#[tokio::test]
+async fn a_drained_address_finishes_the_requests_it_already_has() {
+    let a = FakeUpstream::builder()
+        .name("a")
+        .delay_on("/slow", Duration::from_secs(2))
+        .start_on("127.0.0.2:0".parse().unwrap())
+        .await;
+    let b_addr = SocketAddr::new("127.0.0.3".parse().unwrap(), a.addr.port());
+    let b = FakeUpstream::builder().name("b").start_on(b_addr).await;
+    let port = a.addr.port();
+    let resolver = Arc::new(MapResolver::default());
+    resolver.set("backend.test", &[a.addr.ip()]);
+    let p = Arc::new(Proxy::start(
+        &config(
+            &format!(
+                "  primary: {{ endpoints: [\"http://backend.test:{port}\"], resolve: 50ms }}\n"
+            ),
+            "  - { name: all, primary: primary }\n",
+        ),
+        Some(resolver.clone()),
+    ));
+    assert_eventually!(p.get("/x").await.1 == "a", "traffic goes to a");
+    let slow = tokio::spawn({
+        let p = p.clone();
+        async move { p.get("/slow").await }
+    });
+    assert_eventually!(
+        a.received().iter().any(|r| r.uri.path() == "/slow"),
+        "the slow request reached a"
+    );
+    resolver.set("backend.test", &[b.addr.ip()]);
+    assert_eventually!(p.get("/x").await.1 == "b", "new requests go to b");
+    assert!(!slow.is_finished(), "still in flight when a was drained");
+    assert_eq!(
+        slow.await.unwrap(),
+        (StatusCode::OK, "a".to_string()),
+        "the request in flight finished on a"
+    );
+    assert_eventually!(
+        a.open() == 0,
+        "then a's connections closed: {} open",
+        a.open()
+    );
+}
