@@ -24,6 +24,7 @@ use crate::reload::{Reload, Reloader};
 use crate::server::Server;
 use crate::shadow::dispatch::Dispatchers;
 use crate::shutdown::Stop;
+use crate::upstream::{Resolve, SystemResolver};
 
 /// A listener that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +136,18 @@ impl App {
     /// Registers the metrics in `registry` and builds the first snapshot, starting its
     /// shadow dispatchers (so: call it inside a Tokio runtime).
     pub fn build(config: Config, registry: &mut Registry) -> App {
+        Self::build_with_resolver(config, registry, Arc::new(SystemResolver))
+    }
+
+    /// `build`, with `resolver` resolving the endpoint names of clusters with `resolve`.
+    pub fn build_with_resolver(
+        config: Config,
+        registry: &mut Registry,
+        resolver: Arc<dyn Resolve>,
+    ) -> App {
         let config = Arc::new(config);
         let metrics = Metrics::new(registry);
-        let shared = Shared::new(metrics.clone(), &config);
+        let shared = Shared::new(metrics.clone(), &config).with_resolver(resolver);
         let (first, dispatchers) = Snapshot::build(config.clone(), &shared, None);
         let running = Arc::new(Dispatchers::default());
         running.start(dispatchers);
@@ -348,6 +358,12 @@ impl App {
             shadow_in_flight: cluster.in_flight.get(),
             held_bytes: cluster.held_bytes.get(),
         }
+    }
+
+    /// Clusters' checker tasks (health checks, re-resolution) alive, of every config
+    /// generation.
+    pub fn discovery_tasks(&self) -> i64 {
+        self.metrics.health.tasks.get()
     }
 }
 

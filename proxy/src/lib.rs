@@ -33,6 +33,7 @@ pub use proxy::body::{ClientBody, RequestBody};
 pub use proxy::conn::ConnInfo;
 pub use proxy::error::ProxyBody;
 pub use reload::Reload;
+pub use upstream::{Lookup, Resolve, SystemResolver};
 pub use watch::{ConfigWatch, watch_config};
 
 /// The package version (`Cargo.toml`).
@@ -51,6 +52,7 @@ pub mod testing {
     pub use crate::http::host::request_host;
     pub use crate::server::clock::ConnClock;
     pub use crate::server::guard::H1Tracker;
+    pub use crate::upstream::resolve::MapResolver;
 
     /// The response a refused request gets.
     pub fn reject_response(r: Reject) -> http::Response<crate::ProxyBody> {

@@ -252,6 +252,12 @@ fn the_schema_knows_every_key_the_binary_knows_with_its_default() {
         "defaults.yaml",
     );
     walk(&schema, &schema, &defaults, "$", true, &mut problems);
+    // Endpoint health and discovery: the defaults inside `health: {}`.
+    let health = check_json(
+        "listeners: [{ name: a, address: \"127.0.0.1:1\" }]\nclusters:\n  p: { endpoints: [\"http://127.0.0.1:2\"], health: {}, resolve: 10s }\nroutes:\n  - { name: r, primary: p }\n",
+        "health.yaml",
+    );
+    walk(&schema, &schema, &health, "$", true, &mut problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
     // The walk itself notices a key the schema lacks.

@@ -129,6 +129,8 @@ struct State {
     accepted: AtomicUsize,
     open: AtomicUsize,
     max_open: AtomicUsize,
+    /// Statuses by path prefix set while running (`set_status_on`), before the builder's.
+    status_now: Mutex<Vec<(String, StatusCode)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -240,7 +242,13 @@ impl FakeUpstreamBuilder {
     }
 
     pub async fn start(self) -> FakeUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        self.start_on("127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// Starts on `addr` (another loopback address, such as `127.0.0.2:0`, or the port
+    /// of another upstream on another address).
+    pub async fn start_on(self, addr: SocketAddr) -> FakeUpstream {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State::default());
         let behaviour = Arc::new(self.b);
@@ -417,11 +425,16 @@ async fn answer(
     if !(b.delay + extra).is_zero() {
         tokio::time::sleep(b.delay + extra).await;
     }
-    let status = b
-        .status_on
+    let set_now = lock(&st.status_now)
         .iter()
         .find(|(p, _)| parts_path.starts_with(p.as_str()))
-        .map_or(b.status, |(_, s)| *s);
+        .map(|(_, s)| *s);
+    let status = set_now.unwrap_or_else(|| {
+        b.status_on
+            .iter()
+            .find(|(p, _)| parts_path.starts_with(p.as_str()))
+            .map_or(b.status, |(_, s)| *s)
+    });
     let mut resp = Response::builder().status(status);
     if let Some(name) = &b.name {
         resp = resp.header("x-upstream", name.as_str());
@@ -526,6 +539,24 @@ impl FakeUpstream {
     /// The most connections open at once so far.
     pub fn max_open(&self) -> usize {
         self.state.max_open.load(Ordering::SeqCst)
+    }
+
+    /// From now on, paths starting with `prefix` are answered `status` (HTTP mode; the
+    /// latest call for a prefix wins over earlier ones and over the builder's).
+    pub fn set_status_on(&self, prefix: &str, status: u16) {
+        let status = StatusCode::from_u16(status).expect("valid status");
+        let mut now = lock(&self.state.status_now);
+        now.retain(|(p, _)| p != prefix);
+        now.push((prefix.to_string(), status));
+    }
+
+    /// Requests recorded whose path is not `path` (HTTP mode): traffic without the
+    /// health checks, say.
+    pub fn count_except(&self, path: &str) -> usize {
+        lock(&self.state.received)
+            .iter()
+            .filter(|r| r.uri.path() != path)
+            .count()
     }
 }
 

@@ -6,12 +6,12 @@ use serde_saphyr::{Location, Spanned};
 
 use super::check::{Invalid, first_line, parse_addr};
 use super::file::{
-    ConfigFile, LimitsFile, RouteFile, ShadowFile, ShadowHostFile, ShadowMethodsFile,
+    ConfigFile, HealthFile, LimitsFile, RouteFile, ShadowFile, ShadowHostFile, ShadowMethodsFile,
 };
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
-    Limits, ListenerConfig, MatchConfig, RecordConfig, RouteConfig, ShadowConfig, ShadowHost,
-    TraceContextConfig, parse_endpoint,
+    HealthConfig, Limits, ListenerConfig, MatchConfig, RecordConfig, RouteConfig, ShadowConfig,
+    ShadowHost, TraceContextConfig, parse_endpoint,
 };
 
 /// Parses, checks and converts `text`; errors name `file`.
@@ -81,6 +81,12 @@ impl TryFrom<ConfigFile> for Config {
                     shadow_queue: c.shadow_queue.value,
                     shadow_max_in_flight: c.shadow_max_in_flight.value,
                     shadow_max_bytes: c.shadow_max_bytes.value.bytes(),
+                    health: c
+                        .health
+                        .as_ref()
+                        .map(|h| health(h, &format!("clusters.{name}.health")))
+                        .transpose()?,
+                    resolve: c.resolve.as_ref().map(|d| d.value.get()),
                 },
             );
         }
@@ -114,6 +120,20 @@ impl TryFrom<ConfigFile> for Config {
             },
         })
     }
+}
+
+fn health(h: &Spanned<HealthFile>, key: &str) -> Result<HealthConfig, Invalid> {
+    let path =
+        h.value.path.parse().map_err(|_| {
+            Invalid::at(Some(&h.referenced), &format!("{key}.path"), "invalid path")
+        })?;
+    Ok(HealthConfig {
+        path,
+        interval: h.value.interval.get(),
+        timeout: h.value.timeout.get(),
+        healthy: h.value.healthy,
+        unhealthy: h.value.unhealthy,
+    })
 }
 
 fn route(r: &RouteFile, key: &str) -> Result<RouteConfig, Invalid> {

@@ -290,6 +290,38 @@ impl ClusterFile {
                 ));
             }
         }
+        self.validate_discovery(key)
+    }
+
+    /// `health` and `resolve`.
+    fn validate_discovery(&self, key: &str) -> Result<(), Invalid> {
+        if let Some(r) = &self.resolve
+            && r.value.get() < std::time::Duration::from_millis(10)
+        {
+            let k = format!("{key}.resolve");
+            return Err(Invalid::at(Some(&r.referenced), &k, "at least 10ms"));
+        }
+        let Some(h) = &self.health else {
+            return Ok(());
+        };
+        let at = Some(&h.referenced);
+        let hv = &h.value;
+        if !hv.path.starts_with('/') || hv.path.parse::<http::uri::PathAndQuery>().is_err() {
+            let k = format!("{key}.health.path");
+            return Err(Invalid::at(at, &k, "a path starting with '/'"));
+        }
+        for (field, d) in [("interval", hv.interval), ("timeout", hv.timeout)] {
+            if d.get() < std::time::Duration::from_millis(10) {
+                let k = format!("{key}.health.{field}");
+                return Err(Invalid::at(at, &k, "at least 10ms"));
+            }
+        }
+        for (field, n) in [("healthy", hv.healthy), ("unhealthy", hv.unhealthy)] {
+            if !(1..=100).contains(&n) {
+                let k = format!("{key}.health.{field}");
+                return Err(Invalid::at(at, &k, "must be between 1 and 100"));
+            }
+        }
         Ok(())
     }
 }

@@ -135,6 +135,48 @@ pub(super) struct ClusterFile {
     /// would pass it is dropped `queue_full`.
     #[serde(default = "default_shadow_max_bytes")]
     pub(super) shadow_max_bytes: Spanned<Size>,
+    // Endpoint health and discovery.
+    /// Active health checks of every endpoint; absent: none.
+    #[serde(default)]
+    pub(super) health: Option<Spanned<HealthFile>>,
+    /// Endpoint host names resolved this often (every address is an endpoint); absent:
+    /// resolved by the connector on each new connection.
+    #[serde(default)]
+    pub(super) resolve: Option<Spanned<Dur>>,
+}
+
+/// A cluster's active health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthFile {
+    #[serde(default = "default_health_path")]
+    pub(super) path: String,
+    #[serde(default = "default_health_interval")]
+    pub(super) interval: Dur,
+    #[serde(default = "default_health_timeout")]
+    pub(super) timeout: Dur,
+    /// Successes in a row that make an unhealthy endpoint healthy again.
+    #[serde(default = "default_health_healthy")]
+    pub(super) healthy: u32,
+    /// Failures in a row that make an endpoint unhealthy.
+    #[serde(default = "default_health_unhealthy")]
+    pub(super) unhealthy: u32,
+}
+
+pub(super) fn default_health_path() -> String {
+    "/healthz".to_string()
+}
+pub(super) fn default_health_interval() -> Dur {
+    Dur::secs(5)
+}
+pub(super) fn default_health_timeout() -> Dur {
+    Dur::secs(1)
+}
+pub(super) fn default_health_healthy() -> u32 {
+    2
+}
+pub(super) fn default_health_unhealthy() -> u32 {
+    3
 }
 
 #[derive(Debug, Clone, Deserialize)]

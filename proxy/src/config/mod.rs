@@ -154,6 +154,38 @@ pub struct ClusterConfig {
     /// As a shadow: body bytes held by queued and in-flight copies together.
     #[serde(serialize_with = "units::size")]
     pub shadow_max_bytes: u64,
+    /// Active health checks; `None`: none (every endpoint counts as healthy).
+    pub health: Option<HealthConfig>,
+    /// Endpoint host names re-resolved this often, every address an endpoint; `None`:
+    /// resolved by the connector on each new connection.
+    #[serde(serialize_with = "opt_duration")]
+    pub resolve: Option<Duration>,
+}
+
+/// A cluster's active health checks: `GET path` to every endpoint each `interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthConfig {
+    #[serde(serialize_with = "display")]
+    pub path: http::uri::PathAndQuery,
+    #[serde(serialize_with = "units::duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "units::duration")]
+    pub timeout: Duration,
+    /// Successes in a row that make an unhealthy endpoint healthy again.
+    pub healthy: u32,
+    /// Failures in a row (non-2xx, timeout, connection error) that make it unhealthy.
+    pub unhealthy: u32,
+}
+
+fn display<S: Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn opt_duration<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => units::duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// One route.

@@ -580,3 +580,55 @@ fn record_parses_with_defaults_and_is_checked() {
         assert!(e.contains(msg), "want {msg:?} in {e}");
     }
 }
+
+// Endpoint health and discovery.
+
+#[test]
+fn health_and_resolve_parse_with_defaults_and_are_checked() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(
+        c.clusters["primary"].health, None,
+        "absent: no active checks"
+    );
+    assert_eq!(c.clusters["primary"].resolve, None);
+    let with = |extra: &str| MINIMAL.replace("9000\"] }", &format!("9000\"], {extra} }}"));
+    let c = Config::from_yaml(&with("health: {}, resolve: 10s")).unwrap();
+    let p = &c.clusters["primary"];
+    let h = p.health.as_ref().unwrap();
+    assert_eq!(h.path, "/healthz");
+    assert_eq!(
+        (h.interval, h.timeout, h.healthy, h.unhealthy),
+        (Duration::from_secs(5), Duration::from_secs(1), 2, 3)
+    );
+    assert_eq!(p.resolve, Some(Duration::from_secs(10)));
+    let json = c.to_json();
+    assert_eq!(json["clusters"]["primary"]["health"]["interval"], "5s");
+    assert_eq!(json["clusters"]["primary"]["resolve"], "10s");
+    let c = Config::from_yaml(&with(
+        "health: { path: /ready?deep=1, interval: 250ms, timeout: 100ms, healthy: 1, unhealthy: 5 }",
+    ))
+    .unwrap();
+    let h = c.clusters["primary"].health.clone().unwrap();
+    assert_eq!((h.path.as_str(), h.unhealthy), ("/ready?deep=1", 5));
+    for (bad, key) in [
+        ("health: { path: healthz }", "clusters.primary.health.path"),
+        (
+            "health: { interval: 0s }",
+            "clusters.primary.health.interval",
+        ),
+        (
+            "health: { timeout: 1ms }",
+            "clusters.primary.health.timeout",
+        ),
+        ("health: { healthy: 0 }", "clusters.primary.health.healthy"),
+        (
+            "health: { unhealthy: 101 }",
+            "clusters.primary.health.unhealthy",
+        ),
+        ("health: { bogus: 1 }", "bogus"),
+        ("resolve: 0s", "clusters.primary.resolve"),
+    ] {
+        let e = err(&with(bad));
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+}

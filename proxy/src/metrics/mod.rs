@@ -13,9 +13,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets_range
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+mod health;
 mod labels;
 mod text;
 
+pub(crate) use health::{EndpointGauge, HealthFamilies, HealthResult};
 pub(crate) use labels::*;
 pub(crate) use text::{Format, encode_as};
 
@@ -57,6 +59,8 @@ pub(crate) struct Metrics {
     /// WebSocket tunnels open.
     pub(crate) tunnels: Gauge,
     pub(crate) in_flight: Gauge,
+    /// Endpoint health gauges and health-check counters.
+    pub(crate) health: Arc<HealthFamilies>,
 }
 
 /// Latency buckets: 100 us to 30 s, shared by every latency histogram.
@@ -103,6 +107,7 @@ impl Metrics {
             path_responses: Family::default(),
             compare_results: Family::default(),
             compare_skipped: Family::default(),
+            health: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
         r.register(
@@ -273,6 +278,7 @@ impl Metrics {
             "Requests refused before forwarding, by reason",
             rejected,
         );
+        m.health.register(r);
         r.register(
             "requests_in_flight",
             "Requests being handled",
@@ -315,6 +321,9 @@ impl Metrics {
             connect_errors: err(UpstreamErrorKind::connect),
             timeout_errors: err(UpstreamErrorKind::timeout),
             protocol_errors: err(UpstreamErrorKind::protocol),
+            cluster: cluster.to_string(),
+            leg,
+            health: self.health.clone(),
         }
     }
 
@@ -642,6 +651,9 @@ pub(crate) struct ClusterMetrics {
     connect_errors: Counter,
     timeout_errors: Counter,
     protocol_errors: Counter,
+    pub(crate) cluster: String,
+    pub(crate) leg: Leg,
+    pub(crate) health: Arc<HealthFamilies>,
 }
 
 impl ClusterMetrics {

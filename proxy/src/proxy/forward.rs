@@ -39,10 +39,10 @@ use crate::upstream::{EndpointState, UpstreamError, upstream_uri};
 pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// What forwarding produced.
-pub(crate) struct PrimaryAnswer<'r> {
+pub(crate) struct PrimaryAnswer {
     pub(crate) result: Result<Response<ResponseTee<Incoming>>, ProxyError>,
     /// The endpoint that answered (or failed).
-    pub(crate) endpoint: &'r str,
+    pub(crate) endpoint: Arc<str>,
     /// The protocol of a tunnel that started.
     pub(crate) tunnel: Option<HeaderValue>,
     /// From sending the request to the primary's response head (when one came).
@@ -59,13 +59,13 @@ pub(crate) struct Outgoing<'a> {
 }
 
 /// Forwards a routed request to the route's primary.
-pub(crate) async fn forward<'r>(
+pub(crate) async fn forward(
     out: Outgoing<'_>,
-    route: &'r RouteState,
+    route: &RouteState,
     snap: &Snapshot,
     conn: &ConnInfo,
     tunnels_open: &Gauge,
-) -> PrimaryAnswer<'r> {
+) -> PrimaryAnswer {
     let Outgoing {
         mut req,
         request_id,
@@ -78,7 +78,7 @@ pub(crate) async fn forward<'r>(
     let client_upgrade =
         matches!(upgrade, Upgrade::WebSocket(_)).then(|| hyper::upgrade::on(&mut req));
     let (mut upstream_req, pending, body_sent) = prepare(
-        req, route, ep, conn, snap, request_id, upgrade, &path, trace,
+        req, route, &ep, conn, snap, request_id, upgrade, &path, trace,
     );
     if let Upgrade::WebSocket(protocol) = upgrade {
         let h = upstream_req.headers_mut();
@@ -93,14 +93,14 @@ pub(crate) async fn forward<'r>(
     let resend =
         (attempts > 1 && upstream_req.body().is_end_stream()).then(|| head_of(&upstream_req));
     let sent = Instant::now();
-    let mut result = cluster.send(ep, upstream_req, body_sent).await;
+    let mut result = cluster.send(&ep, upstream_req, body_sent).await;
     if let Some(head) = resend {
         let mut tried = 1;
         while tried < attempts && matches!(result, Err(UpstreamError::Connect { .. })) {
             ep = cluster.pick();
             tracing::debug!(request_id = ?request_id, endpoint = %ep.label, "connection refused; resending to the next endpoint");
-            let req = resend_to(&head, ep, cluster.host_mode);
-            result = cluster.send(ep, req, None).await;
+            let req = resend_to(&head, &ep, cluster.host_mode);
+            result = cluster.send(&ep, req, None).await;
             tried += 1;
         }
     }
@@ -112,7 +112,7 @@ pub(crate) async fn forward<'r>(
             .is_ok_and(|r| r.status() == StatusCode::SWITCHING_PROTOCOLS)
     {
         let e = UpstreamError::Protocol {
-            endpoint: ep.label.clone(),
+            endpoint: ep.label.to_string(),
             reason: "101 Switching Protocols to a request that asked for no upgrade".to_string(),
         };
         cluster.count_error(&e);
@@ -154,7 +154,7 @@ pub(crate) async fn forward<'r>(
         result: result
             .map(|resp| resp.map(|b| ResponseTee::new(b, sent, path, sink)))
             .map_err(ProxyError::from),
-        endpoint: ep.label.as_str(),
+        endpoint: ep.label.clone(),
         tunnel,
     }
 }

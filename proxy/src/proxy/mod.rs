@@ -143,7 +143,12 @@ impl Proxy {
             .map_or(&self.no_route, |r| &r.metrics)
             .record(resp.status(), elapsed);
         if let Some(mut line) = log {
-            line.answered(route_name, resp.status().as_u16(), endpoint, upstream);
+            line.answered(
+                route_name,
+                resp.status().as_u16(),
+                endpoint.as_deref(),
+                upstream,
+            );
             match resp.body_mut() {
                 Either::Left(tee) => tee.log_at_end(line),
                 Either::Right(full) => {
@@ -157,12 +162,12 @@ impl Proxy {
 
     /// The client's response from what forwarding produced (or why it never happened),
     /// with the endpoint to log and the protocol of a tunnel that started.
-    fn respond<'r>(
+    fn respond(
         &self,
-        answer: Result<PrimaryAnswer<'r>, ProxyError>,
+        answer: Result<PrimaryAnswer, ProxyError>,
         route_name: &str,
         request_id: &HeaderValue,
-    ) -> (Response<ProxyBody>, Option<&'r str>, Option<HeaderValue>) {
+    ) -> (Response<ProxyBody>, Option<Arc<str>>, Option<HeaderValue>) {
         let (result, endpoint, tunnel) = match answer {
             Ok(a) => (a.result, Some(a.endpoint), a.tunnel),
             Err(e) => (Err(e), None, None),

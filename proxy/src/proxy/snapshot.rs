@@ -22,7 +22,7 @@ use crate::shadow::dispatch::{Dispatcher, shadow_cluster};
 use crate::shadow::policy::ShadowPolicy;
 use crate::shadow::record::CopySpec;
 use crate::stats::PathRegistry;
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, Resolve, SystemResolver};
 
 /// What every snapshot shares with the ones before it (settings a reload cannot change
 /// are taken from the first config).
@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) shadow_drain: Duration,
     /// Runtime pauses and percent overrides, kept across reloads.
     pub(crate) controls: Arc<Controls>,
+    /// Resolves endpoint names for clusters with `resolve`.
+    pub(crate) resolver: Arc<dyn Resolve>,
 }
 
 impl Shared {
@@ -43,7 +45,14 @@ impl Shared {
             mismatches: Arc::new(MismatchRing::new(first.mismatch_ring)),
             shadow_drain: first.shadow_drain,
             controls: Arc::default(),
+            resolver: Arc::new(SystemResolver),
         }
+    }
+
+    /// The same, resolving endpoint names with `resolver`.
+    pub(crate) fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = resolver;
+        self
     }
 }
 
@@ -83,11 +92,14 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> (Snapshot, Vec<Dispatcher>) {
         let metrics = &shared.metrics;
+        // Only clusters some route serves from get a primary leg (and its checker).
         let primaries: HashMap<&str, Arc<Cluster<PrimaryBody>>> = config
             .clusters
             .iter()
+            .filter(|(name, _)| config.routes.iter().any(|r| &r.primary == *name))
             .map(|(name, c)| {
-                let cluster = Cluster::new(name, c, metrics.cluster(name, Leg::primary));
+                let m = metrics.cluster(name, Leg::primary);
+                let cluster = Cluster::new(name, c, m, &shared.resolver);
                 (name.as_str(), Arc::new(cluster))
             })
             .collect();
@@ -98,7 +110,8 @@ impl Snapshot {
             if !queues.contains_key(name)
                 && let Some(c) = config.clusters.get(name)
             {
-                let (queue, dispatcher) = shadow_cluster(name, c, metrics, shared.shadow_drain);
+                let (queue, dispatcher) =
+                    shadow_cluster(name, c, metrics, shared.shadow_drain, &shared.resolver);
                 queues.insert(name, queue);
                 dispatchers.push(dispatcher);
             }

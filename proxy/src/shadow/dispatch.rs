@@ -18,7 +18,7 @@ use super::exchange::{self, Exchanger};
 use super::queue::{Circuit, ShadowJob, ShadowQueue};
 use crate::config::ClusterConfig;
 use crate::metrics::{DropReason, Leg, Metrics, ShadowClusterMetrics};
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, Resolve};
 
 /// The drain deadline every dispatcher watches: `None` while running.
 type DrainWatch = watch::Receiver<Option<Instant>>;
@@ -43,10 +43,12 @@ pub(crate) fn shadow_cluster(
     c: &ClusterConfig,
     metrics: &Metrics,
     retire_within: Duration,
+    resolver: &Arc<dyn Resolve>,
 ) -> (Arc<ShadowQueue>, Dispatcher) {
     let (tx, rx) = mpsc::channel(c.shadow_queue);
     let (retiring, retired) = oneshot::channel();
-    let circuit = Arc::new(Circuit::new(name));
+    let upstream = Cluster::new(name, c, metrics.cluster(name, Leg::shadow), resolver);
+    let circuit = Arc::new(Circuit::new(name, upstream.availability()));
     let cm = metrics.shadow_cluster(name);
     let queue = ShadowQueue::new(
         tx,
@@ -61,7 +63,7 @@ pub(crate) fn shadow_cluster(
         retire_within,
         exchanger: Arc::new(Exchanger {
             name: name.to_string(),
-            upstream: Cluster::new(name, c, metrics.cluster(name, Leg::shadow)),
+            upstream,
             circuit,
             in_flight: cm.in_flight.clone(),
         }),

@@ -130,18 +130,18 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         charge,
         copy,
     } = job;
-    if let Some(h) = shadow_host(&spec.host, host.as_ref(), ep) {
+    if let Some(h) = shadow_host(&spec.host, host.as_ref(), &ep) {
         headers.insert(header::HOST, h);
     }
     let mut req = Request::new(ShadowBody::new(body, trailers, body_len));
     *req.method_mut() = method.clone();
-    *req.uri_mut() = upstream_uri(ep, &http::Uri::from(path_and_query.clone()));
+    *req.uri_mut() = upstream_uri(&ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
     // Bodies are read only when they are compared or this copy is recorded.
     let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let answer = match ex.upstream.send_within(ep, req, spec.timeout).await {
+    let answer = match ex.upstream.send_within(&ep, req, spec.timeout).await {
         Err(e) => {
             tracing::debug!(shadow = %ex.name, request_id = ?request_id, error = %e, "shadow request failed");
             Answer::failed(match e {

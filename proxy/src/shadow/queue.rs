@@ -5,7 +5,7 @@
 //! `ShadowQueue` (held by the routes of a snapshot and by requests still in progress) drops.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -96,15 +96,18 @@ pub(crate) struct Circuit {
     /// Milliseconds since `epoch` until which copies are dropped.
     open_until_ms: AtomicU64,
     epoch: Instant,
+    /// False while the cluster's health checks find no healthy endpoint: open until one is.
+    available: Arc<AtomicBool>,
 }
 
 impl Circuit {
-    pub(crate) fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str, available: Arc<AtomicBool>) -> Self {
         Circuit {
             name: name.to_string(),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            available,
         }
     }
 
@@ -113,7 +116,8 @@ impl Circuit {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.open_until_ms.load(Ordering::Relaxed) > self.now_ms()
+        !self.available.load(Ordering::Relaxed)
+            || self.open_until_ms.load(Ordering::Relaxed) > self.now_ms()
     }
 
     /// An exchange could not connect.

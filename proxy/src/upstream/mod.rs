@@ -1,19 +1,24 @@
-//! Upstream clusters: one pooled client per cluster, round-robin over its endpoints, and
-//! passive ejection of endpoints that refuse connections.
+//! Upstream clusters: round-robin over endpoints, each with its own pooled client; passive
+//! ejection of endpoints that refuse connections; and, when configured, active health
+//! checks and periodic re-resolution of endpoint names (`discovery`), one task per cluster.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{ClusterConfig, Endpoint, HostMode};
+use crate::config::{ClusterConfig, HostMode};
 use crate::metrics::{ClusterMetrics, UpstreamErrorKind};
+
+mod discovery;
+mod endpoints;
+pub(crate) mod resolve;
+
+use endpoints::{ClientSettings, EndpointSet};
+pub(crate) use endpoints::{EndpointState, Member};
+pub use resolve::{Lookup, Resolve, SystemResolver};
 
 /// Why an upstream call failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,56 +61,18 @@ impl UpstreamError {
     }
 }
 
-type Connector = HttpsConnector<HttpConnector>;
-
-/// One endpoint of a cluster and its ejection state.
-pub(crate) struct EndpointState {
-    pub(crate) endpoint: Endpoint,
-    /// The endpoint as text (`http://10.0.0.1:8080`), for logs.
-    pub(crate) label: String,
-    /// Milliseconds since the cluster's epoch until which the endpoint is skipped.
-    ejected_until_ms: AtomicU64,
-}
-
-impl EndpointState {
-    pub(crate) fn new(endpoint: Endpoint) -> Self {
-        EndpointState {
-            label: endpoint.to_string(),
-            endpoint,
-            ejected_until_ms: AtomicU64::new(0),
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn for_tests(url: &str) -> Self {
-        Self::new(crate::config::parse_endpoint(url).expect("valid test endpoint"))
-    }
-}
-
 /// A cluster, ready to send requests with bodies of type `B`. Each `Cluster` value has its
-/// own connection pool: the primary and shadow legs of one configured cluster never share
-/// connections.
+/// own endpoints, each with its own connection pool: the primary and shadow legs of one
+/// configured cluster never share connections.
 pub(crate) struct Cluster<B = Incoming> {
     pub(crate) name: String,
-    endpoints: Vec<EndpointState>,
-    next: AtomicUsize,
-    client: Client<Connector, B>,
+    set: Arc<EndpointSet<B>>,
     timeout: Duration,
     pub(crate) host_mode: HostMode,
     ejection_time: Duration,
-    epoch: Instant,
     metrics: ClusterMetrics,
-}
-
-fn tls_config() -> rustls::ClientConfig {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+    /// Health checks and re-resolution, when configured; ends with the cluster.
+    _discovery: Option<discovery::Handle>,
 }
 
 impl<B> Cluster<B>
@@ -114,43 +81,40 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub(crate) fn new(name: &str, c: &ClusterConfig, metrics: ClusterMetrics) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(c.connect_timeout));
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(c.idle_timeout)
-            .pool_max_idle_per_host(c.max_idle_per_endpoint)
-            .build(https);
-        let endpoints = c
+    pub(crate) fn new(
+        name: &str,
+        c: &ClusterConfig,
+        metrics: ClusterMetrics,
+        resolver: &Arc<dyn Resolve>,
+    ) -> Self {
+        let settings = ClientSettings::of(c);
+        let members = c
             .endpoints
             .iter()
-            .cloned()
-            .map(EndpointState::new)
+            .enumerate()
+            .map(|(i, e)| {
+                let label = EndpointState::metric_name(e, None);
+                let gauge = metrics.health.endpoint(name, metrics.leg, label);
+                Arc::new(settings.member(e.clone(), None, i, Some(gauge)))
+            })
             .collect();
+        let set = Arc::new(EndpointSet::new(members));
+        let discovery =
+            discovery::Discovery::new(c, set.clone(), resolver.clone(), metrics.clone()).start();
         Cluster {
             name: name.to_string(),
-            endpoints,
-            next: AtomicUsize::new(0),
-            client,
+            set,
             timeout: c.timeout,
             host_mode: c.host,
             ejection_time: c.ejection_time,
-            epoch: Instant::now(),
             metrics,
+            _discovery: discovery,
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// False while health checks find no healthy endpoint (always true without them).
+    pub(crate) fn availability(&self) -> Arc<AtomicBool> {
+        self.set.any_healthy.clone()
     }
 
     /// Counts an error found in an answer after the exchange itself succeeded.
@@ -161,18 +125,13 @@ where
     }
 
     pub(crate) fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
+        self.set.len()
     }
 
-    /// The next endpoint round-robin, skipping ejected ones while any other is available.
-    pub(crate) fn pick(&self) -> &EndpointState {
-        let n = self.endpoints.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
-        (0..n)
-            .map(|i| &self.endpoints[(start + i) % n])
-            .find(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
-            .unwrap_or(&self.endpoints[start % n])
+    /// The next endpoint round-robin that is healthy and not ejected (see
+    /// `EndpointSet::pick` for when none is).
+    pub(crate) fn pick(&self) -> Arc<Member<B>> {
+        self.set.pick()
     }
 
     /// Sends a request to `ep` and waits for the response head, up to the cluster's
@@ -181,7 +140,7 @@ where
     /// (a stalled one is, by the body inactivity limit).
     pub(crate) async fn send(
         &self,
-        ep: &EndpointState,
+        ep: &Member<B>,
         req: Request<B>,
         body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -191,7 +150,7 @@ where
     /// Sends a request to `ep` and waits for the response head, up to `timeout`.
     pub(crate) async fn send_within(
         &self,
-        ep: &EndpointState,
+        ep: &Member<B>,
         req: Request<B>,
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
@@ -200,13 +159,13 @@ where
 
     async fn exchange(
         &self,
-        ep: &EndpointState,
+        ep: &Member<B>,
         req: Request<B>,
         timeout: Duration,
         body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         self.metrics.requests.inc();
-        let response = self.client.request(req);
+        let response = ep.client.request(req);
         let timed = async {
             let Some(sent) = body_sent else {
                 return tokio::time::timeout(timeout, response).await;
@@ -223,21 +182,21 @@ where
             Ok(Err(e)) if e.is_connect() => {
                 self.eject(ep);
                 Err(UpstreamError::Connect {
-                    endpoint: ep.label.clone(),
+                    endpoint: ep.label.to_string(),
                     reason: error_chain(&e),
                 })
             }
             Ok(Err(e)) if client_body_failed(&e) => Err(UpstreamError::ClientBody {
-                endpoint: ep.label.clone(),
+                endpoint: ep.label.to_string(),
                 reason: error_chain(&e),
                 timed_out: has_source::<crate::idle::BodyTimeout>(&e),
             }),
             Ok(Err(e)) => Err(UpstreamError::Protocol {
-                endpoint: ep.label.clone(),
+                endpoint: ep.label.to_string(),
                 reason: error_chain(&e),
             }),
             Err(_) => Err(UpstreamError::Timeout {
-                endpoint: ep.label.clone(),
+                endpoint: ep.label.to_string(),
                 timeout,
             }),
         };
@@ -248,8 +207,8 @@ where
     }
 
     fn eject(&self, ep: &EndpointState) {
-        if self.endpoints.len() > 1 {
-            let until = self.now_ms()
+        if self.set.len() > 1 {
+            let until = self.set.now_ms()
                 + u64::try_from(self.ejection_time.as_millis()).unwrap_or(u64::MAX / 2);
             ep.ejected_until_ms.store(until, Ordering::Relaxed);
             self.metrics.ejections.inc();
@@ -263,7 +222,7 @@ pub(crate) fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Uri::builder()
         .scheme(ep.endpoint.scheme.clone())
-        .authority(ep.endpoint.authority.clone())
+        .authority(ep.target.clone())
         .path_and_query(pq)
         .build()
         .expect("scheme, authority and path were valid parts")
