@@ -168,6 +168,8 @@ async fn the_rate_cap_lets_the_burst_through_and_counts_the_rest() {
         assert_eq!(get(&proxy.url("/g")).await.0, StatusCode::OK);
     }
     assert_eventually!(c.count() == 7, "7 tokens: {}", c.count());
+    // Copies are offered once the primary's answer is complete: wait for every decision.
+    assert_eventually!(counts(&proxy).await.balanced());
     let m = proxy.metrics().await;
     assert_eq!(dropped(&m, "all", "candidate", "rate_limited"), 13.0);
     assert_eq!(dropped(&m, "all", "candidate", "method_filtered"), 10.0);
@@ -214,8 +216,10 @@ async fn the_rate_cap_holds_a_shadow_to_max_rps_under_load() {
         t.await.unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // Every copy decided (sent or dropped) and every sent one arrived.
+    assert_eventually!(counts(&proxy).await.balanced());
     let n = counts(&proxy).await;
-    assert_eventually!(c.count() as f64 == counts(&proxy).await.sent);
+    assert_eventually!(c.count() as f64 == n.sent);
     let sent = n.sent;
     assert!(
         sent <= 1.0 + RATE * elapsed,
@@ -287,8 +291,21 @@ async fn two_replicas_copy_the_same_keys_and_sets_nest_by_percent() {
             .map(|r| r.headers["x-request-id"].to_str().unwrap().to_string())
             .collect()
     };
-    // Wait until both replicas' copies are in: no new one for 200 ms.
-    assert_eventually!(settled(&c30).await && settled(&c60).await);
+    // Wait until both replicas' copies are in: every copy decided on each replica, and
+    // as many received as the replicas sent.
+    for shadow in ["c30", "c60"] {
+        let received = if shadow == "c30" { &c30 } else { &c60 };
+        assert_eventually!({
+            let mut sent = 0.0;
+            let mut balanced = true;
+            for r in &replicas {
+                let n = ShadowCounts::from_metrics(&r.metrics().await, "all", shadow);
+                balanced &= n.balanced() && n.offered == KEYS as f64;
+                sent += n.sent;
+            }
+            balanced && received.count() as f64 == sent
+        });
+    }
     let (in30, in60) = (keys(&c30, "a"), keys(&c60, "a"));
     assert_eq!(
         in30,
@@ -301,13 +318,6 @@ async fn two_replicas_copy_the_same_keys_and_sets_nest_by_percent() {
     // +-6 sd. (The keys are fixed, so the result is too.)
     assert!((43..=137).contains(&in30.len()), "{}", in30.len());
     assert!((129..=231).contains(&in60.len()), "{}", in60.len());
-}
-
-/// True when `c` has received something and nothing more for 200 ms.
-async fn settled(c: &FakeUpstream) -> bool {
-    let before = c.count();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    before == c.count() && before > 0
 }
 
 /// Catches: a trace context changed on the primary, a shadow span that is not a child
