@@ -15,6 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use base64::Engine;
@@ -33,12 +34,18 @@ pub(crate) const REDACTED: &str = "[redacted]";
 /// The sending side of one record file's writer, with what each line needs.
 pub(crate) struct Recorder {
     tx: SyncSender<Vec<u8>>,
+    /// Bytes of the lines in the channel (shared with the writer, which gives them back).
+    queued: Arc<AtomicUsize>,
     threshold: u64,
     /// Lower-case header names.
     headers: Vec<String>,
     pointers: Vec<String>,
     metrics: RecordMetrics,
 }
+
+/// Bytes the lines waiting for one file's writer may hold together (the channel's `queue`
+/// bounds their number; lines can be large: bodies are base64).
+const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 
 /// Headers that carry credentials: never written, whatever `redact` lists.
 const ALWAYS_REDACTED: [&str; 4] = [
@@ -52,7 +59,7 @@ impl Recorder {
     /// Starts the file's writer thread; `None` (logged) when no thread can be started.
     pub(crate) fn start(c: &RecordConfig, metrics: RecordMetrics) -> Option<Arc<Recorder>> {
         match spawn_writer(c, metrics.clone()) {
-            Ok((tx, _)) => Some(Arc::new(Self::new(c, tx, metrics))),
+            Ok((tx, queued, _)) => Some(Arc::new(Self::new(c, tx, queued, metrics))),
             Err(e) => {
                 tracing::error!(path = %c.path.display(), error = %e, "record writer not started");
                 None
@@ -60,13 +67,19 @@ impl Recorder {
         }
     }
 
-    fn new(c: &RecordConfig, tx: SyncSender<Vec<u8>>, metrics: RecordMetrics) -> Self {
+    fn new(
+        c: &RecordConfig,
+        tx: SyncSender<Vec<u8>>,
+        queued: Arc<AtomicUsize>,
+        metrics: RecordMetrics,
+    ) -> Self {
         let (pointers, mut headers): (Vec<String>, Vec<String>) =
             c.redact.iter().cloned().partition(|r| r.starts_with('/'));
         // Credentials never reach the file, listed or not.
         headers.extend(ALWAYS_REDACTED.iter().map(|h| h.to_string()));
         Recorder {
             tx,
+            queued,
             threshold: sample::threshold(c.sample),
             headers: headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             pointers,
@@ -74,15 +87,24 @@ impl Recorder {
         }
     }
 
-    /// Hands a line to the writer without waiting; a full channel drops it.
+    /// Hands a line to the writer without waiting; a full channel (in lines or in bytes)
+    /// drops it.
     fn send(&self, line: Vec<u8>) {
+        let len = line.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.metrics.full.inc();
+            return;
+        }
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 self.metrics.full.inc();
             }
             // The writer thread is gone (it only ends when every sender is).
             Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 self.metrics.write_error.inc();
             }
         }
@@ -136,12 +158,19 @@ impl Recorder {
 }
 
 /// Starts the writer thread of `c`'s file; it ends once every sender is dropped.
+#[allow(clippy::type_complexity)]
 fn spawn_writer(
     c: &RecordConfig,
     metrics: RecordMetrics,
-) -> io::Result<(SyncSender<Vec<u8>>, std::thread::JoinHandle<()>)> {
+) -> io::Result<(
+    SyncSender<Vec<u8>>,
+    Arc<AtomicUsize>,
+    std::thread::JoinHandle<()>,
+)> {
     let (tx, rx) = sync_channel(c.queue);
+    let queued = Arc::new(AtomicUsize::new(0));
     let writer = Writer {
+        queued: queued.clone(),
         path: c.path.clone(),
         max_bytes: c.max_bytes,
         rotate: c.rotate,
@@ -153,11 +182,13 @@ fn spawn_writer(
     let handle = std::thread::Builder::new()
         .name("teeproxy-record".into())
         .spawn(move || writer.run(rx))?;
-    Ok((tx, handle))
+    Ok((tx, queued, handle))
 }
 
 /// The writer thread of one record file.
 struct Writer {
+    /// The bytes of lines waiting; given back as each is taken.
+    queued: Arc<AtomicUsize>,
     path: PathBuf,
     max_bytes: u64,
     rotate: usize,
@@ -171,6 +202,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: Receiver<Vec<u8>>) {
         while let Ok(line) = rx.recv() {
+            self.queued.fetch_sub(line.len(), Ordering::Relaxed);
             match self.write(&line) {
                 Ok(()) => {
                     self.metrics.lines.inc();
@@ -283,7 +315,12 @@ mod tests {
     fn a_full_channel_drops_and_counts_without_waiting() {
         let (tx, _rx) = sync_channel(2); // a writer that never reads
         let m = metrics();
-        let rec = Recorder::new(&config(Path::new("/nonexistent")), tx, m.clone());
+        let rec = Recorder::new(
+            &config(Path::new("/nonexistent")),
+            tx,
+            Arc::default(),
+            m.clone(),
+        );
         let started = std::time::Instant::now();
         for _ in 0..5 {
             rec.send(b"{}\n".to_vec());
@@ -293,11 +330,31 @@ mod tests {
         assert_eq!(m.lines.get(), 0);
     }
 
+    /// Catches: large lines queued without a bound in bytes (only in number).
+    #[test]
+    fn lines_waiting_are_bounded_in_bytes_too() {
+        let (tx, _rx) = sync_channel(100); // room for 100 lines, a writer that never reads
+        let m = metrics();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let rec = Recorder::new(
+            &config(Path::new("/nonexistent")),
+            tx,
+            queued.clone(),
+            m.clone(),
+        );
+        let big = vec![b'x'; MAX_QUEUED_BYTES / 3];
+        for _ in 0..5 {
+            rec.send(big.clone());
+        }
+        assert_eq!(m.full.get(), 2, "three fit in the byte bound, two dropped");
+        assert_eq!(queued.load(Ordering::Relaxed), 3 * big.len());
+    }
+
     /// Catches: credentials, header names or JSON pointers reaching the file unredacted.
     #[test]
     fn headers_and_json_pointers_are_redacted() {
         let (tx, _rx) = sync_channel(1);
-        let rec = Recorder::new(&config(Path::new("/x")), tx, metrics());
+        let rec = Recorder::new(&config(Path::new("/x")), tx, Arc::default(), metrics());
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
         h.insert("x-other", HeaderValue::from_static("kept"));
@@ -324,12 +381,12 @@ mod tests {
         let (tx, _rx) = sync_channel(1);
         let mut c = config(Path::new("/x"));
         c.redact.retain(|r| !r.starts_with('/'));
-        let plain = Recorder::new(&c, tx, metrics());
+        let plain = Recorder::new(&c, tx, Arc::default(), metrics());
         assert_eq!(b64(plain.body_b64(b"not json")), b"not json");
         // Credentials even when the list does not name them.
         c.redact.clear();
         let (tx, _rx) = sync_channel(1);
-        let bare = Recorder::new(&c, tx, metrics());
+        let bare = Recorder::new(&c, tx, Arc::default(), metrics());
         let v = bare.headers_json(&h).to_string();
         assert!(!v.contains("s3cret") && !v.contains("c00kie"), "{v}");
     }
@@ -341,6 +398,7 @@ mod tests {
         let path = dir.join("r.jsonl");
         let m = metrics();
         let mut w = Writer {
+            queued: Arc::default(),
             path: path.clone(),
             max_bytes: 1024,
             rotate: 2,
@@ -376,8 +434,8 @@ mod tests {
         let dir = temp_dir("ends");
         let m = metrics();
         let c = config(&dir.join("e.jsonl"));
-        let (tx, handle) = spawn_writer(&c, m.clone()).unwrap();
-        let rec = Recorder::new(&c, tx, m.clone());
+        let (tx, queued, handle) = spawn_writer(&c, m.clone()).unwrap();
+        let rec = Recorder::new(&c, tx, queued, m.clone());
         rec.send(b"{}\n".to_vec());
         drop(rec);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -400,7 +458,7 @@ mod tests {
         let dir = temp_dir("errors");
         let m = metrics();
         let c = config(&dir.join("missing-dir").join("w.jsonl"));
-        let (tx, handle) = spawn_writer(&c, m.clone()).unwrap();
+        let (tx, _, handle) = spawn_writer(&c, m.clone()).unwrap();
         tx.send(b"{}\n".to_vec()).unwrap();
         tx.send(b"{}\n".to_vec()).unwrap();
         drop(tx);
