@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::schedule::{due, new_histogram, record};
+use crate::schedule::{due, latency_json, new_histogram, quantile_ms, record};
 
 /// Open loop at a fixed rate, or closed loop, over a fixed number of connections.
 ///
@@ -73,11 +73,7 @@ impl Report {
     }
 
     fn ms(&self, q: f64) -> f64 {
-        if self.latency.is_empty() {
-            0.0
-        } else {
-            self.latency.value_at_quantile(q) as f64 / 1000.0
-        }
+        quantile_ms(&self.latency, q)
     }
 
     pub fn to_json(&self) -> Value {
@@ -86,10 +82,7 @@ impl Report {
             "completed": self.completed,
             "elapsed_s": self.elapsed.as_secs_f64(),
             "throughput_rps": (self.throughput() * 10.0).round() / 10.0,
-            "latency_ms": {
-                "p50": self.ms(0.5), "p90": self.ms(0.9), "p99": self.ms(0.99), "p999": self.ms(0.999),
-                "max": self.latency.max() as f64 / 1000.0,
-            },
+            "latency_ms": latency_json(&self.latency),
             "statuses": self.statuses,
             "errors": self.errors,
         })

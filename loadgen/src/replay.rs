@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::drive::classify;
-use crate::schedule::{new_histogram, record};
+use crate::schedule::{latency_json, new_histogram, quantile_ms, record};
 
 /// What teeproxy writes for a redacted value; matches anything when comparing.
 pub const REDACTED: &str = "[redacted]";
@@ -152,11 +152,7 @@ pub struct ReplayReport {
 
 impl ReplayReport {
     fn ms(&self, q: f64) -> f64 {
-        if self.latency.is_empty() {
-            0.0
-        } else {
-            self.latency.value_at_quantile(q) as f64 / 1000.0
-        }
+        quantile_ms(&self.latency, q)
     }
 
     pub fn to_json(&self) -> Value {
@@ -164,10 +160,7 @@ impl ReplayReport {
             "sent": self.sent,
             "completed": self.completed,
             "elapsed_s": self.elapsed.as_secs_f64(),
-            "latency_ms": {
-                "p50": self.ms(0.5), "p90": self.ms(0.9), "p99": self.ms(0.99), "p999": self.ms(0.999),
-                "max": self.latency.max() as f64 / 1000.0,
-            },
+            "latency_ms": latency_json(&self.latency),
             "statuses": self.statuses,
             "errors": self.errors,
             "compared": self.compared,

@@ -26,6 +26,23 @@ pub fn record(h: &mut Histogram<u64>, scheduled: Instant, done: Instant) {
     h.record(us).expect("value within bounds");
 }
 
+/// A latency quantile of `h` (microseconds) in milliseconds; 0 when it is empty.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// `p50`, `p90`, `p99`, `p999` and `max` of `h`, in milliseconds.
+pub fn latency_json(h: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "p50": quantile_ms(h, 0.5), "p90": quantile_ms(h, 0.9), "p99": quantile_ms(h, 0.99),
+        "p999": quantile_ms(h, 0.999), "max": h.max() as f64 / 1000.0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,6 +88,21 @@ impl Proxy {
     }
 }
 
+/// A proxy whose primary cluster is `a` and `b`, both health-checked, on one route.
+fn checked_pair(a: &FakeUpstream, b: &FakeUpstream) -> Proxy {
+    Proxy::start(
+        &config(
+            &format!(
+                "  primary: {{ endpoints: [\"{}\", \"{}\"], {HEALTH} }}\n",
+                a.url(),
+                b.url()
+            ),
+            "  - { name: all, primary: primary }\n",
+        ),
+        None,
+    )
+}
+
 fn config(clusters: &str, routes: &str) -> String {
     yaml(&format!(
         "access_log: {{ enabled: false }}\nshadow_drain: 100ms\nclusters:\n{clusters}routes:\n{routes}"
@@ -106,17 +121,7 @@ async fn named(name: &str) -> FakeUpstream {
 #[tokio::test]
 async fn an_unhealthy_primary_endpoint_gets_no_traffic_until_it_is_healthy_again() {
     let (a, b) = (named("a").await, named("b").await);
-    let p = Proxy::start(
-        &config(
-            &format!(
-                "  primary: {{ endpoints: [\"{}\", \"{}\"], {HEALTH} }}\n",
-                a.url(),
-                b.url()
-            ),
-            "  - { name: all, primary: primary }\n",
-        ),
-        None,
-    );
+    let p = checked_pair(&a, &b);
     let ea = a.addr.to_string();
     assert_eventually!(checks_seen(&a) >= 1, "checks reach a");
     let check = a
@@ -172,17 +177,7 @@ async fn an_unhealthy_primary_endpoint_gets_no_traffic_until_it_is_healthy_again
 #[tokio::test]
 async fn with_no_healthy_primary_endpoint_traffic_goes_to_all_of_them() {
     let (a, b) = (named("a").await, named("b").await);
-    let p = Proxy::start(
-        &config(
-            &format!(
-                "  primary: {{ endpoints: [\"{}\", \"{}\"], {HEALTH} }}\n",
-                a.url(),
-                b.url()
-            ),
-            "  - { name: all, primary: primary }\n",
-        ),
-        None,
-    );
+    let p = checked_pair(&a, &b);
     a.set_status_on("/healthz", 500);
     b.set_status_on("/healthz", 500);
     for e in [&a, &b] {
