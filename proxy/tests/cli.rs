@@ -6,7 +6,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{Running, bin, config_dir, tool, write_temp, yaml_files};
+use common::{Running, bin, check_json_text, config_dir, tool, write_temp, yaml_files};
 
 /// A listener that accepts connections and closes them at once, without an answer: an
 /// upstream that fails every request, for as long as the returned listener lives (a
@@ -118,21 +118,10 @@ fn bad_config_exits_64_naming_file_place_and_key() {
 
 #[test]
 fn check_json_prints_the_typed_config_with_defaults_and_secrets_redacted() {
-    let path = write_temp(
-        "json.yaml",
+    let text = check_json_text(
         "listeners: [{ name: a, address: \"127.0.0.1:0\" }]\nclusters:\n  p: { endpoints: [\"http://127.0.0.1:1\"] }\n  s: { endpoints: [\"http://127.0.0.1:2\"] }\nroutes:\n  - name: r\n    primary: p\n    shadows: [{ cluster: s, headers: { set: { authorization: \"Bearer s3cret\" } } }]\n",
+        "json.yaml",
     );
-    let out = bin()
-        .args(["check", "--json", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run teeproxy check --json");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("s3cret"), "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     let route = &v["routes"][0];

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{tool, write_temp, yaml_files};
+use common::{check_json_text, tool, write_temp, yaml_files};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -221,19 +221,7 @@ fn walk(
 }
 
 fn check_json(yaml: &str, name: &str) -> Value {
-    let path = write_temp(name, yaml);
-    let out = Command::new(env!("CARGO_BIN_EXE_teeproxy"))
-        .args(["check", "--json", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run teeproxy check --json");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    serde_json::from_str(&check_json_text(yaml, name)).expect("JSON")
 }
 
 #[test]

@@ -429,20 +429,25 @@ impl ProxyProcess {
 
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // `Child::kill` signals this child's own process id.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "teeproxy (pid {}) config and stderr kept in {}",
-                self.child.id(),
-                self.dir.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        end_child(&mut self.child, "teeproxy", &self.dir);
+    }
+}
+
+/// For a `Drop`: kills `child` (by its own process id) if it still runs and reaps it; its
+/// folder `dir` is removed, or kept and named when a test is failing.
+pub fn end_child(child: &mut Child, what: &str, dir: &Path) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    if std::thread::panicking() {
+        eprintln!(
+            "{what} (pid {}) files kept in {}",
+            child.id(),
+            dir.display()
+        );
+    } else {
+        let _ = fs::remove_dir_all(dir);
     }
 }
 

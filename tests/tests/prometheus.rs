@@ -144,20 +144,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        // `Child::kill` signals this child's own process id; `wait` reaps it.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "prometheus (pid {}) config and log kept in {}",
-                self.child.id(),
-                self.dir.display()
-            );
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        teeproxy_tests::process::end_child(&mut self.child, "prometheus", &self.dir);
     }
 }
 

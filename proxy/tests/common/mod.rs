@@ -52,6 +52,24 @@ pub fn write_temp(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `teeproxy check --json --config <a file with yaml>`: the printed config, as JSON text
+/// (the command must succeed).
+pub fn check_json_text(yaml: &str, name: &str) -> String {
+    let path = write_temp(name, yaml);
+    let out = bin()
+        .args(["check", "--json", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run teeproxy check --json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
 /// The first of `candidates` that runs `--version` successfully; `None` (the caller
 /// skips) when none does, except under CI (env `CI`), where the tool is required and
 /// `install` says how `.ci/run` provides it.
