@@ -216,6 +216,8 @@ fn answered(status: u16) -> PrimaryOutcome {
         error: None,
         headers: HeaderMap::new(),
         to_headers: None,
+        head_at: None,
+        paired: None,
     }
 }
 
@@ -229,6 +231,7 @@ fn complete(chunks: &[&'static str]) -> Captured {
         chunks,
         trailers: None,
         len,
+        ended: std::time::Instant::now(),
     }
 }
 
@@ -278,6 +281,8 @@ async fn an_incomplete_oversized_or_cancelled_request_is_dropped_with_its_reason
                 error: Some(CANCELLED),
                 headers: HeaderMap::new(),
                 to_headers: None,
+                head_at: None,
+                paired: None,
             },
             "cancelled",
         ),

@@ -12,6 +12,7 @@ use crate::proxy::snapshot::Snapshot;
 use crate::shadow::compare::MismatchRing;
 use crate::shadow::control::Override;
 use crate::shadow::policy::ShadowPolicy;
+use crate::shadow::verdict::{self, pair::Pairing};
 use crate::stats::{LegStats, PathEntry};
 
 fn ms(seconds: f64) -> f64 {
@@ -109,6 +110,85 @@ pub(super) fn paths(snap: &Snapshot) -> Value {
         t(b).total_cmp(&t(a))
     });
     json!({ "paths": rows })
+}
+
+/// `/api/verdict`: per (route, path template, shadow) the verdict, and the overall state.
+/// Query: `tolerate=N` failing rows of non-critical routes still pass (default 0);
+/// `route=NAME` only that route's rows.
+pub(super) fn verdict(snap: &Snapshot, query: Option<&str>) -> Value {
+    let param = |name: &str| {
+        query?
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let tolerate = param("tolerate")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let only = param("route");
+    let mut rows = Vec::new();
+    for route in &snap.routes {
+        if only.as_deref().is_some_and(|r| r != route.name) {
+            continue;
+        }
+        let Some(rc) = snap.config.routes.iter().find(|r| r.name == route.name) else {
+            continue;
+        };
+        for entry in route.paths.entries() {
+            for (i, stats) in entry.shadows.iter().enumerate() {
+                let Some(policy) = route.shadows.get(i) else {
+                    continue;
+                };
+                let pairing = policy.spec.pairing;
+                let baseline = match pairing {
+                    Pairing::Candidate { baseline } => {
+                        route.shadows.get(baseline).map(|b| b.spec.shadow.as_str())
+                    }
+                    _ => None,
+                };
+                rows.push(verdict::row(&verdict::Subject {
+                    route: &route.name,
+                    path: &entry.template,
+                    stats,
+                    pairing,
+                    baseline,
+                    critical: rc.critical,
+                    config: &rc.verdict,
+                }));
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        (a.route.as_str(), a.path.as_str(), a.shadow.as_str()).cmp(&(
+            b.route.as_str(),
+            b.path.as_str(),
+            b.shadow.as_str(),
+        ))
+    });
+    let state = verdict::overall(&rows, tolerate);
+    json!({
+        "state": state,
+        "tolerate": tolerate,
+        "failing": rows.iter().filter(|r| r.counts() && r.state == verdict::State::Fail).count(),
+        "rows": rows,
+    })
+}
+
+/// `POST /api/reset`: every path's verdict starts afresh (the counters of `/api/paths`
+/// and `/metrics` are left as they are).
+pub(super) fn reset(snap: &Snapshot) -> Value {
+    let mut n = 0;
+    for route in &snap.routes {
+        for entry in route.paths.entries() {
+            for s in &entry.shadows {
+                s.pairs.reset();
+                n += 1;
+            }
+        }
+    }
+    tracing::info!(rows = n, "verdicts reset");
+    json!({ "reset": n })
 }
 
 /// `/api/mismatches`: newest first.

@@ -160,6 +160,27 @@ fn not_allowed(allow: &'static str) -> Answer {
     r
 }
 
+/// Whether a request declares a JSON body. A browser sends a cross-site JSON POST only
+/// after a preflight this listener never answers: a page cannot change anything behind
+/// the operator's back.
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        })
+}
+
+fn unsupported_media() -> Answer {
+    text(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported media type: send content-type: application/json\n",
+    )
+}
+
 /// Largest body a `POST` may carry.
 const MAX_POST: usize = 16 * 1024;
 
@@ -208,6 +229,18 @@ async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<In
         (Scope::Admin, "/api/shadows") if read => {
             json(api::shadows(&state.snapshots.load()).to_string())
         }
+        (Scope::Admin, "/api/verdict") if read => {
+            json(api::verdict(&state.snapshots.load(), req.uri().query()).to_string())
+        }
+        (Scope::Admin, "/api/reset") if method == Method::POST => {
+            if let Some(denied) = auth::refusal(state, from, &req) {
+                return denied;
+            }
+            if !is_json(&req) {
+                return unsupported_media();
+            }
+            json(api::reset(&state.snapshots.load()).to_string())
+        }
         (Scope::Admin, "/api/mismatches" | "/api/config") if read => {
             if let Some(denied) = auth::refusal(state, from, &req) {
                 return denied;
@@ -229,22 +262,8 @@ async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<In
                     "not found: POST /api/shadows/{route}/{cluster}\n",
                 );
             };
-            let json_body = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    v.split(';')
-                        .next()
-                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-                });
-            if !json_body {
-                // A browser sends a cross-site JSON POST only after a preflight this
-                // listener never answers: a page cannot change shadows behind its back.
-                return text(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported media type: send content-type: application/json\n",
-                );
+            if !is_json(&req) {
+                return unsupported_media();
             }
             let (route, shadow) = (route.to_string(), shadow.to_string());
             let body = match Limited::new(req.into_body(), MAX_POST).collect().await {
@@ -260,13 +279,16 @@ async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<In
             let (status, v) = api::change_shadow(&snap, &route, &shadow, &body, from.peer);
             json_with(status, v.to_string())
         }
-        (Scope::Admin, "/" | "/api/paths" | "/api/shadows" | "/api/mismatches" | "/api/config") => {
-            not_allowed("GET, HEAD")
-        }
+        (
+            Scope::Admin,
+            "/" | "/api/paths" | "/api/shadows" | "/api/mismatches" | "/api/config"
+            | "/api/verdict",
+        ) => not_allowed("GET, HEAD"),
+        (Scope::Admin, "/api/reset") => not_allowed("POST"),
         (Scope::Admin, p) if p.starts_with("/api/shadows/") => not_allowed("POST"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /, /metrics, /live, /ready, /api/paths, /api/shadows, /api/mismatches or /api/config\n",
+            "not found: try /, /metrics, /live, /ready, /api/paths, /api/verdict, /api/shadows, /api/mismatches or /api/config\n",
         ),
     }
 }

@@ -11,7 +11,7 @@ use super::file::{
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
     HealthConfig, Limits, ListenerConfig, MatchConfig, RecordConfig, RouteConfig, ShadowConfig,
-    ShadowHost, TraceContextConfig, parse_endpoint,
+    ShadowHost, Thresholds, TraceContextConfig, VerdictConfig, parse_endpoint,
 };
 
 /// Parses, checks and converts `text`; errors name `file`.
@@ -156,6 +156,51 @@ fn route(r: &RouteFile, key: &str) -> Result<RouteConfig, Invalid> {
     for (j, s) in r.shadows.iter().enumerate() {
         shadows.push(shadow(s, &format!("{key}.shadows[{j}]"))?);
     }
+    // Each baseline is a policy of its own, copying its candidate's decisions.
+    let baselines: Vec<ShadowConfig> = shadows
+        .iter()
+        .filter_map(|c| {
+            let b = c.compare.baseline.clone()?;
+            let mut base = c.clone();
+            base.cluster = b;
+            base.compare.baseline = None;
+            base.baseline_of = Some(c.cluster.clone());
+            // Copies to compare, not load: one per request, and no recording.
+            base.amplify = 1.0;
+            base.record = None;
+            Some(base)
+        })
+        .collect();
+    shadows.extend(baselines);
+    let v = &r.verdict;
+    let thresholds = Thresholds {
+        slower_by: v.slower_by.value.0 / 100.0,
+        different_by: v.different_by.value.0 / 100.0,
+        errors_by: v.errors_by.value.0 / 100.0,
+    };
+    let verdict = VerdictConfig {
+        window: v.window.value.get(),
+        min_pairs: v.min_pairs.value,
+        alpha: 1.0 - v.confidence.value.0 / 100.0,
+        thresholds,
+        paths: v
+            .paths
+            .iter()
+            .map(|(t, p)| {
+                let pick = |o: &Option<Spanned<super::units::Pct>>, d: f64| {
+                    o.as_ref().map_or(d, |x| x.value.0 / 100.0)
+                };
+                (
+                    t.clone(),
+                    Thresholds {
+                        slower_by: pick(&p.slower_by, thresholds.slower_by),
+                        different_by: pick(&p.different_by, thresholds.different_by),
+                        errors_by: pick(&p.errors_by, thresholds.errors_by),
+                    },
+                )
+            })
+            .collect(),
+    };
     Ok(RouteConfig {
         name: r.name.value.clone(),
         match_: MatchConfig {
@@ -168,6 +213,8 @@ fn route(r: &RouteFile, key: &str) -> Result<RouteConfig, Invalid> {
         paths: r.paths.iter().map(|p| p.value.clone()).collect(),
         max_paths: r.max_paths.value,
         websocket: r.websocket,
+        critical: r.critical,
+        verdict,
     })
 }
 
@@ -236,6 +283,7 @@ fn shadow(s: &ShadowFile, key: &str) -> Result<ShadowConfig, Invalid> {
             ignore: s.compare.ignore.clone(),
             redact: s.compare.redact.clone(),
             max_body: s.compare.max_body.value.as_usize(),
+            baseline: s.compare.baseline.as_ref().map(|b| b.value.clone()),
         },
         amplify: s.amplify.value,
         amplify_writes: s.amplify_writes,
@@ -253,6 +301,7 @@ fn shadow(s: &ShadowFile, key: &str) -> Result<ShadowConfig, Invalid> {
             redact: r.redact.clone(),
             queue: r.queue.value,
         }),
+        baseline_of: None,
     })
 }
 
@@ -270,6 +319,7 @@ pub(super) fn default_compare() -> CompareConfig {
         ignore: c.ignore,
         redact: c.redact,
         max_body: c.max_body.value.as_usize(),
+        baseline: None,
     }
 }
 

@@ -9,8 +9,9 @@ use serde_saphyr::{Location, Spanned};
 
 use super::file::{
     ClusterFile, ConfigFile, LimitsFile, MatchFile, RecordFile, ShadowFile, ShadowHostFile,
-    ShadowMethodsFile,
+    ShadowMethodsFile, VerdictFile,
 };
+use super::units::Pct;
 use super::{ConfigError, SampleKey, parse_endpoint};
 
 impl ConfigFile {
@@ -115,6 +116,8 @@ impl ConfigFile {
                 ));
             }
             let mut seen = HashSet::new();
+            let mut baselines = HashSet::new();
+            r.verdict.validate(&format!("{key}.verdict"))?;
             for (j, sh) in r.shadows.iter().enumerate() {
                 let skey = format!("{key}.shadows[{j}]");
                 if !self.clusters.contains_key(&sh.cluster.value) {
@@ -135,6 +138,33 @@ impl ConfigFile {
                     ));
                 }
                 sh.validate(&skey)?;
+                if let Some(b) = &sh.compare.baseline {
+                    let bkey = format!("{skey}.compare.baseline");
+                    let why = if !self.clusters.contains_key(&b.value) {
+                        Some(format!("unknown cluster {:?}", b.value))
+                    } else if b.value == sh.cluster.value {
+                        Some("the baseline must be another cluster than the shadow".into())
+                    } else if b.value == r.primary.value {
+                        Some("the baseline must be another cluster than the primary (it runs the primary's version apart from production)".into())
+                    } else if r.shadows.iter().any(|o| o.cluster.value == b.value)
+                        || !baselines.insert(b.value.as_str())
+                    {
+                        Some(format!(
+                            "cluster {:?} is already a shadow or a baseline of this route",
+                            b.value
+                        ))
+                    } else if sh.max_body.value > self.clusters[&b.value].shadow_max_bytes.value {
+                        Some(format!(
+                            "the shadow's max_body ({}) is more than the baseline cluster's shadow_max_bytes",
+                            sh.max_body.value
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return Err(Invalid::at(Some(&b.referenced), &bkey, why));
+                    }
+                }
                 let budget = &self.clusters[&sh.cluster.value].shadow_max_bytes;
                 if sh.max_body.value > budget.value {
                     return Err(Invalid::at(
@@ -567,6 +597,67 @@ const MAX_RATE: f64 = 1_000_000.0;
 /// The smallest `max_rps` (one copy in about 17 minutes): the bucket's times stay far
 /// inside 64 bits of nanoseconds even with the largest burst.
 const MIN_RATE: f64 = 0.001;
+
+impl VerdictFile {
+    fn validate(&self, key: &str) -> Result<(), Invalid> {
+        let w = &self.window;
+        if w.value.get() < std::time::Duration::from_secs(10)
+            || w.value.get() > std::time::Duration::from_secs(24 * 3600)
+        {
+            return Err(Invalid::at(
+                Some(&w.referenced),
+                &format!("{key}.window"),
+                "must be between 10s and 24h",
+            ));
+        }
+        let m = &self.min_pairs;
+        if !(10..=100_000).contains(&m.value) {
+            return Err(Invalid::at(
+                Some(&m.referenced),
+                &format!("{key}.min_pairs"),
+                "must be between 10 and 100000",
+            ));
+        }
+        let c = &self.confidence;
+        if !(c.value.0 >= 80.0 && c.value.0 < 100.0) {
+            return Err(Invalid::at(
+                Some(&c.referenced),
+                &format!("{key}.confidence"),
+                "must be at least 80% and below 100%",
+            ));
+        }
+        let share = |p: &Spanned<Pct>, k: &str| {
+            if p.value.0 > 0.0 && p.value.0 <= 100.0 {
+                Ok(())
+            } else {
+                Err(Invalid::at(
+                    Some(&p.referenced),
+                    k,
+                    "must be above 0% and at most 100%",
+                ))
+            }
+        };
+        share(&self.slower_by, &format!("{key}.slower_by"))?;
+        share(&self.different_by, &format!("{key}.different_by"))?;
+        share(&self.errors_by, &format!("{key}.errors_by"))?;
+        for (t, p) in &self.paths {
+            let pkey = format!("{key}.paths.{t}");
+            if !t.starts_with('/') {
+                return Err(Invalid::at(None, &pkey, "path templates start with '/'"));
+            }
+            for (v, k) in [
+                (&p.slower_by, "slower_by"),
+                (&p.different_by, "different_by"),
+                (&p.errors_by, "errors_by"),
+            ] {
+                if let Some(v) = v {
+                    share(v, &format!("{pkey}.{k}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 impl MatchFile {
     fn validate(&self, key: &str) -> Result<(), Invalid> {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use super::units::{Dur, Size};
+use super::units::{Dur, Pct, Size};
 use super::{CompareBody, ForwardedMode, HostMode, SampleKey};
 
 /// The whole configuration.
@@ -200,6 +200,85 @@ pub(super) struct RouteFile {
     /// 501 when false.
     #[serde(default = "yes")]
     pub(super) websocket: bool,
+    /// A flag on any of this route's paths fails the whole verdict (`/api/verdict`).
+    #[serde(default)]
+    pub(super) critical: bool,
+    /// When a path is called slower, different or failing.
+    #[serde(default)]
+    pub(super) verdict: VerdictFile,
+}
+
+/// How the route's verdicts are decided.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerdictFile {
+    /// The sliding window verdicts are computed over (besides since start).
+    #[serde(default = "default_verdict_window")]
+    pub(super) window: Spanned<Dur>,
+    /// Paired observations a path needs before any flag.
+    #[serde(default = "default_min_pairs")]
+    pub(super) min_pairs: Spanned<u64>,
+    /// Confidence of every interval and test (anytime-valid), in percent.
+    #[serde(default = "default_confidence")]
+    pub(super) confidence: Spanned<Pct>,
+    /// The typical shadow/primary time ratio must be above 1 + this (`slower`) or below
+    /// 1 / (1 + this) (`faster`).
+    #[serde(default = "default_slower_by")]
+    pub(super) slower_by: Spanned<Pct>,
+    /// The shadow's mismatch rate (above the noise a baseline shows) must exceed this.
+    #[serde(default = "default_different_by")]
+    pub(super) different_by: Spanned<Pct>,
+    /// The shadow's failure rate must exceed the primary's (or the baseline's) by this.
+    #[serde(default = "default_errors_by")]
+    pub(super) errors_by: Spanned<Pct>,
+    /// Thresholds for some path templates, overriding the route's.
+    #[serde(default)]
+    pub(super) paths: BTreeMap<String, PathThresholdsFile>,
+}
+
+impl Default for VerdictFile {
+    fn default() -> Self {
+        VerdictFile {
+            window: default_verdict_window(),
+            min_pairs: default_min_pairs(),
+            confidence: default_confidence(),
+            slower_by: default_slower_by(),
+            different_by: default_different_by(),
+            errors_by: default_errors_by(),
+            paths: BTreeMap::new(),
+        }
+    }
+}
+
+/// Thresholds for one path template; absent keys take the route's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PathThresholdsFile {
+    #[serde(default)]
+    pub(super) slower_by: Option<Spanned<Pct>>,
+    #[serde(default)]
+    pub(super) different_by: Option<Spanned<Pct>>,
+    #[serde(default)]
+    pub(super) errors_by: Option<Spanned<Pct>>,
+}
+
+fn default_verdict_window() -> Spanned<Dur> {
+    unspanned(Dur::secs(300))
+}
+fn default_min_pairs() -> Spanned<u64> {
+    unspanned(50)
+}
+fn default_confidence() -> Spanned<Pct> {
+    unspanned(Pct(99.0))
+}
+fn default_slower_by() -> Spanned<Pct> {
+    unspanned(Pct(10.0))
+}
+fn default_different_by() -> Spanned<Pct> {
+    unspanned(Pct(1.0))
+}
+fn default_errors_by() -> Spanned<Pct> {
+    unspanned(Pct(1.0))
 }
 
 /// One shadow policy of a route.
@@ -307,6 +386,10 @@ pub(super) struct CompareFile {
     /// Bodies larger than this are not compared (counted `skipped`, `body_too_large`).
     #[serde(default = "default_compare_max_body")]
     pub(super) max_body: Spanned<Size>,
+    /// A cluster running the primary's version: it gets the same requests as this shadow,
+    /// and its differences from the primary are learned as noise.
+    #[serde(default)]
+    pub(super) baseline: Option<Spanned<String>>,
 }
 
 impl Default for CompareFile {
@@ -318,6 +401,7 @@ impl Default for CompareFile {
             ignore: Vec::new(),
             redact: Vec::new(),
             max_body: default_compare_max_body(),
+            baseline: None,
         }
     }
 }

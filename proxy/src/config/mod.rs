@@ -204,6 +204,48 @@ pub struct RouteConfig {
     pub max_paths: usize,
     /// WebSocket upgrades relayed to the primary (never mirrored); false: answered 501.
     pub websocket: bool,
+    /// A flag on any of the route's paths fails the whole verdict.
+    pub critical: bool,
+    pub verdict: VerdictConfig,
+}
+
+/// How a route's verdicts are decided (see `shadow::verdict`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerdictConfig {
+    /// The sliding window (verdicts are also computed since start).
+    #[serde(serialize_with = "units::duration")]
+    pub window: Duration,
+    /// Paired observations needed before any flag.
+    pub min_pairs: u64,
+    /// One minus the confidence of every interval and test.
+    #[serde(rename = "confidence", serialize_with = "confidence")]
+    pub alpha: f64,
+    #[serde(flatten)]
+    pub thresholds: Thresholds,
+    /// Per path template, overriding `thresholds`.
+    pub paths: BTreeMap<String, Thresholds>,
+}
+
+impl VerdictConfig {
+    /// The thresholds of one path template.
+    pub fn thresholds_for(&self, template: &str) -> &Thresholds {
+        self.paths.get(template).unwrap_or(&self.thresholds)
+    }
+}
+
+fn confidence<S: Serializer>(alpha: &f64, s: S) -> Result<S::Ok, S::Error> {
+    units::pct(&(1.0 - alpha), s)
+}
+
+/// How large a shift must be to be flagged (fractions: 0.1 is 10 %).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Thresholds {
+    #[serde(serialize_with = "units::pct")]
+    pub slower_by: f64,
+    #[serde(serialize_with = "units::pct")]
+    pub different_by: f64,
+    #[serde(serialize_with = "units::pct")]
+    pub errors_by: f64,
 }
 
 /// What a route matches.
@@ -248,6 +290,9 @@ pub struct ShadowConfig {
     pub max_burst: Option<f64>,
     /// Exchanges recorded to a JSON-lines file; `None`: not recorded.
     pub record: Option<RecordConfig>,
+    /// Set on the policy added for a shadow's `compare.baseline`: the candidate's cluster.
+    /// It is sent exactly the candidate's requests (same sampling and limits).
+    pub baseline_of: Option<String>,
 }
 
 /// Recording a shadow's exchanges (see `shadow::capture`).
@@ -337,6 +382,8 @@ pub struct CompareConfig {
     /// Bodies larger than this are not compared.
     #[serde(serialize_with = "units::size_usize")]
     pub max_body: usize,
+    /// The cluster running the primary's version whose differences are noise.
+    pub baseline: Option<String>,
 }
 
 impl Default for CompareConfig {

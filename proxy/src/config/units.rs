@@ -252,6 +252,55 @@ impl Serialize for Size {
     }
 }
 
+/// A share written as a percentage: `10%` or a plain number of percent (`10`, `0.5`).
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub(super) struct Pct(pub(super) f64);
+
+impl FromStr for Pct {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let n = t.strip_suffix('%').unwrap_or(t).trim();
+        n.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(Pct)
+            .ok_or_else(|| {
+                format!("invalid percentage {s:?} (expected a number of percent, like 10% or 0.5%)")
+            })
+    }
+}
+
+impl<'de> Deserialize<'de> for Pct {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Pct;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a percentage like 10% or 0.5%")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Pct, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Pct, E> {
+                Ok(Pct(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Pct, E> {
+                Ok(Pct(v as f64))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Pct, E> {
+                Ok(Pct(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Serializes a share (a fraction) as the config writes it (`10%`).
+pub(super) fn pct<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{}%", (v * 1e6).round() / 1e4))
+}
+
 /// Serializes a duration as the config writes it (`5s`, `250ms`).
 pub(super) fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&Dur(*d))
@@ -269,6 +318,15 @@ pub(super) fn size_usize<S: Serializer>(n: &usize, s: S) -> Result<S::Ok, S::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentages() {
+        assert_eq!("10%".parse::<Pct>(), Ok(Pct(10.0)));
+        assert_eq!(" 0.5 % ".parse::<Pct>(), Ok(Pct(0.5)));
+        assert_eq!("7".parse::<Pct>(), Ok(Pct(7.0)));
+        assert!("ten%".parse::<Pct>().is_err());
+        assert!("inf%".parse::<Pct>().is_err());
+    }
 
     #[test]
     fn durations() {

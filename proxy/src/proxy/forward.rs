@@ -147,6 +147,8 @@ pub(crate) async fn forward(
                 .map(|r| headers::detached(r.headers()))
                 .unwrap_or_default(),
             to_headers: result.is_ok().then_some(elapsed),
+            head_at: result.is_ok().then(|| sent + elapsed),
+            paired: None,
         });
     }
     PrimaryAnswer {
@@ -203,6 +205,8 @@ impl Drop for PrimaryReport {
             error: Some(CANCELLED),
             headers: http::HeaderMap::new(),
             to_headers: None,
+            head_at: None,
+            paired: None,
         });
     }
 }

@@ -21,6 +21,7 @@ use crate::shadow::control::Controls;
 use crate::shadow::dispatch::{Dispatcher, shadow_cluster};
 use crate::shadow::policy::ShadowPolicy;
 use crate::shadow::record::CopySpec;
+use crate::shadow::verdict::pair::Pairing;
 use crate::stats::PathRegistry;
 use crate::upstream::{Cluster, Resolve, SystemResolver};
 
@@ -155,6 +156,7 @@ impl Snapshot {
                             recorder: sh.record.as_ref().and_then(|c| {
                                 Recorder::start(c, metrics.record(&r.name, &sh.cluster))
                             }),
+                            pairing: pairing(r, index),
                         });
                         let queue = queues.get(sh.cluster.as_str())?.clone();
                         let control = shared.controls.get(&r.name, sh, || {
@@ -211,6 +213,24 @@ impl Snapshot {
         self.table
             .find(method, host, raw_path)
             .and_then(|i| self.routes.get(i))
+    }
+}
+
+/// How the route's shadow at `index` is paired: a candidate with its baseline's index, a
+/// baseline with its candidate's, or alone.
+fn pairing(r: &RouteConfig, index: usize) -> Pairing {
+    let sh = &r.shadows[index];
+    let find = |cluster: &str| r.shadows.iter().position(|s| s.cluster == cluster);
+    if let Some(c) = sh.baseline_of.as_deref().and_then(find) {
+        return Pairing::Baseline { candidate: c };
+    }
+    match sh.compare.baseline.as_deref().and_then(|b| {
+        r.shadows
+            .iter()
+            .position(|s| s.cluster == b && s.baseline_of.as_deref() == Some(&sh.cluster))
+    }) {
+        Some(baseline) => Pairing::Candidate { baseline },
+        None => Pairing::Alone,
     }
 }
 

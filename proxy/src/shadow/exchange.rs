@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,13 @@ use super::capture::line as capture;
 use super::compare::{BodySide, Comparator, Verdict};
 use super::queue::{Circuit, ShadowJob};
 use super::queue::{PrimaryBodyWatch, PrimaryOutcome};
-use super::record::{self, Answer, Subject, Unrecorded};
+use super::record::{self, Answer, CopySpec, Subject, Unrecorded};
+use super::verdict::pair::{Half, PairSlot, Pairing};
 use crate::config::ShadowHost;
 use crate::http::host::strip_port;
 use crate::metrics::{CompareResult, GaugeGuard, ShadowOutcome, SkipReason};
+use crate::stats::PathEntry;
+use crate::stats::pairs::{LegObs, Observation};
 use crate::upstream::{Cluster, EndpointState, UpstreamError, upstream_uri};
 
 /// Shadow response bodies are read up to this much (so the connection can be reused);
@@ -43,6 +46,8 @@ pub(crate) struct ShadowBody {
     chunks: VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
     remaining: u64,
+    /// Set when the last frame is handed to the connection (the whole request is sent).
+    ended: Option<Arc<OnceLock<Instant>>>,
 }
 
 impl ShadowBody {
@@ -51,6 +56,21 @@ impl ShadowBody {
             chunks: chunks.into(),
             trailers,
             remaining: len,
+            ended: None,
+        }
+    }
+
+    /// The same, telling `ended` when its last frame went.
+    fn with_end(mut self, ended: Arc<OnceLock<Instant>>) -> Self {
+        self.ended = Some(ended);
+        self
+    }
+
+    fn mark_end(&self) {
+        if self.is_end_stream()
+            && let Some(e) = &self.ended
+        {
+            let _ = e.set(Instant::now());
         }
     }
 }
@@ -65,9 +85,12 @@ impl Body for ShadowBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Some(chunk) = self.chunks.pop_front() {
             self.remaining -= chunk.len() as u64;
+            self.mark_end();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+        let trailers = self.trailers.take();
+        self.mark_end();
+        Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -129,17 +152,20 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         path,
         charge,
         copy,
+        pair,
     } = job;
     if let Some(h) = shadow_host(&spec.host, host.as_ref(), &ep) {
         headers.insert(header::HOST, h);
     }
-    let mut req = Request::new(ShadowBody::new(body, trailers, body_len));
+    let ended = Arc::new(OnceLock::new());
+    let mut req = Request::new(ShadowBody::new(body, trailers, body_len).with_end(ended.clone()));
     *req.method_mut() = method.clone();
     *req.uri_mut() = upstream_uri(&ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
     // Bodies are read only when they are compared or this copy is recorded.
     let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
+    let mut paired_head = None;
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let answer = match ex.upstream.send_within(&ep, req, spec.timeout).await {
         Err(e) => {
@@ -154,7 +180,11 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
             })
         }
         Ok(resp) => {
-            let to_headers = started.elapsed();
+            let head_at = Instant::now();
+            let to_headers = head_at - started;
+            // Timed from the whole request sent, like the primary's paired time.
+            paired_head =
+                head_at.checked_duration_since(ended.get().map_or(started, |e| started.max(*e)));
             let (parts, body) = resp.into_parts();
             let (outcome, body, to_end) =
                 match tokio::time::timeout_at(deadline, read_body(body, keep)).await {
@@ -192,6 +222,7 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         primary_status: primary.status,
     };
     let judged = (verdict.result, verdict.skipped);
+    observe(&spec, &path, &primary, &answer, paired_head, &verdict, pair);
     record::verdict(&spec, &path, &subject, &answer, verdict);
     if let Some(t) = taken {
         t.finish(&answer, judged.0, judged.1).await;
@@ -201,6 +232,53 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     drop(permit);
     drop(gauge);
     drop(charge);
+}
+
+/// Leaves the copy's paired observation: against the primary (a shadow alone, or a
+/// baseline's own row), and in the pair slot of a candidate and its baseline.
+fn observe(
+    spec: &CopySpec,
+    path: &PathEntry,
+    primary: &PrimaryOutcome,
+    answer: &Answer,
+    paired_head: Option<Duration>,
+    verdict: &Verdict,
+    pair: Option<Arc<PairSlot>>,
+) {
+    let half = Half {
+        leg: LegObs {
+            head: paired_head,
+            failed: answer.outcome != ShadowOutcome::ok
+                || answer.status.is_none_or(|s| s.is_server_error()),
+        },
+        compared: matches!(verdict.result, CompareResult::Match) || verdict.result.is_mismatch(),
+        fields: verdict.diff.iter().map(|d| d.at.clone()).collect(),
+    };
+    if spec.pairing != Pairing::Alone
+        && let Some(slot) = pair
+    {
+        slot.deposit(
+            matches!(spec.pairing, Pairing::Candidate { .. }),
+            half.clone(),
+        );
+    }
+    if matches!(spec.pairing, Pairing::Candidate { .. }) {
+        return;
+    }
+    if let Some(stats) = path.shadows.get(spec.index) {
+        stats.pairs.record(&Observation {
+            control: LegObs {
+                head: primary.paired,
+                failed: primary.failed(),
+            },
+            shadow: half.leg,
+            compared: half.compared,
+            mismatch: verdict.result.is_mismatch(),
+            paired: false,
+            shadow_fields: half.fields,
+            control_fields: Vec::new(),
+        });
+    }
 }
 
 /// Compares a shadow's answer with the primary's.

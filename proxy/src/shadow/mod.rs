@@ -21,3 +21,4 @@ pub(crate) mod record;
 pub(crate) mod sample;
 pub(crate) mod tee;
 pub(crate) mod trace;
+pub(crate) mod verdict;

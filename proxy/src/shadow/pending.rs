@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::policy::ShadowPolicy;
 use super::queue::{CANCELLED, PrimaryBodySink, PrimaryBodyWatch, PrimaryOutcome, ShadowJob};
 use super::trace::Trace;
+use super::verdict::pair::{PairSlot, Pairing};
 use crate::metrics::DropReason;
 use crate::stats::PathEntry;
 
@@ -25,6 +26,8 @@ pub(crate) enum Captured {
         chunks: Vec<Bytes>,
         trailers: Option<HeaderMap>,
         len: u64,
+        /// When the last of it went to the primary.
+        ended: std::time::Instant,
     },
     /// Over every shadow's `max_body`; the clones were released.
     TooLarge,
@@ -149,7 +152,7 @@ impl Pending {
 fn offer(
     plan: &Plan,
     body: Captured,
-    primary: PrimaryOutcome,
+    mut primary: PrimaryOutcome,
     primary_body: Option<PrimaryBodyWatch>,
 ) {
     let (chunks, trailers, len) = match body {
@@ -157,7 +160,18 @@ fn offer(
             chunks,
             trailers,
             len,
-        } => (chunks, trailers, len),
+            ended,
+        } => {
+            // The primary's time is counted from the whole request sent, like a copy's.
+            primary.paired = primary
+                .head_at
+                .zip(primary.to_headers)
+                .and_then(|(head, t)| {
+                    let start = (head - t).max(ended);
+                    head.checked_duration_since(start)
+                });
+            (chunks, trailers, len)
+        }
         Captured::TooLarge => return drop_all(plan, DropReason::body_too_large),
         Captured::Incomplete => return drop_all(plan, DropReason::body_incomplete),
     };
@@ -171,6 +185,7 @@ fn offer(
             t.decided(i, decision);
         }
     };
+    let slots = pair_slots(plan);
     for (i, (target, copies)) in plan.targets.iter().enumerate() {
         if target.queue.circuit_open() {
             target
@@ -208,6 +223,9 @@ fn offer(
                     path: plan.path.clone(),
                     charge: None,
                     copy,
+                    pair: (copy == 1)
+                        .then(|| slot_of(&slots, target.spec.index))
+                        .flatten(),
                 };
                 target.queue.offer(job, &mut charge)
             } else {
@@ -219,6 +237,28 @@ fn offer(
             }
         }
     }
+}
+
+/// One slot per candidate whose baseline is also a target of this request:
+/// (candidate index, baseline index, slot).
+fn pair_slots(plan: &Plan) -> Vec<(usize, usize, Arc<PairSlot>)> {
+    let mut slots = Vec::new();
+    for (t, _) in &plan.targets {
+        if let Pairing::Candidate { baseline } = t.spec.pairing
+            && plan.targets.iter().any(|(b, _)| b.spec.index == baseline)
+        {
+            let c = t.spec.index;
+            slots.push((c, baseline, PairSlot::new(plan.path.clone(), c)));
+        }
+    }
+    slots
+}
+
+fn slot_of(slots: &[(usize, usize, Arc<PairSlot>)], index: usize) -> Option<Arc<PairSlot>> {
+    slots
+        .iter()
+        .find(|(c, b, _)| *c == index || *b == index)
+        .map(|(_, _, s)| s.clone())
 }
 
 fn drop_all(plan: &Plan, reason: DropReason) {

@@ -33,6 +33,17 @@ pub(crate) struct PrimaryOutcome {
     pub(crate) headers: HeaderMap,
     /// From sending to the primary to its response head.
     pub(crate) to_headers: Option<Duration>,
+    /// When the response head came.
+    pub(crate) head_at: Option<std::time::Instant>,
+    /// From the whole request sent to the response head (set when the job is built).
+    pub(crate) paired: Option<Duration>,
+}
+
+impl PrimaryOutcome {
+    /// No response, or a server error: a failure for the paired error counts.
+    pub(crate) fn failed(&self) -> bool {
+        self.error.is_some() || self.status.is_none_or(|s| s.is_server_error())
+    }
 }
 
 /// Where the primary's response body arrives for comparisons: `None` until it is known.
@@ -64,6 +75,8 @@ pub(crate) struct ShadowJob {
     pub(crate) charge: Option<Arc<ByteCharge>>,
     /// Which copy of an amplified request this is (1-based); only copy 1 is compared.
     pub(crate) copy: u8,
+    /// Where a candidate's and its baseline's copies of this request meet.
+    pub(crate) pair: Option<Arc<super::verdict::pair::PairSlot>>,
 }
 
 /// Body bytes held against a shadow cluster's `shadow_max_bytes`, given back on drop.

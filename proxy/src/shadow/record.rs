@@ -29,6 +29,8 @@ pub(crate) struct CopySpec {
     pub(crate) metrics: ShadowPolicyMetrics,
     /// The record file's writer, when the policy records exchanges.
     pub(crate) recorder: Option<Arc<super::capture::Recorder>>,
+    /// Compared with the primary, or paired with a baseline (or a candidate's baseline).
+    pub(crate) pairing: super::verdict::pair::Pairing,
 }
 
 impl CopySpec {

@@ -82,6 +82,7 @@ impl<B: Body<Data = Bytes>> TeeBody<B> {
                 chunks: tap.chunks,
                 trailers: tap.trailers,
                 len: tap.len,
+                ended: std::time::Instant::now(),
             });
         }
     }
@@ -133,6 +134,7 @@ impl<B: Body<Data = Bytes>> Body for TeeBody<B> {
                         chunks: t.chunks,
                         trailers: t.trailers,
                         len: t.len,
+                        ended: std::time::Instant::now(),
                     });
                 }
             }
@@ -141,6 +143,7 @@ impl<B: Body<Data = Bytes>> Body for TeeBody<B> {
                 chunks: t.chunks,
                 trailers: t.trailers,
                 len: t.len,
+                ended: std::time::Instant::now(),
             }),
         }
         Poll::Ready(frame)

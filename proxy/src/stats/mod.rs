@@ -4,6 +4,7 @@
 //! `max_paths` every new path is `{other}`.
 
 pub(crate) mod histogram;
+pub(crate) mod pairs;
 pub(crate) mod template;
 
 use std::collections::HashMap;
@@ -109,6 +110,8 @@ pub(crate) struct ShadowPathStats {
     pub(crate) leg: LegStats,
     results: [AtomicU64; 6],
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// Paired observations for the verdict.
+    pub(crate) pairs: pairs::Pairs,
     leg_metrics: LegMetrics,
     compare_metrics: CompareMetrics,
 }
@@ -197,6 +200,7 @@ impl PathFactory {
                     leg: LegStats::default(),
                     results: Default::default(),
                     drops: Default::default(),
+                    pairs: pairs::Pairs::default(),
                     leg_metrics: m.path_leg(&self.route, template, Leg::shadow, s),
                     compare_metrics: m.compare(&self.route, template, s),
                 })
