@@ -289,9 +289,11 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Resul
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let primary_l = tokio::net::TcpListener::bind(loopback(0)).await?;
     let candidate_l = tokio::net::TcpListener::bind(loopback(0)).await?;
+    let baseline_l = tokio::net::TcpListener::bind(loopback(0)).await?;
     let primary = primary_l.local_addr()?;
     let candidate = candidate_l.local_addr()?;
-    let config = demo_config(listen, admin, primary, candidate).context("demo config")?;
+    let baseline = baseline_l.local_addr()?;
+    let config = demo_config(listen, admin, primary, candidate, baseline).context("demo config")?;
     let listeners = Listeners::bind(&config).await?;
     let mut tasks = tokio::task::JoinSet::new();
     let upstream = |name: &str, flawed| DemoUpstream {
@@ -311,13 +313,25 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Resul
         Arc::new(UpstreamStats::default()),
         stop_rx.clone(),
     ));
+    tasks.spawn(serve_upstream(
+        baseline_l,
+        upstream("baseline", false),
+        Arc::new(UpstreamStats::default()),
+        stop_rx.clone(),
+    ));
     let proxy = listeners.proxy_addrs()[0];
     let admin = listeners.admin_addr().unwrap_or(admin);
+    if rate > 0 {
+        tasks.spawn(teeproxy::demo::tell_story(admin, stop_rx.clone()));
+    }
     tasks.spawn(generate_traffic(proxy, rate, stop_rx));
     println!("teeproxy demo: proxy on http://{proxy}, admin on http://{admin}");
     println!("  dashboard: http://{admin}/  (primary vs shadow per path, live)");
     println!("  primary upstream   http://{primary}");
     println!("  candidate upstream http://{candidate} (the shadow: a new version with flaws)");
+    println!(
+        "  baseline upstream  http://{baseline} (the primary's version: what differs there is noise)"
+    );
     if rate > 0 {
         println!(
             "  built-in traffic: about {rate} requests/s over /api/users, /api/orders, /api/search, /api/products"
@@ -327,10 +341,14 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, rate: u32) -> anyhow::Resul
         "The candidate is about 25 % slower on /api/search, answers a different `plan` on 1 % of"
     );
     println!(
-        "/api/users/{{id}} and fails 0.5 % of /api/orders: the dashboard shows it within seconds."
+        "/api/users/{{id}} and fails 0.5 % of /api/orders. Every answer's `served_at` differs on every"
+    );
+    println!(
+        "leg: the baseline shows it is noise. The verdict is printed below every 20 s as it forms."
     );
     println!("try:");
     println!("  curl -i http://{proxy}/api/users/42");
+    println!("  curl -s http://{admin}/api/verdict");
     println!("  curl -s http://{admin}/api/paths");
     println!("  curl -s http://{admin}/api/mismatches");
     println!("  curl -s http://{admin}/metrics | grep shadow");

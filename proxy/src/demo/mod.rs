@@ -291,6 +291,155 @@ pub async fn generate_traffic(target: SocketAddr, rate: u32, mut stop: watch::Re
     inflight.shutdown().await;
 }
 
+/// The demo's story: every 20 s, the verdict as it forms, in plain words: the flagged
+/// paths with their evidence, and the noise the baseline taught.
+pub async fn tell_story(admin: SocketAddr, mut stop: watch::Receiver<bool>) {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(Duration::from_secs(20));
+    tick.tick().await;
+    let started = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = crate::shutdown::stopped(&mut stop) => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(uri) = format!("http://{admin}/api/verdict").parse::<http::Uri>() else {
+            return;
+        };
+        let Ok(resp) = client.get(uri).await else {
+            continue;
+        };
+        let Ok(body) = resp.into_body().collect().await else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes()) else {
+            continue;
+        };
+        println!("{}", story(&v, started.elapsed()));
+    }
+}
+
+/// One chapter of the story from a `/api/verdict` answer.
+pub fn story(v: &serde_json::Value, after: Duration) -> String {
+    use std::fmt::Write;
+    let pct = |x: &serde_json::Value| {
+        x.as_f64()
+            .map_or_else(|| "?".to_string(), |x| format!("{:.1} %", x * 100.0))
+    };
+    let num = |x: &serde_json::Value| {
+        x.as_f64()
+            .map_or_else(|| "?".to_string(), |x| format!("{x:.2}"))
+    };
+    let mut out = format!(
+        "verdict after {} s: {}",
+        after.as_secs(),
+        v["state"].as_str().unwrap_or("?")
+    );
+    let rows = v["rows"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for r in rows.iter().filter(|r| r["role"] != "baseline") {
+        let flags: Vec<&str> = r["flags"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if flags.is_empty() {
+            continue;
+        }
+        // The section that raised the flags (the window, else since start).
+        let s = if r["window"]["flags"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            &r["window"]
+        } else {
+            &r["since_start"]
+        };
+        let _ = write!(
+            out,
+            "\n  {} {} ({} vs {}): {}",
+            r["route"].as_str().unwrap_or("?"),
+            r["path"].as_str().unwrap_or("?"),
+            r["shadow"].as_str().unwrap_or("?"),
+            r["control"].as_str().unwrap_or("?"),
+            flags.join(", ")
+        );
+        for f in &flags {
+            let _ = match *f {
+                "slower" | "faster" => {
+                    let ratio = &s["latency"]["ratio"];
+                    write!(
+                        out,
+                        "\n    typical time ratio x{} [{}, {}] over {} requests",
+                        num(&ratio["estimate"]),
+                        num(&ratio["lo"]),
+                        num(&ratio["hi"]),
+                        s["latency"]["pairs"]
+                    )
+                }
+                "errors" => write!(
+                    out,
+                    "\n    fails {} [{}, {}] of requests, the control {} ({} failed on the shadow alone)",
+                    pct(&s["errors"]["shadow_rate"]["estimate"]),
+                    pct(&s["errors"]["shadow_rate"]["lo"]),
+                    pct(&s["errors"]["shadow_rate"]["hi"]),
+                    pct(&s["errors"]["control_rate"]["estimate"]),
+                    s["errors"]["only_shadow"]
+                ),
+                "different" => {
+                    let fields = s["mismatch"]["fields"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    let named: Vec<String> = fields
+                        .iter()
+                        .filter(|f| f["flagged"] == true)
+                        .map(|f| {
+                            format!(
+                                "{} ({} of answers)",
+                                f["field"].as_str().unwrap_or("?"),
+                                pct(&f["shadow_rate"])
+                            )
+                        })
+                        .collect();
+                    write!(
+                        out,
+                        "\n    differs in {} [{}, {}] of answers{}",
+                        pct(&s["mismatch"]["rate"]["estimate"]),
+                        pct(&s["mismatch"]["rate"]["lo"]),
+                        pct(&s["mismatch"]["rate"]["hi"]),
+                        if named.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", named.join(", "))
+                        }
+                    )
+                }
+                _ => Ok(()),
+            };
+        }
+    }
+    let mut noise: Vec<String> = Vec::new();
+    for r in rows.iter().filter(|r| r["role"] == "candidate") {
+        for f in r["noise"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let name = f["field"].as_str().unwrap_or("?");
+            if f["flagged"] != true && !noise.iter().any(|n| n.starts_with(name)) {
+                noise.push(format!(
+                    "{name} (the baseline differs from the primary there on {} of answers)",
+                    pct(&f["noise_rate"])
+                ));
+            }
+        }
+    }
+    if !noise.is_empty() {
+        let _ = write!(
+            out,
+            "\n  noise learned and not counted: {}",
+            noise.join("; ")
+        );
+    }
+    out
+}
+
 fn json(b: &DemoUpstream, status: StatusCode, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(b.status.unwrap_or(status))
@@ -301,12 +450,15 @@ fn json(b: &DemoUpstream, status: StatusCode, body: String) -> Response<Full<Byt
 }
 
 /// The demo's config: the proxy on `listen`, admin on `admin`; `/api/` is served by the
-/// primary and mirrored to the candidate.
+/// primary and mirrored to the candidate, with the baseline (the primary's version) as
+/// its control: the `served_at` timestamps differ on every leg, and the baseline shows
+/// that this is noise, so no `ignore` list is needed.
 pub fn demo_config(
     listen: SocketAddr,
     admin: SocketAddr,
     primary: SocketAddr,
     candidate: SocketAddr,
+    baseline: SocketAddr,
 ) -> Result<Config, ConfigError> {
     Config::from_yaml(&format!(
         r#"
@@ -315,15 +467,18 @@ admin: {{ address: "{admin}" }}
 clusters:
   primary: {{ endpoints: ["http://{primary}"], connect_timeout: 1s, timeout: 5s }}
   candidate: {{ endpoints: ["http://{candidate}"], timeout: 5s }}
+  baseline: {{ endpoints: ["http://{baseline}"], timeout: 5s }}
 routes:
   - name: api
     match: {{ path_prefix: "/api/" }}
     primary: primary
+    critical: true
+    verdict: {{ window: 5m, different_by: 0.5%, errors_by: 0.25% }}
     shadows:
       - cluster: candidate
         methods: [GET, HEAD, OPTIONS, POST]
         headers: {{ set: {{ x-env: shadow }} }}
-        compare: {{ body: json, ignore: ["/served_at"] }}
+        compare: {{ body: json, baseline: baseline }}
   - name: default
     primary: primary
 drain_timeout: 5s
