@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::capture::line as capture;
-use super::compare::{BodySide, Comparator, Verdict};
+use super::compare::{BodySide, Comparator, Edits, Verdict};
 use super::queue::{Circuit, ShadowJob};
 use super::queue::{PrimaryBodyWatch, PrimaryOutcome};
 use super::record::{self, Answer, Subject, Unrecorded};
@@ -137,6 +137,8 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     *req.method_mut() = method.clone();
     *req.uri_mut() = upstream_uri(&ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
+    // What teeproxy changed on this copy, which the comparison leaves out.
+    let edits = spec.compare.edits(req.headers());
     // Bodies are read only when they are compared or this copy is recorded.
     let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
@@ -184,7 +186,15 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         return;
     }
 
-    let verdict = judge(&spec.compare, &primary, primary_body, &answer, spec.timeout).await;
+    let verdict = judge(
+        &spec.compare,
+        &primary,
+        primary_body,
+        &answer,
+        &edits,
+        spec.timeout,
+    )
+    .await;
     let subject = Subject {
         request_id: &request_id,
         method: &method,
@@ -203,12 +213,14 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     drop(charge);
 }
 
-/// Compares a shadow's answer with the primary's.
+/// Compares a shadow's answer with the primary's (`edits`: what teeproxy changed on the
+/// shadow's request).
 pub(crate) async fn judge(
     cmp: &Comparator,
     primary: &PrimaryOutcome,
     primary_body: Option<PrimaryBodyWatch>,
     answer: &Answer,
+    edits: &Edits,
     wait: Duration,
 ) -> Verdict {
     let Some(p_status) = primary.status.filter(|_| primary.error.is_none()) else {
@@ -220,7 +232,11 @@ pub(crate) async fn judge(
     else {
         return Verdict::of(CompareResult::ShadowError);
     };
-    if let Some(v) = cmp.compare_head((p_status, &primary.headers), (s_status, &answer.headers)) {
+    if let Some(v) = cmp.compare_head(
+        (p_status, &primary.headers),
+        (s_status, &answer.headers),
+        edits,
+    ) {
         return v;
     }
     // The primary's body may still be streaming to its client: wait for it, off the
@@ -235,8 +251,12 @@ pub(crate) async fn judge(
         None => BodySide::Incomplete,
     };
     cmp.compare_body(
-        &p_body,
-        answer.body.as_ref().unwrap_or(&BodySide::Incomplete),
+        (&primary.headers, &p_body),
+        (
+            &answer.headers,
+            answer.body.as_ref().unwrap_or(&BodySide::Incomplete),
+        ),
+        edits,
     )
 }
 
