@@ -369,8 +369,8 @@ impl App {
 
 #[cfg(test)]
 impl App {
-    /// The mismatch ring, newest first.
-    pub(crate) fn mismatches(&self) -> Vec<crate::shadow::compare::Mismatch> {
-        self.reloader.shared.mismatches.recent()
+    /// The mismatch groups, most recently seen first.
+    pub(crate) fn mismatches(&self) -> Vec<crate::shadow::mismatches::MismatchGroup> {
+        self.reloader.shared.mismatches.groups().groups
     }
 }

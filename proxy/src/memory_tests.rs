@@ -689,9 +689,13 @@ async fn a_different_shadow_answer_is_recorded_as_a_mismatch_with_its_difference
         metric(&registry, compared) == 1.0
     })
     .await;
-    let ring = app.mismatches();
-    assert_eq!(ring.len(), 1);
-    let m = &ring[0];
+    let groups = app.mismatches();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (groups[0].count, groups[0].fields.as_slice()),
+        (1, &["/a".to_string()][..])
+    );
+    let m = &groups[0].example;
     assert_eq!(
         (m.raw_path.as_str(), m.path.as_str()),
         ("/users/42", "/users/{id}")

@@ -1,5 +1,6 @@
 //! The live dashboard in a real headless Chromium: after traffic, the rendered page lists
-//! the paths with their figures and flags the slow and the different ones.
+//! the paths with their figures, flags the slow and the different ones, and shows the
+//! mismatches grouped by signature.
 //!
 //! Chromium is found at `$CHROMIUM`, `/usr/bin/chromium` or on the PATH; `.ci/run`
 //! installs it. Without it the test fails under CI (`CI` set) and is reported as skipped
@@ -155,13 +156,31 @@ async fn the_rendered_dashboard_tells_which_path_is_slower_or_different() {
         dom.contains("id=\"sum-paths\">3<"),
         "three paths in the summary"
     );
-    assert!(
-        dom.contains("status mismatch"),
-        "recent mismatches rendered"
-    );
+    assert!(dom.contains("status mismatch"), "mismatch groups rendered");
     assert!(
         dom.contains("GET /broken"),
-        "the mismatch names its request"
+        "the group's example names its request"
+    );
+    // The forty /broken mismatches are one group: one signature, counted, with times.
+    let group = dom
+        .find("class=\"mismatch-group\" data-route=\"all\" data-path=\"/broken\"")
+        .map(|at| &dom[at..at + dom[at..].find("</li>").expect("end of group")])
+        .unwrap_or_else(|| panic!("no /broken group in:\n{dom}"));
+    assert!(
+        group.contains("data-count=\"40\"") && group.contains("40×"),
+        "{group}"
+    );
+    assert!(group.contains("data-fields=\"status\""), "{group}");
+    assert!(
+        group.contains("first seen") && group.contains("last seen"),
+        "{group}"
+    );
+    assert_eq!(
+        // (The page's script holds the template, with `${...}` in place of "all".)
+        dom.matches("class=\"mismatch-group\" data-route=\"all\"")
+            .count(),
+        1,
+        "only /broken differs"
     );
     let shadow = dom
         .find("data-shadow=\"all/candidate\"")

@@ -349,9 +349,9 @@ async fn kept_mismatches_show_redacted_fields_as_redacted() {
         "the client gets the primary's answer"
     );
     assert_eventually!(
-        admin_json(&proxy, "/api/mismatches").await["mismatches"]
+        admin_json(&proxy, "/api/mismatches").await["groups"]
             .as_array()
-            .is_some_and(|m| m.len() == 2)
+            .is_some_and(|g| g.len() == 2)
     );
     let v = admin_json(&proxy, "/api/mismatches").await;
     let text = v.to_string();
@@ -361,12 +361,12 @@ async fn kept_mismatches_show_redacted_fields_as_redacted() {
         "no session in {text}"
     );
     let diff = |shadow: &str| -> Vec<(String, String)> {
-        v["mismatches"]
+        v["groups"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["shadow"] == shadow)
-            .unwrap_or_else(|| panic!("no mismatch of {shadow} in {v}"))["diff"]
+            .find(|g| g["shadow"] == shadow)
+            .unwrap_or_else(|| panic!("no mismatch of {shadow} in {v}"))["example"]["diff"]
             .as_array()
             .unwrap()
             .iter()

@@ -58,7 +58,10 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-async fn answer(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     // Jitter: 0 to 4 ms on every answer, drawn per leg.
     let jitter = Duration::from_micros(app.random() % 4000);
@@ -267,8 +270,16 @@ async fn the_same_version_on_every_leg_raises_no_flag_at_any_refresh() {
             .map(|f| f["field"].as_str().unwrap().to_string())
             .collect()
     };
-    assert!(noise("/echo").contains(&"/id".to_string()), "{:?}", noise("/echo"));
-    assert!(noise("/gz").contains(&"/id".to_string()), "{:?}", noise("/gz"));
+    assert!(
+        noise("/echo").contains(&"/id".to_string()),
+        "{:?}",
+        noise("/echo")
+    );
+    assert!(
+        noise("/gz").contains(&"/id".to_string()),
+        "{:?}",
+        noise("/gz")
+    );
     assert_eq!(noise("/page"), ["body"]);
     assert!(noise("/bin").is_empty());
     assert!(
@@ -311,10 +322,16 @@ async fn a_regressed_candidate_is_flagged_on_exactly_the_regressed_paths() {
     .await;
     eprintln!("caught after: {caught:?} requests");
     for path in ["/slow", "/price", "/fail"] {
-        assert!(caught.contains_key(path), "{path} never flagged: {caught:?}");
+        assert!(
+            caught.contains_key(path),
+            "{path} never flagged: {caught:?}"
+        );
     }
     let v = admin_json(&proxy, "/api/verdict").await;
-    assert_eq!(v["state"], "fail", "a critical route with flags fails the verdict");
+    assert_eq!(
+        v["state"], "fail",
+        "a critical route with flags fails the verdict"
+    );
     // The flagged path shows its evidence: the ratio with an interval around 1.15.
     let slow = v["rows"]
         .as_array()

@@ -1,5 +1,5 @@
 //! The admin API's JSON: the per-path table (`/api/paths`), the shadows' runtime state
-//! (`/api/shadows`) and its changes, and recent mismatches (`/api/mismatches`).
+//! (`/api/shadows`) and its changes, and the mismatch groups (`/api/mismatches`).
 //! `/api/config` is the config's own serialization.
 
 use std::sync::atomic::Ordering;
@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::metrics::CompareResult;
 use crate::proxy::snapshot::Snapshot;
-use crate::shadow::compare::MismatchRing;
 use crate::shadow::control::Override;
+use crate::shadow::mismatches::MismatchGroups;
 use crate::shadow::policy::ShadowPolicy;
 use crate::shadow::verdict::{self, pair::Pairing};
 use crate::stats::{LegStats, PathEntry};
@@ -191,9 +191,10 @@ pub(super) fn reset(snap: &Snapshot) -> Value {
     json!({ "reset": n })
 }
 
-/// `/api/mismatches`: newest first.
-pub(super) fn mismatches(ring: &MismatchRing) -> Value {
-    json!({ "mismatches": ring.recent() })
+/// `/api/mismatches`: the mismatch groups, most recently seen first, with the cap and
+/// the number evicted.
+pub(super) fn mismatches(groups: &MismatchGroups) -> Value {
+    json!(groups.groups())
 }
 
 /// `/api/shadows`: each route's shadows with their state (`active` or `paused`), the

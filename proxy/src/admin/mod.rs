@@ -6,7 +6,7 @@
 //! and what shows request or response contents (`/api/mismatches`, `/api/config`) need the
 //! bearer token of `admin.token_file`; without one they are open on a loopback address and
 //! refused on any other. It reads the current snapshot, the registry and the mismatch
-//! ring; it holds nothing of the handler.
+//! groups; it holds nothing of the handler.
 
 mod api;
 mod auth;
@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::metrics::{self, Metrics};
 use crate::proxy::Snapshots;
-use crate::shadow::compare::MismatchRing;
+use crate::shadow::mismatches::MismatchGroups;
 use crate::shutdown::stopped;
 
 /// What the admin endpoints read.
@@ -40,7 +40,7 @@ pub(crate) struct AdminState {
     /// True while the listeners accept traffic; false before start and while draining.
     pub(crate) ready: AtomicBool,
     snapshots: Snapshots,
-    mismatches: Arc<MismatchRing>,
+    mismatches: Arc<MismatchGroups>,
     metrics: Arc<Metrics>,
 }
 
@@ -48,7 +48,7 @@ impl AdminState {
     pub(crate) fn new(
         registry: Registry,
         snapshots: Snapshots,
-        mismatches: Arc<MismatchRing>,
+        mismatches: Arc<MismatchGroups>,
         metrics: Arc<Metrics>,
     ) -> Self {
         AdminState {

@@ -417,10 +417,11 @@ pub(crate) enum SkipReason {
     primary_incomplete,
     /// A body is over `compare.max_body`.
     body_too_large,
-    /// `json` mode and the primary's body is not JSON.
-    not_json,
-    /// A body has a `Content-Encoding` (compressed bodies are not compared).
-    encoded,
+    /// The primary's body is not what its `Content-Encoding` says (gzip, deflate, br).
+    decode_error,
+    /// A body has a `Content-Encoding` this build does not decode (`zstd`, ...), and the
+    /// two bodies are not the same bytes.
+    unknown_encoding,
 }
 
 impl SkipReason {
@@ -428,8 +429,8 @@ impl SkipReason {
         Self::primary_error,
         Self::primary_incomplete,
         Self::body_too_large,
-        Self::not_json,
-        Self::encoded,
+        Self::decode_error,
+        Self::unknown_encoding,
     ];
 }
 

@@ -16,9 +16,10 @@ use crate::http::checks::RequestLimits;
 use crate::metrics::{Leg, Metrics, RouteMetrics};
 use crate::route::RouteTable;
 use crate::shadow::capture::Recorder;
-use crate::shadow::compare::{Comparator, MismatchRing};
+use crate::shadow::compare::Comparator;
 use crate::shadow::control::Controls;
 use crate::shadow::dispatch::{Dispatcher, shadow_cluster};
+use crate::shadow::mismatches::MismatchGroups;
 use crate::shadow::policy::ShadowPolicy;
 use crate::shadow::record::CopySpec;
 use crate::shadow::verdict::pair::Pairing;
@@ -30,7 +31,7 @@ use crate::upstream::{Cluster, Resolve, SystemResolver};
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) mismatches: Arc<MismatchRing>,
+    pub(crate) mismatches: Arc<MismatchGroups>,
     /// How long a retired config's shadow queues get to empty once nothing uses them.
     pub(crate) shadow_drain: Duration,
     /// Runtime pauses and percent overrides, kept across reloads.
@@ -43,7 +44,7 @@ impl Shared {
     pub(crate) fn new(metrics: Arc<Metrics>, first: &Config) -> Self {
         Shared {
             metrics,
-            mismatches: Arc::new(MismatchRing::new(first.mismatch_ring)),
+            mismatches: Arc::new(MismatchGroups::new(first.mismatch_ring)),
             shadow_drain: first.shadow_drain,
             controls: Arc::default(),
             resolver: Arc::new(SystemResolver),
@@ -148,7 +149,13 @@ impl Snapshot {
                             route: r.name.clone(),
                             shadow: sh.cluster.clone(),
                             index,
-                            compare: Comparator::new(&sh.compare),
+                            compare: Comparator::new(&sh.compare).with_edits(
+                                ShadowPolicy::edited_headers(
+                                    sh,
+                                    config.shadow_header.as_ref(),
+                                    config.copy_header.as_ref(),
+                                ),
+                            ),
                             mismatches: shared.mismatches.clone(),
                             timeout: sh.timeout,
                             host: sh.host.clone(),

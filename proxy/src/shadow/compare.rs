@@ -1,16 +1,18 @@
 //! Comparing a shadow's response with the primary's: status, listed headers, and the body
-//! (`exact` bytes or `json` values with ignored pointers). Mismatches go into a bounded
-//! ring for the admin API. All of it runs in shadow tasks, never on the primary path.
-
-use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::sync::PoisonError;
+//! (`exact` bytes, or `json` values with ignored pointers, other bodies byte for byte).
+//! Bodies are compared with their `Content-Encoding` undone (`decode`), bounded by
+//! `max_body`. What teeproxy itself changed on the shadow's request (`Edits`: its marker,
+//! the Host, set and removed headers, the trace context) never counts as a difference,
+//! also where an application echoes it in a JSON body. A verdict names every differing
+//! field, canonically, for grouping and for learning noise. Pure: all of it runs in shadow
+//! tasks, never on the primary path.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::decode::{self, Decoded};
 use crate::config::{CompareBody, CompareConfig};
 use crate::metrics::{CompareResult, SkipReason};
 
@@ -45,7 +47,9 @@ impl BodySide {
 /// One difference, for people.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub(crate) struct Difference {
-    /// A JSON pointer, `status`, `header NAME` or `byte N`.
+    /// A JSON pointer (`/` for the whole document), `status`, `header NAME`, `byte N` (the
+    /// first differing byte of a body compared as bytes) or `body` (a body that could not
+    /// be decoded).
     pub(crate) at: String,
     pub(crate) primary: String,
     pub(crate) shadow: String,
@@ -56,7 +60,13 @@ pub(crate) struct Difference {
 pub(crate) struct Verdict {
     pub(crate) result: CompareResult,
     pub(crate) skipped: Option<SkipReason>,
+    /// Examples of the differences, at most `MAX_DIFFS`.
     pub(crate) diff: Vec<Difference>,
+    /// Every differing field, sorted: `status`, `header NAME` (lowercase), JSON pointers
+    /// (RFC 6901, array indices kept), `body` (the body as a whole: not JSON, not
+    /// decodable, or a different JSON document at its root). At most `MAX_FIELDS`, then
+    /// `MORE_FIELDS`. A status mismatch names `status` alone (the rest is not compared).
+    pub(crate) fields: Vec<String>,
 }
 
 impl Verdict {
@@ -65,28 +75,170 @@ impl Verdict {
             result,
             skipped: None,
             diff: Vec::new(),
+            fields: Vec::new(),
         }
     }
     pub(crate) fn skipped(reason: SkipReason) -> Self {
         Verdict {
             result: CompareResult::Skipped,
             skipped: Some(reason),
-            diff: Vec::new(),
-        }
-    }
-    fn mismatch(result: CompareResult, diff: Vec<Difference>) -> Self {
-        Verdict {
-            result,
-            skipped: None,
-            diff,
+            ..Verdict::of(CompareResult::Skipped)
         }
     }
 }
 
 /// Differences listed per mismatch at most.
 const MAX_DIFFS: usize = 5;
+/// Fields named per comparison at most; past it, `MORE_FIELDS` ends the list.
+pub(crate) const MAX_FIELDS: usize = 64;
+/// The last field of a list that had more than `MAX_FIELDS`.
+pub(crate) const MORE_FIELDS: &str = "…more";
 /// Characters of a value shown in a difference.
 const MAX_SHOWN: usize = 120;
+/// A value teeproxy set counts inside a longer string (a URL holding the Host) from this
+/// many bytes on; shorter ones only as the whole string.
+const MIN_EMBEDDED: usize = 4;
+/// The most a primary's original value can be, where a shadow's string holds teeproxy's.
+const MAX_ORIGINAL: usize = 1024;
+
+/// The request headers teeproxy adds, sets, removes or rewrites on one policy's copies
+/// (built by the policy, which makes those changes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EditedHeaders {
+    /// Every such header: a response field named after one is never a difference.
+    pub(crate) names: Vec<HeaderName>,
+    /// Those whose shadow value stands in for a primary's (Host, `headers.set`, the trace
+    /// context): a shadow string holding that value where the primary has another string
+    /// is not a difference.
+    pub(crate) replaced: Vec<HeaderName>,
+}
+
+/// What teeproxy set on one shadow request in place of the primary's values (see
+/// `EditedHeaders::replaced`), taken from the request as sent. Cheap: `HeaderValue`
+/// clones (reference counts), built in the shadow task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Edits {
+    values: Vec<HeaderValue>,
+}
+
+impl Edits {
+    /// Whether the shadow's string `s` differs from the primary's `p` only by values
+    /// teeproxy set on the shadow's request: `s` with one such value in one or more
+    /// places, `p` the same with an original value (a non-empty run without whitespace, at
+    /// most `MAX_ORIGINAL` bytes) in each.
+    pub(crate) fn explain(&self, p: &str, s: &str) -> bool {
+        p != s
+            && self.values.iter().any(|v| {
+                let Ok(v) = v.to_str() else { return false };
+                !v.is_empty()
+                    && (s == v || (v.len() >= MIN_EMBEDDED && s.contains(v)))
+                    && matches_with_holes(p, &s.split(v).collect::<Vec<_>>())
+            })
+    }
+}
+
+/// Whether `p` is `parts` joined by holes (see `Edits::explain`); `parts` has at least two.
+fn matches_with_holes(p: &str, parts: &[&str]) -> bool {
+    let hole =
+        |h: &str| !h.is_empty() && h.len() <= MAX_ORIGINAL && !h.contains(char::is_whitespace);
+    let (Some((first, rest)), true) = (parts.split_first(), parts.len() >= 2) else {
+        return false;
+    };
+    let Some(mut tail) = p.strip_prefix(first) else {
+        return false;
+    };
+    let Some((last, middle)) = rest.split_last() else {
+        return false;
+    };
+    for part in middle {
+        // The leftmost `part` after a hole of at least one character.
+        let Some((one, _)) = tail.char_indices().nth(1) else {
+            return false;
+        };
+        let Some(at) = tail[one..].find(part).map(|i| i + one) else {
+            return false;
+        };
+        if !hole(&tail[..at]) {
+            return false;
+        }
+        tail = &tail[at + part.len()..];
+    }
+    tail.len() > last.len() && tail.ends_with(last) && hole(&tail[..tail.len() - last.len()])
+}
+
+/// Whether a response's field name (a header, or a JSON key) names one of `names`: any
+/// case, `_` for `-`, and CGI's `HTTP_` prefix (`HTTP_X_TEEPROXY_SHADOW`) allowed.
+fn names_edited(key: &str, names: &[HeaderName]) -> bool {
+    let key = match key.get(..5) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("http_") && key.len() > 5 => &key[5..],
+        _ => key,
+    };
+    names.iter().any(|n| {
+        let n = n.as_str().as_bytes();
+        n.len() == key.len()
+            && n.iter().zip(key.bytes()).all(|(a, b)| {
+                let b = if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                };
+                *a == b
+            })
+    })
+}
+
+/// Differences and field names as a comparison finds them.
+struct Found<'a> {
+    edits: &'a Edits,
+    diff: Vec<Difference>,
+    fields: Vec<String>,
+    more: bool,
+}
+
+impl<'a> Found<'a> {
+    fn new(edits: &'a Edits) -> Self {
+        Found {
+            edits,
+            diff: Vec::new(),
+            fields: Vec::new(),
+            more: false,
+        }
+    }
+
+    /// No more fields are wanted.
+    fn full(&self) -> bool {
+        self.more
+    }
+
+    fn push(&mut self, at: &str, field: &str, primary: String, shadow: String) {
+        if self.fields.len() >= MAX_FIELDS {
+            self.more = true;
+            return;
+        }
+        self.fields.push(field.to_string());
+        if self.diff.len() < MAX_DIFFS {
+            self.diff.push(Difference {
+                at: at.to_string(),
+                primary,
+                shadow,
+            });
+        }
+    }
+
+    fn verdict(mut self, result: CompareResult) -> Verdict {
+        self.fields.sort();
+        self.fields.dedup();
+        if self.more {
+            self.fields.push(MORE_FIELDS.to_string());
+        }
+        Verdict {
+            result,
+            skipped: None,
+            diff: self.diff,
+            fields: self.fields,
+        }
+    }
+}
 
 /// A shadow's comparison settings, parsed.
 #[derive(Debug, Clone)]
@@ -100,6 +252,8 @@ pub(crate) struct Comparator {
     /// Header names (lowercase) whose values kept examples do not show.
     redact_headers: Vec<String>,
     pub(crate) max_body: usize,
+    /// What the policy changes on its copies.
+    edited: EditedHeaders,
 }
 
 /// What a kept example shows instead of a redacted value.
@@ -120,12 +274,33 @@ impl Comparator {
                 .map(|h: String| h.to_ascii_lowercase())
                 .collect(),
             max_body: c.max_body,
+            edited: EditedHeaders::default(),
+        }
+    }
+
+    /// The same, knowing what the policy changes on its copies' requests.
+    pub(crate) fn with_edits(mut self, edited: EditedHeaders) -> Self {
+        self.edited = edited;
+        self
+    }
+
+    /// What teeproxy set on a shadow request, from its headers as sent.
+    pub(crate) fn edits(&self, sent: &HeaderMap) -> Edits {
+        Edits {
+            values: self
+                .edited
+                .replaced
+                .iter()
+                .filter_map(|n| sent.get(n))
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .collect(),
         }
     }
 
     /// Replaces the values of redacted fields in `diff` before it is kept: a difference
     /// at a redacted JSON pointer, under it, or above it (its value contains the field);
-    /// at a redacted header; and byte snippets of bodies compared `exact` whenever any
+    /// at a redacted header; and snippets of bodies compared as bytes whenever any
     /// pointer is redacted (raw bytes cannot say where a field is).
     pub(crate) fn redact(&self, diff: &mut [Difference]) {
         for d in diff {
@@ -133,7 +308,7 @@ impl Comparator {
                 self.redact_headers
                     .iter()
                     .any(|h| h.eq_ignore_ascii_case(name))
-            } else if d.at.starts_with("byte ") || d.at == "/" {
+            } else if d.at.starts_with("byte ") || d.at == "/" || d.at == "body" {
                 // Raw bytes, or the whole document (`/` is how a root difference is shown).
                 !self.redact_pointers.is_empty()
             } else if d.at == "status" {
@@ -154,112 +329,193 @@ impl Comparator {
         self.body != CompareBody::Off
     }
 
-    /// Status and headers; `None` when they agree and the body decides.
+    /// Status, and headers when bodies are not compared; `None` when the body decides
+    /// (then `compare_body` compares the headers too).
     pub(crate) fn compare_head(
         &self,
         p: (StatusCode, &HeaderMap),
         s: (StatusCode, &HeaderMap),
+        edits: &Edits,
     ) -> Option<Verdict> {
         if self.status && p.0 != s.0 {
-            return Some(Verdict::mismatch(
-                CompareResult::StatusMismatch,
-                vec![Difference {
-                    at: "status".into(),
-                    primary: p.0.as_u16().to_string(),
-                    shadow: s.0.as_u16().to_string(),
-                }],
-            ));
+            let mut found = Found::new(edits);
+            found.push(
+                "status",
+                "status",
+                p.0.as_u16().to_string(),
+                s.0.as_u16().to_string(),
+            );
+            return Some(found.verdict(CompareResult::StatusMismatch));
         }
-        let diffs: Vec<Difference> = self
-            .headers
-            .iter()
-            .filter_map(|name| {
-                let (a, b) = (joined(p.1, name), joined(s.1, name));
-                (a != b).then(|| Difference {
-                    at: format!("header {name}"),
-                    primary: a.unwrap_or_else(|| "(absent)".into()),
-                    shadow: b.unwrap_or_else(|| "(absent)".into()),
-                })
-            })
-            .take(MAX_DIFFS)
-            .collect();
-        if !diffs.is_empty() {
-            return Some(Verdict::mismatch(CompareResult::HeaderMismatch, diffs));
+        if self.compares_body() {
+            return None;
         }
-        if !self.compares_body() {
-            return Some(Verdict::of(CompareResult::Match));
-        }
-        // Compressed bodies are not compared: equal content can differ in bytes (gzip
-        // headers carry a time), and JSON cannot be read without decoding.
-        let encoded = |h: &HeaderMap| {
-            h.get_all(http::header::CONTENT_ENCODING)
-                .iter()
-                .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
-        };
-        (encoded(p.1) || encoded(s.1)).then(|| Verdict::skipped(SkipReason::encoded))
+        let mut found = Found::new(edits);
+        self.header_diff(p.1, s.1, &mut found);
+        Some(if found.fields.is_empty() {
+            Verdict::of(CompareResult::Match)
+        } else {
+            found.verdict(CompareResult::HeaderMismatch)
+        })
     }
 
-    /// The bodies, once status and headers agreed.
-    pub(crate) fn compare_body(&self, p: &BodySide, s: &BodySide) -> Verdict {
-        let (p, s) = (p.joined(), s.joined());
-        let (a, b) = match (&p, &s) {
-            (BodySide::Incomplete, _) => return Verdict::skipped(SkipReason::primary_incomplete),
-            (BodySide::TooLarge, _) | (_, BodySide::TooLarge) => {
-                return Verdict::skipped(SkipReason::body_too_large);
+    /// The listed headers, leaving out those teeproxy changes on the request (an
+    /// application may echo them) and values that differ only by what it set.
+    fn header_diff(&self, p: &HeaderMap, s: &HeaderMap, found: &mut Found<'_>) {
+        for name in &self.headers {
+            if names_edited(name.as_str(), &self.edited.names) {
+                continue;
             }
-            (_, BodySide::Incomplete) => return Verdict::of(CompareResult::ShadowError),
+            let (a, b) = (joined(p, name), joined(s, name));
+            if a == b {
+                continue;
+            }
+            if let (Some(a), Some(b)) = (&a, &b)
+                && found.edits.explain(a, b)
+            {
+                continue;
+            }
+            let at = format!("header {name}");
+            found.push(
+                &at,
+                &at,
+                a.unwrap_or_else(|| "(absent)".into()),
+                b.unwrap_or_else(|| "(absent)".into()),
+            );
+        }
+    }
+
+    /// Headers and bodies, once the statuses agreed: a header difference is a
+    /// `header_mismatch` (with the body's differing fields too, when it could be
+    /// compared), else a body difference a `body_mismatch`. Bodies are compared decoded.
+    pub(crate) fn compare_body(
+        &self,
+        p: (&HeaderMap, &BodySide),
+        s: (&HeaderMap, &BodySide),
+        edits: &Edits,
+    ) -> Verdict {
+        let mut found = Found::new(edits);
+        self.header_diff(p.0, s.0, &mut found);
+        let headers_differ = !found.fields.is_empty();
+        let body = self.body_diff(p, s, &mut found);
+        match body {
+            Ok(()) if headers_differ => found.verdict(CompareResult::HeaderMismatch),
+            Ok(()) if found.fields.is_empty() => Verdict::of(CompareResult::Match),
+            Ok(()) => found.verdict(CompareResult::BodyMismatch),
+            // A shadow whose body broke off failed, whatever its headers said.
+            Err(Err(())) => Verdict::of(CompareResult::ShadowError),
+            // A body that cannot be compared hides no header difference.
+            Err(Ok(_)) if headers_differ => found.verdict(CompareResult::HeaderMismatch),
+            Err(Ok(reason)) => Verdict::skipped(reason),
+        }
+    }
+
+    /// The bodies' differences into `found`; `Err(Ok(reason))` when they cannot be
+    /// compared, `Err(Err(()))` when the shadow's broke off.
+    fn body_diff(
+        &self,
+        p: (&HeaderMap, &BodySide),
+        s: (&HeaderMap, &BodySide),
+        found: &mut Found<'_>,
+    ) -> Result<(), Result<SkipReason, ()>> {
+        let (pb, sb) = (p.1.joined(), s.1.joined());
+        let (a, b) = match (pb, sb) {
+            (BodySide::Incomplete, _) => return Err(Ok(SkipReason::primary_incomplete)),
+            (BodySide::TooLarge, _) | (_, BodySide::TooLarge) => {
+                return Err(Ok(SkipReason::body_too_large));
+            }
+            (_, BodySide::Incomplete) => return Err(Err(())),
             (BodySide::Complete(a), BodySide::Complete(b)) => (a, b),
             (BodySide::Parts(_), _) | (_, BodySide::Parts(_)) => unreachable!("joined above"),
         };
+        if self.body == CompareBody::Off {
+            return Ok(());
+        }
+        let (a, b) = match (
+            decode::decode(p.0, a.clone(), self.max_body),
+            decode::decode(s.0, b.clone(), self.max_body),
+        ) {
+            (Decoded::TooLarge, _) | (_, Decoded::TooLarge) => {
+                return Err(Ok(SkipReason::body_too_large));
+            }
+            (Decoded::Error(_), _) => return Err(Ok(SkipReason::decode_error)),
+            (Decoded::Unknown(_), _) | (_, Decoded::Unknown(_)) => {
+                // Undecodable alike: the same coded bytes are the same body.
+                if decode::codings(p.0) == decode::codings(s.0) && a == b {
+                    return Ok(());
+                }
+                return Err(Ok(SkipReason::unknown_encoding));
+            }
+            (Decoded::Body(x), Decoded::Error(e)) => {
+                found.push(
+                    "body",
+                    "body",
+                    format!("({} bytes)", x.len()),
+                    format!("(cannot be decoded: {e})"),
+                );
+                return Ok(());
+            }
+            (Decoded::Body(x), Decoded::Body(y)) => (x, y),
+        };
+        if a == b {
+            // The same bytes are the same in every mode (and cost no parsing).
+            return Ok(());
+        }
         match self.body {
-            CompareBody::Off => Verdict::of(CompareResult::Match),
-            CompareBody::Exact => match a
-                .iter()
-                .zip(b.iter())
-                .position(|(x, y)| x != y)
-                .or((a.len() != b.len()).then(|| a.len().min(b.len())))
-            {
-                None => Verdict::of(CompareResult::Match),
-                Some(at) => Verdict::mismatch(
-                    CompareResult::BodyMismatch,
-                    vec![Difference {
-                        at: format!("byte {at}"),
-                        primary: snippet(a, at),
-                        shadow: snippet(b, at),
-                    }],
-                ),
-            },
-            CompareBody::Json if a.is_empty() && b.is_empty() => Verdict::of(CompareResult::Match),
-            CompareBody::Json => {
+            CompareBody::Off => {}
+            CompareBody::Exact => bytes_diff(&a, &b, found),
+            CompareBody::Json if a.is_empty() && b.is_empty() => {}
+            CompareBody::Json => match serde_json::from_slice::<Value>(&a) {
                 // Only the primary decides whether the answer is JSON: a shadow that
                 // answers something else where the primary answered JSON is different.
-                let Ok(mut x) = serde_json::from_slice::<Value>(a) else {
-                    return Verdict::skipped(SkipReason::not_json);
-                };
-                let Ok(mut y) = serde_json::from_slice::<Value>(b) else {
-                    return Verdict::mismatch(
-                        CompareResult::BodyMismatch,
-                        vec![Difference {
-                            at: "/".into(),
-                            primary: show(Some(&x)),
-                            shadow: format!("(not JSON) {}", snippet(b, 0)),
-                        }],
-                    );
-                };
-                for pointer in &self.ignore {
-                    remove_pointer(&mut x, pointer);
-                    remove_pointer(&mut y, pointer);
-                }
-                let mut diffs = Vec::new();
-                json_diff(&x, &y, &mut String::new(), &mut diffs);
-                if diffs.is_empty() {
-                    Verdict::of(CompareResult::Match)
-                } else {
-                    Verdict::mismatch(CompareResult::BodyMismatch, diffs)
-                }
-            }
+                Ok(mut x) => match serde_json::from_slice::<Value>(&b) {
+                    Ok(mut y) => {
+                        for pointer in &self.ignore {
+                            remove_pointer(&mut x, pointer);
+                            remove_pointer(&mut y, pointer);
+                        }
+                        if !self.edited.names.is_empty() {
+                            drop_edited(&mut x, &self.edited.names);
+                            drop_edited(&mut y, &self.edited.names);
+                        }
+                        json_diff(&x, &y, &mut String::new(), found);
+                    }
+                    Err(_) => found.push(
+                        "/",
+                        "body",
+                        show(Some(&x)),
+                        format!("(not JSON) {}", snippet(&b, 0)),
+                    ),
+                },
+                Err(_) => bytes_diff(&a, &b, found),
+            },
         }
+        Ok(())
     }
+}
+
+/// Bodies byte for byte: as text when both are UTF-8 (and then equal but for values
+/// teeproxy set on the shadow's request), with a snippet around the first difference;
+/// else in hex.
+fn bytes_diff(a: &[u8], b: &[u8], found: &mut Found<'_>) {
+    let Some(at) = a
+        .iter()
+        .zip(b.iter())
+        .position(|(x, y)| x != y)
+        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
+    else {
+        return;
+    };
+    let (primary, shadow) = match (std::str::from_utf8(a), std::str::from_utf8(b)) {
+        (Ok(x), Ok(y)) => {
+            if found.edits.explain(x, y) {
+                return;
+            }
+            (snippet(a, at), snippet(b, at))
+        }
+        _ => (hex_snippet(a, at), hex_snippet(b, at)),
+    };
+    found.push(&format!("byte {at}"), "body", primary, shadow);
 }
 
 /// Whether one JSON pointer is the other, or lies under it.
@@ -298,6 +554,17 @@ fn snippet(b: &[u8], at: usize) -> String {
     shorten(String::from_utf8_lossy(&b[start..end]).into_owned())
 }
 
+/// Bytes around `at` in hex, `(end)` past the end.
+fn hex_snippet(b: &[u8], at: usize) -> String {
+    let start = at.saturating_sub(8);
+    let end = (at + 24).min(b.len());
+    if start >= end {
+        return "(end)".into();
+    }
+    let hex: Vec<String> = b[start..end].iter().map(|x| format!("{x:02x}")).collect();
+    format!("(binary, from byte {start}) {}", hex.join(" "))
+}
+
 fn show(v: Option<&Value>) -> String {
     v.map_or_else(|| "(absent)".into(), |v| shorten(v.to_string()))
 }
@@ -330,10 +597,41 @@ fn remove_pointer(v: &mut Value, pointer: &str) {
     }
 }
 
-/// Collects up to `MAX_DIFFS` differing pointers (object key order is irrelevant,
-/// arrays compare in order).
-fn json_diff(a: &Value, b: &Value, at: &mut String, out: &mut Vec<Difference>) {
-    if out.len() >= MAX_DIFFS {
+/// Removes, anywhere in `v`, what names a header teeproxy changed on the request: object
+/// members by key (`{"host": ...}`), and array elements that are such a header as a
+/// `[name, value]` pair or a `{"name": ..., "value": ...}` object (how some applications
+/// list the headers they received).
+fn drop_edited(v: &mut Value, names: &[HeaderName]) {
+    let named = |item: &Value| match item {
+        Value::Array(pair) => pair
+            .first()
+            .and_then(Value::as_str)
+            .is_some_and(|k| pair.len() == 2 && names_edited(k, names)),
+        Value::Object(m) => ["name", "key"].iter().any(|k| {
+            m.get(*k)
+                .and_then(Value::as_str)
+                .is_some_and(|k| names_edited(k, names))
+        }),
+        _ => false,
+    };
+    match v {
+        Value::Object(map) => {
+            map.retain(|k, _| !names_edited(k, names));
+            map.values_mut().for_each(|x| drop_edited(x, names));
+        }
+        Value::Array(items) => {
+            items.retain(|x| !named(x));
+            items.iter_mut().for_each(|x| drop_edited(x, names));
+        }
+        _ => {}
+    }
+}
+
+/// Collects the differing pointers (object key order is irrelevant, arrays compare in
+/// order; strings that differ only by values teeproxy set on the shadow's request do not
+/// count).
+fn json_diff(a: &Value, b: &Value, at: &mut String, found: &mut Found<'_>) {
+    if found.full() {
         return;
     }
     match (a, b) {
@@ -344,114 +642,56 @@ fn json_diff(a: &Value, b: &Value, at: &mut String, out: &mut Vec<Difference>) {
                 .collect();
             keys.sort();
             for k in keys {
-                let len = at.len();
-                at.push('/');
-                at.push_str(&escape_token(k));
-                match (x.get(k), y.get(k)) {
-                    (Some(p), Some(s)) => json_diff(p, s, at, out),
-                    (p, s) if out.len() < MAX_DIFFS => out.push(Difference {
-                        at: at.clone(),
-                        primary: show(p),
-                        shadow: show(s),
-                    }),
-                    _ => {}
+                if found.full() {
+                    break;
                 }
-                at.truncate(len);
+                member(at, &escape_token(k), (x.get(k), y.get(k)), found);
             }
         }
         (Value::Array(x), Value::Array(y)) => {
             for i in 0..x.len().max(y.len()) {
-                let len = at.len();
-                at.push('/');
-                at.push_str(&i.to_string());
-                match (x.get(i), y.get(i)) {
-                    (Some(p), Some(s)) => json_diff(p, s, at, out),
-                    (p, s) if out.len() < MAX_DIFFS => out.push(Difference {
-                        at: at.clone(),
-                        primary: show(p),
-                        shadow: show(s),
-                    }),
-                    _ => {}
+                if found.full() {
+                    break;
                 }
-                at.truncate(len);
+                member(at, &i.to_string(), (x.get(i), y.get(i)), found);
             }
         }
         // 1 and 1.0 are the same number.
         (Value::Number(p), Value::Number(s)) if p.as_f64() == s.as_f64() => {}
-        (p, s) if p != s => out.push(Difference {
-            at: if at.is_empty() {
-                "/".to_string()
+        (Value::String(p), Value::String(s)) if found.edits.explain(p, s) => {}
+        (p, s) if p != s => {
+            let (shown, field) = if at.is_empty() {
+                ("/", "body")
             } else {
-                at.clone()
-            },
-            primary: show(Some(p)),
-            shadow: show(Some(s)),
-        }),
+                (at.as_str(), at.as_str())
+            };
+            found.push(shown, field, show(Some(p)), show(Some(s)));
+        }
         _ => {}
     }
 }
 
-/// A mismatch as `/api/mismatches` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Mismatch {
-    /// Milliseconds since the Unix epoch.
-    pub(crate) time_ms: u64,
-    pub(crate) request_id: String,
-    pub(crate) route: String,
-    pub(crate) method: String,
-    /// The path as the client sent it (`path` in the JSON, as the API has always had it).
-    #[serde(rename = "path")]
-    pub(crate) raw_path: String,
-    /// Its path template (`template` in the JSON).
-    #[serde(rename = "template")]
-    pub(crate) path: String,
-    pub(crate) shadow: String,
-    pub(crate) primary_status: Option<u16>,
-    pub(crate) shadow_status: Option<u16>,
-    pub(crate) result: &'static str,
-    pub(crate) diff: Vec<Difference>,
-}
-
-/// The most recent mismatches, bounded.
-pub(crate) struct MismatchRing {
-    cap: usize,
-    items: Mutex<VecDeque<Mismatch>>,
-}
-
-impl MismatchRing {
-    pub(crate) fn new(cap: usize) -> Self {
-        MismatchRing {
-            cap,
-            items: Mutex::new(VecDeque::with_capacity(cap.min(1024))),
-        }
+/// One member (object key or array index) of `json_diff`.
+fn member(
+    at: &mut String,
+    token: &str,
+    v: (Option<&Value>, Option<&Value>),
+    found: &mut Found<'_>,
+) {
+    let len = at.len();
+    at.push('/');
+    at.push_str(token);
+    match v {
+        (Some(p), Some(s)) => json_diff(p, s, at, found),
+        (p, s) => found.push(at, at, show(p), show(s)),
     }
-
-    pub(crate) fn push(&self, m: Mismatch) {
-        if self.cap == 0 {
-            return;
-        }
-        let mut items = self.items.lock().unwrap_or_else(PoisonError::into_inner);
-        if items.len() == self.cap {
-            items.pop_front();
-        }
-        items.push_back(m);
-    }
-
-    /// Newest first.
-    pub(crate) fn recent(&self) -> Vec<Mismatch> {
-        self.items
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .rev()
-            .cloned()
-            .collect()
-    }
+    at.truncate(len);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shadow::decode::tests::{br, gzip, raw_deflate, zlib};
 
     fn cmp(body: CompareBody, ignore: &[&str]) -> Comparator {
         Comparator::new(&CompareConfig {
@@ -476,6 +716,20 @@ mod tests {
         BodySide::Complete(Bytes::copy_from_slice(s.as_bytes()))
     }
 
+    fn raw(b: Vec<u8>) -> BodySide {
+        BodySide::Complete(Bytes::from(b))
+    }
+
+    /// Two bodies without headers.
+    fn bodies(c: &Comparator, a: &BodySide, b: &BodySide) -> Verdict {
+        let none = HeaderMap::new();
+        c.compare_body((&none, a), (&none, b), &Edits::default())
+    }
+
+    fn head(c: &Comparator, p: (StatusCode, &HeaderMap), s: (StatusCode, &HeaderMap)) -> Verdict {
+        c.compare_head(p, s, &Edits::default()).unwrap()
+    }
+
     #[test]
     fn status_and_headers() {
         let c = cmp(CompareBody::Off, &[]);
@@ -484,12 +738,10 @@ mod tests {
         let none = HeaderMap::new();
         let ok = StatusCode::OK;
         assert_eq!(
-            c.compare_head((ok, &json), (ok, &json)).unwrap().result,
+            head(&c, (ok, &json), (ok, &json)).result,
             CompareResult::Match
         );
-        let v = c
-            .compare_head((ok, &json), (StatusCode::INTERNAL_SERVER_ERROR, &json))
-            .unwrap();
+        let v = head(&c, (ok, &json), (StatusCode::INTERNAL_SERVER_ERROR, &json));
         assert_eq!(v.result, CompareResult::StatusMismatch);
         assert_eq!(
             v.diff[0],
@@ -499,15 +751,17 @@ mod tests {
                 shadow: "500".into()
             }
         );
-        let v = c.compare_head((ok, &json), (ok, &text)).unwrap();
+        assert_eq!(v.fields, ["status"]);
+        let v = head(&c, (ok, &json), (ok, &text));
         assert_eq!(v.result, CompareResult::HeaderMismatch);
         assert_eq!(v.diff[0].at, "header content-type");
+        assert_eq!(v.fields, ["header content-type"]);
         assert_eq!(
-            c.compare_head((ok, &json), (ok, &none)).unwrap().diff[0].shadow,
+            head(&c, (ok, &json), (ok, &none)).diff[0].shadow,
             "(absent)"
         );
         assert_eq!(
-            c.compare_head((ok, &none), (ok, &none)).unwrap().result,
+            head(&c, (ok, &none), (ok, &none)).result,
             CompareResult::Match,
             "absent on both sides"
         );
@@ -518,25 +772,53 @@ mod tests {
         };
         let c = Comparator::new(&no_status);
         assert_eq!(
-            c.compare_head((ok, &json), (StatusCode::NOT_FOUND, &text))
-                .unwrap()
-                .result,
+            head(&c, (ok, &json), (StatusCode::NOT_FOUND, &text)).result,
             CompareResult::Match
         );
         let body_mode = cmp(CompareBody::Json, &[]);
-        assert!(
-            body_mode.compare_head((ok, &json), (ok, &json)).is_none(),
-            "the body decides"
-        );
         let gz = headers(&[
             ("content-type", "application/json"),
             ("content-encoding", "gzip"),
         ]);
-        let v = body_mode.compare_head((ok, &gz), (ok, &gz)).unwrap();
+        assert!(
+            body_mode
+                .compare_head((ok, &gz), (ok, &text), &Edits::default())
+                .is_none(),
+            "the body decides, headers compared with it"
+        );
+    }
+
+    #[test]
+    fn a_header_difference_names_the_body_fields_too() {
+        let c = Comparator::new(&CompareConfig {
+            body: CompareBody::Json,
+            headers: vec![
+                HeaderName::from_static("content-type"),
+                HeaderName::from_static("etag"),
+            ],
+            ..Default::default()
+        });
+        let p = headers(&[("content-type", "application/json"), ("etag", "a")]);
+        let s = headers(&[("content-type", "application/json"), ("etag", "b")]);
+        let v = c.compare_body(
+            (&p, &body(r#"{"a":1,"b":2}"#)),
+            (&s, &body(r#"{"a":1,"b":3}"#)),
+            &Edits::default(),
+        );
+        assert_eq!(v.result, CompareResult::HeaderMismatch);
+        assert_eq!(v.fields, ["/b", "header etag"]);
+        let v = c.compare_body(
+            (&p, &BodySide::TooLarge),
+            (&s, &body("{}")),
+            &Edits::default(),
+        );
         assert_eq!(
-            v.skipped,
-            Some(SkipReason::encoded),
-            "compressed bodies are not compared"
+            (v.result, v.fields),
+            (
+                CompareResult::HeaderMismatch,
+                vec!["header etag".to_string()]
+            ),
+            "a body too large to compare hides no header difference"
         );
     }
 
@@ -544,13 +826,14 @@ mod tests {
     fn exact_bodies() {
         let c = cmp(CompareBody::Exact, &[]);
         assert_eq!(
-            c.compare_body(&body("hello"), &body("hello")).result,
+            bodies(&c, &body("hello"), &body("hello")).result,
             CompareResult::Match
         );
-        let v = c.compare_body(&body("hello world"), &body("hello World"));
+        let v = bodies(&c, &body("hello world"), &body("hello World"));
         assert_eq!(v.result, CompareResult::BodyMismatch);
         assert_eq!(v.diff[0].at, "byte 6");
-        let v = c.compare_body(&body("abc"), &body("abcd"));
+        assert_eq!(v.fields, ["body"]);
+        let v = bodies(&c, &body("abc"), &body("abcd"));
         assert_eq!(
             v.diff[0].at, "byte 3",
             "a longer body differs where the shorter ends"
@@ -567,19 +850,18 @@ mod tests {
             r#"{"id":1,"name":"a","timestamp":5,"meta":{"request_id":"x","v":2},"items":[1,2,3]}"#;
         let b =
             r#"{"meta":{"v":2,"request_id":"y"},"items":[1,9,3],"name":"a","id":1,"timestamp":6}"#;
-        assert_eq!(
-            c.compare_body(&body(a), &body(b)).result,
-            CompareResult::Match
-        );
+        assert_eq!(bodies(&c, &body(a), &body(b)).result, CompareResult::Match);
 
         let c = cmp(CompareBody::Json, &[]);
-        let v = c.compare_body(
+        let v = bodies(
+            &c,
             &body(r#"{"a":[1,2],"b":{"c":"x"}}"#),
             &body(r#"{"a":[2,1],"b":{"c":"y"},"d":true}"#),
         );
         assert_eq!(v.result, CompareResult::BodyMismatch);
         let at: Vec<&str> = v.diff.iter().map(|d| d.at.as_str()).collect();
         assert_eq!(at, ["/a/0", "/a/1", "/b/c", "/d"]);
+        assert_eq!(v.fields, ["/a/0", "/a/1", "/b/c", "/d"]);
         assert_eq!(
             v.diff[2],
             Difference {
@@ -590,58 +872,327 @@ mod tests {
         );
         assert_eq!(v.diff[3].primary, "(absent)");
 
-        let v = c.compare_body(&body("not json"), &body("{}"));
-        assert_eq!(
-            (v.result, v.skipped),
-            (CompareResult::Skipped, Some(SkipReason::not_json)),
-            "the primary is not JSON"
-        );
-        let v = c.compare_body(&body("{\"a\":1}"), &body("<html>oops</html>"));
+        let v = bodies(&c, &body("{\"a\":1}"), &body("<html>oops</html>"));
         assert_eq!(
             v.result,
             CompareResult::BodyMismatch,
             "JSON expected, something else came"
         );
         assert!(v.diff[0].shadow.starts_with("(not JSON)"));
+        assert_eq!(v.fields, ["body"]);
         assert_eq!(
-            c.compare_body(&body(""), &body("")).result,
+            bodies(&c, &body(""), &body("")).result,
             CompareResult::Match,
             "HEAD, 204, 304"
         );
         assert_eq!(
-            c.compare_body(&body("{\"n\":1}"), &body("{\"n\":1.0}"))
-                .result,
+            bodies(&c, &body("{\"n\":1}"), &body("{\"n\":1.0}")).result,
             CompareResult::Match,
             "1 == 1.0"
         );
-        let v = c.compare_body(&body("1"), &body("2"));
-        assert_eq!(v.diff[0].at, "/");
-        let many_a = (0..20)
-            .map(|i| format!("\"k{i:02}\":{i}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let many_b = (0..20)
-            .map(|i| format!("\"k{i:02}\":{}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let v = c.compare_body(
-            &body(&format!("{{{many_a}}}")),
-            &body(&format!("{{{many_b}}}")),
+        let v = bodies(&c, &body("1"), &body("2"));
+        assert_eq!(
+            (v.diff[0].at.as_str(), v.fields),
+            ("/", vec!["body".to_string()])
         );
-        assert_eq!(v.diff.len(), MAX_DIFFS, "diffs are short");
+        let key = bodies(&c, &body(r#"{"a/b~":1}"#), &body(r#"{"a/b~":2}"#));
+        assert_eq!(key.fields, ["/a~1b~0"], "RFC 6901 escapes");
+    }
+
+    #[test]
+    fn field_sets_are_sorted_complete_and_bounded() {
+        let c = cmp(CompareBody::Json, &[]);
+        let doc = |n: usize, plus: usize| {
+            let members: Vec<String> = (0..n)
+                .map(|i| format!("\"k{i:03}\":{}", i + plus))
+                .collect();
+            format!("{{\"list\":[1,2,3],{}}}", members.join(","))
+        };
+        // Twenty differences: every one named, five shown.
+        let v = bodies(&c, &body(&doc(20, 0)), &body(&doc(20, 1)));
+        assert_eq!(v.diff.len(), MAX_DIFFS, "examples are short");
+        let want: Vec<String> = (0..20).map(|i| format!("/k{i:03}")).collect();
+        assert_eq!(v.fields, want, "complete and sorted");
+        // The same bodies, the same fields, every time.
+        assert_eq!(
+            bodies(&c, &body(&doc(20, 0)), &body(&doc(20, 1))).fields,
+            want
+        );
+        // Array indices are kept; a longer array names each extra index.
+        let v = bodies(
+            &c,
+            &body(r#"{"list":[1,2,3]}"#),
+            &body(r#"{"list":[1,5,3,4,5]}"#),
+        );
+        assert_eq!(v.fields, ["/list/1", "/list/3", "/list/4"]);
+        // Past the bound: 64 fields, then the marker.
+        let v = bodies(&c, &body(&doc(200, 0)), &body(&doc(200, 1)));
+        assert_eq!(v.fields.len(), MAX_FIELDS + 1);
+        assert_eq!(v.fields.last().map(String::as_str), Some(MORE_FIELDS));
+        let named = &v.fields[..MAX_FIELDS];
+        assert!(named.windows(2).all(|w| w[0] < w[1]), "sorted: {named:?}");
+        assert_eq!(named[0], "/k000");
+    }
+
+    #[test]
+    fn coded_bodies_are_compared_decoded() {
+        let c = cmp(CompareBody::Json, &[]);
+        let doc = br#"{"user":{"id":7,"plan":"pro"},"items":[1,2,3]}"#;
+        let other = br#"{"user":{"id":7,"plan":"free"},"items":[1,2,3]}"#;
+        let coded = |c: &str| headers(&[("content-encoding", c)]);
+        let plain = HeaderMap::new();
+        let e = Edits::default();
+        for (coding, encode) in [
+            ("gzip", gzip as fn(&[u8]) -> Vec<u8>),
+            ("deflate", zlib),
+            ("deflate", raw_deflate),
+            ("br", br),
+        ] {
+            // Each leg may code differently, or not at all.
+            let v = c.compare_body(
+                (&coded(coding), &raw(encode(doc))),
+                (&plain, &raw(doc.to_vec())),
+                &e,
+            );
+            assert_eq!(v.result, CompareResult::Match, "{coding}");
+            let v = c.compare_body(
+                (&coded(coding), &raw(encode(doc))),
+                (&coded("gzip"), &raw(gzip(other))),
+                &e,
+            );
+            assert_eq!(v.result, CompareResult::BodyMismatch, "{coding}");
+            assert_eq!(v.fields, ["/user/plan"], "{coding}");
+        }
+        let v = c.compare_body(
+            (&coded("gzip, br"), &raw(br(&gzip(doc)))),
+            (&coded("br"), &raw(br(doc))),
+            &e,
+        );
+        assert_eq!(v.result, CompareResult::Match, "stacked codings");
+        // Exact mode compares the decoded bytes too (gzip headers carry a time).
+        let exact = cmp(CompareBody::Exact, &[]);
+        let v = exact.compare_body(
+            (&coded("gzip"), &raw(gzip(doc))),
+            (&coded("br"), &raw(br(doc))),
+            &e,
+        );
+        assert_eq!(v.result, CompareResult::Match);
+    }
+
+    #[test]
+    fn bombs_and_undecodable_bodies() {
+        let c = Comparator::new(&CompareConfig {
+            body: CompareBody::Json,
+            max_body: 256 << 10,
+            ..Default::default()
+        });
+        let gz = headers(&[("content-encoding", "gzip")]);
+        let e = Edits::default();
+        let bomb = raw(gzip(&vec![b' '; 64 << 20]));
+        let fine = raw(gzip(b"{}"));
+        for (p, s) in [(&bomb, &fine), (&fine, &bomb)] {
+            let v = c.compare_body((&gz, p), (&gz, s), &e);
+            assert_eq!(v.skipped, Some(SkipReason::body_too_large));
+        }
+        let garbage = body("this is not gzip");
+        let v = c.compare_body((&gz, &garbage), (&gz, &fine), &e);
+        assert_eq!(v.skipped, Some(SkipReason::decode_error), "the primary's");
+        let v = c.compare_body((&gz, &fine), (&gz, &garbage), &e);
+        assert_eq!(
+            (v.result, v.fields.clone()),
+            (CompareResult::BodyMismatch, vec!["body".to_string()]),
+            "only the shadow's fails: a difference"
+        );
+        assert!(
+            v.diff[0].shadow.starts_with("(cannot be decoded: gzip"),
+            "{v:?}"
+        );
+        let zstd = headers(&[("content-encoding", "zstd")]);
+        let v = c.compare_body(
+            (&zstd, &body("\x28\u{b5}abc")),
+            (&zstd, &body("\x28\u{b5}abd")),
+            &e,
+        );
+        assert_eq!(v.skipped, Some(SkipReason::unknown_encoding));
+        let v = c.compare_body(
+            (&zstd, &body("\x28\u{b5}abc")),
+            (&zstd, &body("\x28\u{b5}abc")),
+            &e,
+        );
+        assert_eq!(v.result, CompareResult::Match, "the same coded bytes");
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_are_compared_as_text_or_bytes() {
+        let c = cmp(CompareBody::Json, &[]);
+        let page = "<html><body><h1>Orders</h1><p>3 open</p></body></html>";
+        assert_eq!(
+            bodies(&c, &body(page), &body(page)).result,
+            CompareResult::Match
+        );
+        let v = bodies(&c, &body(page), &body(&page.replace("3 open", "4 open")));
+        assert_eq!(v.result, CompareResult::BodyMismatch);
+        assert_eq!(v.fields, ["body"]);
+        let at = page.find("3 open").unwrap();
+        assert_eq!(v.diff[0].at, format!("byte {at}"));
+        assert!(v.diff[0].primary.contains("<p>3 open"), "{:?}", v.diff[0]);
+        assert!(v.diff[0].shadow.contains("<p>4 open"), "{:?}", v.diff[0]);
+
+        let png = |last: u8| {
+            raw(vec![
+                0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0xff, last,
+            ])
+        };
+        assert_eq!(bodies(&c, &png(1), &png(1)).result, CompareResult::Match);
+        let v = bodies(&c, &png(1), &png(2));
+        assert_eq!(
+            (v.result, v.fields.clone()),
+            (CompareResult::BodyMismatch, vec!["body".to_string()])
+        );
+        assert_eq!(v.diff[0].at, "byte 10");
+        assert!(v.diff[0].primary.ends_with("00 ff 01"), "{:?}", v.diff[0]);
+        assert!(v.diff[0].shadow.ends_with("00 ff 02"), "{:?}", v.diff[0]);
+        let v = bodies(&c, &body("not json"), &body("{}"));
+        assert_eq!(v.fields, ["body"], "the primary decides it is not JSON");
+    }
+
+    /// A comparator for copies marked `x-teeproxy-shadow`, with the Host rewritten, a
+    /// header set and one removed, and the trace context changed.
+    fn edited() -> (Comparator, Edits) {
+        let names = [
+            "host",
+            "expect",
+            "x-teeproxy-shadow",
+            "x-env",
+            "cookie",
+            "traceparent",
+            "tracestate",
+        ];
+        let c = Comparator::new(&CompareConfig {
+            body: CompareBody::Json,
+            headers: vec![
+                HeaderName::from_static("content-type"),
+                HeaderName::from_static("x-echo-host"),
+                HeaderName::from_static("x-teeproxy-shadow"),
+            ],
+            ..Default::default()
+        })
+        .with_edits(EditedHeaders {
+            names: names.iter().map(|n| HeaderName::from_static(n)).collect(),
+            replaced: ["host", "x-env", "traceparent", "tracestate"]
+                .iter()
+                .map(|n| HeaderName::from_static(n))
+                .collect(),
+        });
+        let sent = headers(&[
+            ("host", "shadow-host:9000"),
+            ("x-teeproxy-shadow", "c"),
+            ("x-env", "shadow"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01",
+            ),
+            ("accept", "*/*"),
+        ]);
+        let edits = c.edits(&sent);
+        (c, edits)
+    }
+
+    #[test]
+    fn what_teeproxy_changed_on_the_request_is_never_a_difference() {
+        let (c, e) = edited();
+        let json = headers(&[("content-type", "application/json")]);
+        let p = r#"{"headers":{"host":"api","accept":"*/*","cookie":"s=1",
+            "traceparent":"00-0af7651916cd43dd8448eb211c80319c-2222222222222222-01"},
+            "url":"http://api/orders?next=http://api/orders/2","env":"prod","n":1,
+            "pairs":[["Accept","*/*"]],"har":[{"name":"Accept","value":"*/*"}],
+            "cgi":{"HTTP_HOST":"api"}}"#;
+        let s = r#"{"headers":{"host":"shadow-host:9000","accept":"*/*","x-teeproxy-shadow":"c",
+            "traceparent":"00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01"},
+            "url":"http://shadow-host:9000/orders?next=http://shadow-host:9000/orders/2","env":"shadow","n":2,
+            "pairs":[["Accept","*/*"],["X-Teeproxy-Shadow","c"]],
+            "har":[{"name":"X-Teeproxy-Shadow","value":"c"},{"name":"Accept","value":"*/*"}],
+            "cgi":{"HTTP_HOST":"shadow-host:9000","HTTP_X_TEEPROXY_SHADOW":"c"}}"#;
+        let v = c.compare_body((&json, &body(p)), (&json, &body(s)), &e);
+        assert_eq!(v.result, CompareResult::BodyMismatch);
+        assert_eq!(v.fields, ["/n"], "only the real difference: {v:?}");
+
+        // Without edits, all of it would count.
+        let plain = c.compare_body((&json, &body(p)), (&json, &body(s)), &Edits::default());
+        assert!(plain.fields.contains(&"/url".to_string()), "{plain:?}");
+
+        // The same value elsewhere is a difference when the primary's is not an original
+        // value in its place.
+        let v = c.compare_body(
+            (&json, &body(r#"{"url":"http://api/x","note":"two words"}"#)),
+            (
+                &json,
+                &body(r#"{"url":"http://shadow-host:9000/y","note":"shadow"}"#),
+            ),
+            &e,
+        );
+        assert_eq!(v.fields, ["/note", "/url"]);
+
+        // Listed headers: one teeproxy set is not compared, an echoed value matches.
+        let p_head = headers(&[("content-type", "application/json"), ("x-echo-host", "api")]);
+        let s_head = headers(&[
+            ("content-type", "application/json"),
+            ("x-echo-host", "shadow-host:9000"),
+            ("x-teeproxy-shadow", "c"),
+        ]);
+        let v = c.compare_body((&p_head, &body("{}")), (&s_head, &body("{}")), &e);
+        assert_eq!(v.result, CompareResult::Match, "{v:?}");
+        let s_head = headers(&[
+            ("content-type", "text/html"),
+            ("x-echo-host", "shadow-host:9000"),
+        ]);
+        let v = c.compare_body((&p_head, &body("{}")), (&s_head, &body("{}")), &e);
+        assert_eq!(v.fields, ["header content-type"]);
+
+        // Text bodies that echo the Host.
+        let v = c.compare_body(
+            (&json, &body("<a href=\"http://api/next\">next</a>")),
+            (
+                &json,
+                &body("<a href=\"http://shadow-host:9000/next\">next</a>"),
+            ),
+            &e,
+        );
+        assert_eq!(v.result, CompareResult::Match);
+    }
+
+    #[test]
+    fn edits_explain_only_values_teeproxy_set() {
+        let (_, e) = edited();
+        assert!(e.explain("api", "shadow-host:9000"));
+        assert!(e.explain("http://api:80/a", "http://shadow-host:9000/a"));
+        assert!(e.explain("a=api;b=api", "a=shadow-host:9000;b=shadow-host:9000"));
+        assert!(
+            !e.explain("http://api/a", "http://shadow-host:9000/b"),
+            "the rest differs"
+        );
+        assert!(!e.explain("", "shadow-host:9000"), "no original value");
+        assert!(
+            !e.explain("two words", "shadow"),
+            "an original has no whitespace"
+        );
+        assert!(e.explain("prod", "shadow"), "x-env's value");
+        assert!(!e.explain("prod", "c"), "the marker replaces nothing");
+        assert!(!e.explain("same", "same"));
+        assert!(!Edits::default().explain("api", "shadow-host:9000"));
     }
 
     #[test]
     fn bodies_that_cannot_be_compared_are_skipped_with_a_reason() {
         let c = cmp(CompareBody::Exact, &[]);
-        let v = c.compare_body(&BodySide::TooLarge, &body("x"));
+        let v = bodies(&c, &BodySide::TooLarge, &body("x"));
         assert_eq!(v.skipped, Some(SkipReason::body_too_large));
-        let v = c.compare_body(&body("x"), &BodySide::TooLarge);
+        let v = bodies(&c, &body("x"), &BodySide::TooLarge);
         assert_eq!(v.skipped, Some(SkipReason::body_too_large));
-        let v = c.compare_body(&BodySide::Incomplete, &body("x"));
+        let v = bodies(&c, &BodySide::Incomplete, &body("x"));
         assert_eq!(v.skipped, Some(SkipReason::primary_incomplete));
         assert_eq!(
-            c.compare_body(&body("x"), &BodySide::Incomplete).result,
+            bodies(&c, &body("x"), &BodySide::Incomplete).result,
             CompareResult::ShadowError
         );
     }
@@ -657,7 +1208,8 @@ mod tests {
             ],
             ..Default::default()
         });
-        let v = c.compare_body(
+        let v = bodies(
+            &c,
             &body(r#"{"user":{"email":"a@x","name":"a"},"n":1,"users":2}"#),
             &body(r#"{"user":{"email":"b@x","name":"b"},"n":2,"users":3}"#),
         );
@@ -677,25 +1229,28 @@ mod tests {
             ]
         );
         // A difference above the field (its value holds it) is hidden too.
-        let v = c.compare_body(&body(r#"{"user":1}"#), &body(r#"{"user":{"email":"b@x"}}"#));
+        let v = bodies(
+            &c,
+            &body(r#"{"user":1}"#),
+            &body(r#"{"user":{"email":"b@x"}}"#),
+        );
         let mut diff = v.diff;
         c.redact(&mut diff);
         assert_eq!(diff[0].at, "/user");
         assert_eq!(diff[0].shadow, REDACTED);
         // Headers by name, any case; other headers stay readable.
-        let h = c
-            .compare_head(
-                (
-                    StatusCode::OK,
-                    &headers(&[("set-cookie", "s=1"), ("etag", "a")]),
-                ),
-                (
-                    StatusCode::OK,
-                    &headers(&[("set-cookie", "s=2"), ("etag", "b")]),
-                ),
-            )
-            .unwrap();
-        let mut diff = h.diff;
+        let v = c.compare_body(
+            (
+                &headers(&[("set-cookie", "s=1"), ("etag", "a")]),
+                &body("{}"),
+            ),
+            (
+                &headers(&[("set-cookie", "s=2"), ("etag", "b")]),
+                &body("{}"),
+            ),
+            &Edits::default(),
+        );
+        let mut diff = v.diff;
         c.redact(&mut diff);
         let shown: Vec<(&str, &str)> = diff
             .iter()
@@ -705,28 +1260,9 @@ mod tests {
             shown,
             [("header set-cookie", REDACTED), ("header etag", "b")]
         );
-    }
-
-    #[test]
-    fn the_ring_keeps_the_newest_and_stays_bounded() {
-        let ring = MismatchRing::new(3);
-        for i in 0..10 {
-            ring.push(Mismatch {
-                time_ms: i,
-                request_id: format!("r{i}"),
-                route: "r".into(),
-                method: "GET".into(),
-                raw_path: "/".into(),
-                path: "/".into(),
-                shadow: "s".into(),
-                primary_status: Some(200),
-                shadow_status: Some(500),
-                result: "status_mismatch",
-                diff: vec![],
-            });
-        }
-        let ids: Vec<String> = ring.recent().into_iter().map(|m| m.request_id).collect();
-        assert_eq!(ids, ["r9", "r8", "r7"]);
-        assert!(MismatchRing::new(0).recent().is_empty());
+        // Text bodies: snippets hidden once any pointer is redacted.
+        let mut diff = bodies(&c, &body("a@x"), &body("b@x")).diff;
+        c.redact(&mut diff);
+        assert_eq!(diff[0].primary, REDACTED);
     }
 }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::capture::line as capture;
-use super::compare::{BodySide, Comparator, Verdict};
+use super::compare::{BodySide, Comparator, Edits, Verdict};
 use super::queue::{Circuit, ShadowJob};
 use super::queue::{PrimaryBodyWatch, PrimaryOutcome};
 use super::record::{self, Answer, CopySpec, Subject, Unrecorded};
@@ -162,6 +162,8 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     *req.method_mut() = method.clone();
     *req.uri_mut() = upstream_uri(&ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
+    // What teeproxy changed on this copy, which the comparison leaves out.
+    let edits = spec.compare.edits(req.headers());
     // Bodies are read only when they are compared or this copy is recorded.
     let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
@@ -214,7 +216,15 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         return;
     }
 
-    let verdict = judge(&spec.compare, &primary, primary_body, &answer, spec.timeout).await;
+    let verdict = judge(
+        &spec.compare,
+        &primary,
+        primary_body,
+        &answer,
+        &edits,
+        spec.timeout,
+    )
+    .await;
     let subject = Subject {
         request_id: &request_id,
         method: &method,
@@ -245,14 +255,24 @@ fn observe(
     verdict: &Verdict,
     pair: Option<Arc<PairSlot>>,
 ) {
+    let failed =
+        answer.outcome != ShadowOutcome::ok || answer.status.is_none_or(|s| s.is_server_error());
+    // A failure is the `errors` flag's business, never also a difference: only answers
+    // where neither leg failed are compared for the verdict.
+    let compared = !failed
+        && !primary.failed()
+        && (matches!(verdict.result, CompareResult::Match) || verdict.result.is_mismatch());
     let half = Half {
         leg: LegObs {
             head: paired_head,
-            failed: answer.outcome != ShadowOutcome::ok
-                || answer.status.is_none_or(|s| s.is_server_error()),
+            failed,
         },
-        compared: matches!(verdict.result, CompareResult::Match) || verdict.result.is_mismatch(),
-        fields: verdict.diff.iter().map(|d| d.at.clone()).collect(),
+        compared,
+        fields: if compared {
+            verdict.fields.clone()
+        } else {
+            Vec::new()
+        },
     };
     if spec.pairing != Pairing::Alone
         && let Some(slot) = pair
@@ -273,7 +293,7 @@ fn observe(
             },
             shadow: half.leg,
             compared: half.compared,
-            mismatch: verdict.result.is_mismatch(),
+            mismatch: half.compared && verdict.result.is_mismatch(),
             paired: false,
             shadow_fields: half.fields,
             control_fields: Vec::new(),
@@ -281,12 +301,14 @@ fn observe(
     }
 }
 
-/// Compares a shadow's answer with the primary's.
+/// Compares a shadow's answer with the primary's (`edits`: what teeproxy changed on the
+/// shadow's request).
 pub(crate) async fn judge(
     cmp: &Comparator,
     primary: &PrimaryOutcome,
     primary_body: Option<PrimaryBodyWatch>,
     answer: &Answer,
+    edits: &Edits,
     wait: Duration,
 ) -> Verdict {
     let Some(p_status) = primary.status.filter(|_| primary.error.is_none()) else {
@@ -298,7 +320,11 @@ pub(crate) async fn judge(
     else {
         return Verdict::of(CompareResult::ShadowError);
     };
-    if let Some(v) = cmp.compare_head((p_status, &primary.headers), (s_status, &answer.headers)) {
+    if let Some(v) = cmp.compare_head(
+        (p_status, &primary.headers),
+        (s_status, &answer.headers),
+        edits,
+    ) {
         return v;
     }
     // The primary's body may still be streaming to its client: wait for it, off the
@@ -313,8 +339,12 @@ pub(crate) async fn judge(
         None => BodySide::Incomplete,
     };
     cmp.compare_body(
-        &p_body,
-        answer.body.as_ref().unwrap_or(&BodySide::Incomplete),
+        (&primary.headers, &p_body),
+        (
+            &answer.headers,
+            answer.body.as_ref().unwrap_or(&BodySide::Incomplete),
+        ),
+        edits,
     )
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, request::Parts};
 
+use super::compare::EditedHeaders;
 use super::control::ShadowControl;
 use super::queue::ShadowQueue;
 use super::rate::RateCap;
@@ -147,6 +148,27 @@ impl ShadowPolicy {
                 sample::draw(key) < t
             }
         }
+    }
+
+    /// The headers `shadow_headers` changes (for the comparison, which leaves them out).
+    pub(crate) fn edited_headers(
+        c: &ShadowConfig,
+        tag_name: Option<&HeaderName>,
+        copy_name: Option<&HeaderName>,
+    ) -> EditedHeaders {
+        let mut replaced = vec![
+            header::HOST,
+            HeaderName::from_static(TRACEPARENT),
+            HeaderName::from_static(TRACESTATE),
+        ];
+        replaced.extend(c.headers.set.iter().map(|(n, _)| n.clone()));
+        let mut names = replaced.clone();
+        names.push(header::EXPECT);
+        names.extend(c.headers.remove.iter().cloned());
+        names.extend(tag_name.cloned());
+        names.extend(copy_name.cloned());
+        names.dedup();
+        EditedHeaders { names, replaced }
     }
 
     /// The headers of copy `copy` (1-based) from the primary's (already without hop-by-hop

@@ -1,5 +1,5 @@
 //! What a copy leaves behind: counters per policy and per path, the shadow leg's latency
-//! and status for its path template, the comparison's verdict, the mismatch ring and the
+//! and status for its path template, the comparison's verdict, the mismatch groups and the
 //! debug log line. `CopySpec` is the slim description a queued copy carries: everything
 //! needed to send and record it, and nothing that holds its queue's sender (so an old
 //! config's queue closes once its last snapshot is gone).
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::compare::{BodySide, Comparator, Mismatch, MismatchRing, Verdict};
+use super::compare::{BodySide, Comparator, Verdict};
+use super::mismatches::{Mismatch, MismatchGroups};
 use crate::config::ShadowHost;
 use crate::metrics::{DropReason, ShadowOutcome, ShadowPolicyMetrics};
 use crate::stats::PathEntry;
@@ -23,7 +24,7 @@ pub(crate) struct CopySpec {
     /// Position among the route's policies (and in each path entry's shadow stats).
     pub(crate) index: usize,
     pub(crate) compare: Comparator,
-    pub(crate) mismatches: Arc<MismatchRing>,
+    pub(crate) mismatches: Arc<MismatchGroups>,
     pub(crate) timeout: Duration,
     pub(crate) host: ShadowHost,
     pub(crate) metrics: ShadowPolicyMetrics,
@@ -98,7 +99,7 @@ pub(crate) fn answer(spec: &CopySpec, path: &PathEntry, answer: &Answer) {
     }
 }
 
-/// The request a verdict is about, for the mismatch ring and the log.
+/// The request a verdict is about, for the mismatch groups and the log.
 pub(crate) struct Subject<'a> {
     pub(crate) request_id: &'a HeaderValue,
     pub(crate) method: &'a Method,
@@ -106,7 +107,7 @@ pub(crate) struct Subject<'a> {
     pub(crate) primary_status: Option<StatusCode>,
 }
 
-/// Records a comparison's verdict for the path, and a mismatch in the ring.
+/// Records a comparison's verdict for the path, and a mismatch in its group.
 pub(crate) fn verdict(
     spec: &CopySpec,
     path: &PathEntry,
@@ -120,21 +121,25 @@ pub(crate) fn verdict(
     if verdict.result.is_mismatch() {
         let mut diff = verdict.diff;
         spec.compare.redact(&mut diff);
-        spec.mismatches.push(Mismatch {
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            request_id: subject.request_id.to_str().unwrap_or("-").to_string(),
-            route: spec.route.clone(),
-            method: subject.method.to_string(),
-            raw_path: subject.raw_path.to_string(),
-            path: path.template.clone(),
-            shadow: spec.shadow.clone(),
-            primary_status: subject.primary_status.map(|s| s.as_u16()),
-            shadow_status: answer.status.map(|s| s.as_u16()),
-            result: verdict.result.as_str(),
-            diff,
-        });
+        let fields = verdict.fields;
+        spec.mismatches.record(
+            fields,
+            Mismatch {
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                request_id: subject.request_id.to_str().unwrap_or("-").to_string(),
+                route: spec.route.clone(),
+                method: subject.method.to_string(),
+                raw_path: subject.raw_path.to_string(),
+                path: path.template.clone(),
+                shadow: spec.shadow.clone(),
+                primary_status: subject.primary_status.map(|s| s.as_u16()),
+                shadow_status: answer.status.map(|s| s.as_u16()),
+                result: verdict.result.as_str(),
+                diff,
+            },
+        );
     }
     tracing::debug!(
         shadow = %spec.shadow,
