@@ -113,13 +113,13 @@ async fn answer(
         "/price" => {
             let n = app.prices.fetch_add(1, Ordering::Relaxed) + 1;
             let every = app.version.price_every;
-            let price = if every > 0 && n % every == 0 { 11 } else { 10 };
+            let price = if every > 0 && n.is_multiple_of(every) { 11 } else { 10 };
             json(serde_json::json!({ "id": id, "price": price }))
         }
         "/fail" => {
             let n = app.fails.fetch_add(1, Ordering::Relaxed) + 1;
             let every = app.version.fail_every;
-            if every > 0 && n % every == 0 {
+            if every > 0 && n.is_multiple_of(every) {
                 Response::builder()
                     .status(StatusCode::INTERNAL_SERVER_ERROR)
                     .header("content-type", "application/json")
