@@ -270,6 +270,10 @@ for title, e in exprs:
         errors.append(f"{title}: does not aggregate with `sum by (...)`: {e}")
     if e.startswith("histogram_quantile(") and "sum by (le" not in e:
         errors.append(f"{title}: histogram_quantile without sum by (le, ...): {e}")
+    # Latency histograms are native for a Prometheus that takes them (whose classic
+    # _bucket series it then drops): each quantile has the native form, `or` the classic.
+    if e.startswith("histogram_quantile(") and not re.search(r"rate\(teeproxy_\w+_seconds\{", e):
+        errors.append(f"{title}: histogram_quantile without the native-histogram form: {e}")
     if "_bucket" in e and "[$__rate_interval]" not in e:
         errors.append(f"{title}: buckets not over $__rate_interval: {e}")
 if len(exprs) < 20:

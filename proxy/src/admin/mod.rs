@@ -1,6 +1,6 @@
 //! The admin listener: the dashboard (`/`), `/api/paths`, `/api/shadows` (and `POST
 //! /api/shadows/{route}/{cluster}` to pause, resume or re-percent a shadow at runtime),
-//! `/api/mismatches`, `/api/config`, `/metrics` (Prometheus text, or OpenMetrics when asked), `/live`, `/ready`;
+//! `/api/mismatches`, `/api/config`, `/metrics` (Prometheus text, or OpenMetrics or protobuf when asked), `/live`, `/ready`;
 //! and, when `admin.metrics_address` is set, a second listener with only `/metrics`,
 //! `/live` and `/ready`. HTTP/1.1 only, meant for loopback or a private network. Changes
 //! and what shows request or response contents (`/api/mismatches`, `/api/config`) need the
@@ -198,14 +198,11 @@ async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<In
                 .headers()
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
-            let format = metrics::Format::negotiate(accept);
+            let (content_type, body) = metrics::exposition(&state.registry, accept);
             Response::builder()
-                .header(header::CONTENT_TYPE, format.content_type())
+                .header(header::CONTENT_TYPE, content_type)
                 .header(header::VARY, "accept")
-                .body(Full::new(Bytes::from(metrics::encode_as(
-                    &state.registry,
-                    format,
-                ))))
+                .body(Full::new(Bytes::from(body)))
                 .expect("static parts are valid")
         }
         (_, "/live") if read => text(StatusCode::OK, "live\n"),

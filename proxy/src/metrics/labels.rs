@@ -318,13 +318,15 @@ pub(crate) enum Phase {
     body,
 }
 
+/// One leg of one (route, path template): the per-path latency histogram and failure
+/// counter. No `phase`: per path only the time to the response head is kept (the time to
+/// the end of the body is per route, in `teeproxy_shadow_latency_seconds`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct PathLegPhaseLabels {
+pub(crate) struct PathLegLabels {
     pub(crate) route: String,
     pub(crate) path: String,
     pub(crate) leg: Leg,
     pub(crate) cluster: String,
-    pub(crate) phase: Phase,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -344,10 +346,11 @@ pub(crate) struct CompareLabels {
     pub(crate) result: CompareResult,
 }
 
+/// Skipped comparisons by reason: per (route, shadow), not per path (per path, the count
+/// of skips is `compare_results{result="skipped"}`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CompareSkipLabels {
     pub(crate) route: String,
-    pub(crate) path: String,
     pub(crate) shadow: String,
     pub(crate) reason: SkipReason,
 }

@@ -9,22 +9,26 @@ use std::sync::atomic::AtomicU64;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets_range};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 mod health;
 mod labels;
+mod series;
 mod text;
 
 pub(crate) use health::{EndpointGauge, HealthFamilies, HealthResult};
 pub(crate) use labels::*;
-pub(crate) use text::{Format, encode_as};
+use series::LazyCounter;
+pub(crate) use series::latency_histogram;
+pub(crate) use text::{Format, encode_as, exposition};
 
 /// All metric families.
 pub(crate) struct Metrics {
-    path_latency: Family<PathLegPhaseLabels, Histogram, fn() -> Histogram>,
+    path_latency: Family<PathLegLabels, Histogram, fn() -> Histogram>,
     path_responses: Family<PathLegStatusLabels, Counter>,
+    path_failures: Family<PathLegLabels, Counter>,
     compare_results: Family<CompareLabels, Counter>,
     compare_skipped: Family<CompareSkipLabels, Counter>,
     shadow_offered: Family<RouteShadowLabels, Counter>,
@@ -61,11 +65,6 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     /// Endpoint health gauges and health-check counters.
     pub(crate) health: Arc<HealthFamilies>,
-}
-
-/// Latency buckets: 100 us to 30 s, shared by every latency histogram.
-pub(crate) fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets_range(0.0001, 30.0, 20))
 }
 
 impl Metrics {
@@ -105,6 +104,7 @@ impl Metrics {
             shadow_held_bytes: Family::default(),
             path_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             path_responses: Family::default(),
+            path_failures: Family::default(),
             compare_results: Family::default(),
             compare_skipped: Family::default(),
             health: Arc::default(),
@@ -126,22 +126,27 @@ impl Metrics {
         r.register("shadow_sent", "Shadow copies sent", m.shadow_sent.clone());
         r.register(
             "path_latency_seconds",
-            "Latency per route and path template for each leg (primary, shadow) from the moment the leg is sent, to the response head (phase=headers) and to the end of the body (phase=body)",
+            "Latency per route and path template for each leg (primary, shadow), from the moment the leg's request is sent to its response head; classic buckets 1 ms to 60 s, and native buckets (schema 5) in the protobuf exposition",
             m.path_latency.clone(),
         );
         r.register(
             "path_responses",
-            "Responses per route, path template and leg, by status class",
+            "Responses per route, path template and leg, by status class (a class's series appears with its first response)",
             m.path_responses.clone(),
         );
         r.register(
+            "path_failures",
+            "Requests per route and path template that got no response from the primary (connect error, timeout, protocol error); the shadow leg's are compare_results{result=\"shadow_error\"}",
+            m.path_failures.clone(),
+        );
+        r.register(
             "compare_results",
-            "Shadow-versus-primary comparisons per route, path template and shadow",
+            "Shadow-versus-primary comparisons per route, path template and shadow (a result's series appears with its first comparison)",
             m.compare_results.clone(),
         );
         r.register(
             "compare_skipped",
-            "Comparisons skipped, by reason",
+            "Comparisons skipped per route and shadow, by reason (per path: compare_results{result=\"skipped\"})",
             m.compare_skipped.clone(),
         );
         r.register(
@@ -453,48 +458,54 @@ impl Metrics {
         }
     }
 
-    /// Handles for one leg of one (route, path template).
+    /// Handles for one leg of one (route, path template): its latency histogram (to the
+    /// response head), its status classes (each series created at its first response) and,
+    /// on the primary leg, its failures.
     pub(crate) fn path_leg(&self, route: &str, path: &str, leg: Leg, cluster: &str) -> LegMetrics {
-        let lat = |phase| {
-            self.path_latency.get_or_create_owned(&PathLegPhaseLabels {
-                route: route.to_string(),
-                path: path.to_string(),
-                leg,
-                cluster: cluster.to_string(),
-                phase,
-            })
+        let labels = PathLegLabels {
+            route: route.to_string(),
+            path: path.to_string(),
+            leg,
+            cluster: cluster.to_string(),
         };
         LegMetrics {
-            latency: [lat(Phase::headers), lat(Phase::body)],
+            latency: self.path_latency.get_or_create_owned(&labels),
             statuses: StatusClass::ALL.map(|status_class| {
-                self.path_responses
-                    .get_or_create_owned(&PathLegStatusLabels {
+                LazyCounter::new(
+                    &self.path_responses,
+                    PathLegStatusLabels {
                         route: route.to_string(),
                         path: path.to_string(),
                         leg,
                         cluster: cluster.to_string(),
                         status_class,
-                    })
+                    },
+                )
             }),
+            failures: (leg == Leg::primary)
+                .then(|| self.path_failures.get_or_create_owned(&labels)),
         }
     }
 
-    /// Comparison counters for one (route, path template, shadow).
+    /// Comparison counters for one (route, path template, shadow): the results per path
+    /// (each series created at its first comparison), the skip reasons per route.
     pub(crate) fn compare(&self, route: &str, path: &str, shadow: &str) -> CompareMetrics {
         CompareMetrics {
             results: CompareResult::ALL.map(|result| {
-                self.compare_results.get_or_create_owned(&CompareLabels {
-                    route: route.to_string(),
-                    path: path.to_string(),
-                    shadow: shadow.to_string(),
-                    result,
-                })
+                LazyCounter::new(
+                    &self.compare_results,
+                    CompareLabels {
+                        route: route.to_string(),
+                        path: path.to_string(),
+                        shadow: shadow.to_string(),
+                        result,
+                    },
+                )
             }),
             skipped: SkipReason::ALL.map(|reason| {
                 self.compare_skipped
                     .get_or_create_owned(&CompareSkipLabels {
                         route: route.to_string(),
-                        path: path.to_string(),
                         shadow: shadow.to_string(),
                         reason,
                     })
@@ -605,25 +616,38 @@ impl ShadowPolicyMetrics {
 /// Prometheus handles for one leg of one path.
 #[derive(Clone)]
 pub(crate) struct LegMetrics {
-    latency: [Histogram; 2],
-    statuses: [Counter; 5],
+    /// From sending the leg's request to its response head.
+    latency: Histogram,
+    statuses: [LazyCounter<PathLegStatusLabels>; StatusClass::ALL.len()],
+    /// Requests with no response; the primary leg only.
+    failures: Option<Counter>,
 }
 
 impl LegMetrics {
     pub(crate) fn head(&self, status: http::StatusCode, elapsed: std::time::Duration) {
         self.statuses[StatusClass::of(status) as usize].inc();
-        self.latency[Phase::headers as usize].observe(elapsed.as_secs_f64());
+        self.latency.observe(elapsed.as_secs_f64());
     }
-    pub(crate) fn end(&self, elapsed: std::time::Duration) {
-        self.latency[Phase::body as usize].observe(elapsed.as_secs_f64());
+
+    /// The end of the response body. Not exported per path (per path only the time to
+    /// the head is kept, the figure both legs are compared on); the time to the end is in
+    /// the per-route histograms.
+    pub(crate) fn end(&self, _elapsed: std::time::Duration) {}
+
+    /// A request that got no response (counted on the primary leg).
+    pub(crate) fn failed(&self) {
+        if let Some(c) = &self.failures {
+            c.inc();
+        }
     }
 }
 
 /// Prometheus handles for one (route, path, shadow) comparison.
 #[derive(Clone)]
 pub(crate) struct CompareMetrics {
-    results: [Counter; 6],
-    skipped: [Counter; 5],
+    results: [LazyCounter<CompareLabels>; CompareResult::ALL.len()],
+    /// Per (route, shadow): every path of the route shares these.
+    skipped: [Counter; SkipReason::ALL.len()],
 }
 
 impl CompareMetrics {
@@ -702,4 +726,106 @@ impl Drop for GaugeGuard {
 /// Renders the registry as OpenMetrics text.
 pub(crate) fn encode(registry: &Registry) -> String {
     encode_as(registry, Format::OpenMetrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::prometheus_protobuf::{
+        encode as encode_protobuf, prometheus_data_model as pb,
+    };
+    use std::time::Duration;
+
+    /// One path template with one shadow, after one mirrored, matched 200 on both legs
+    /// and one primary failure: the series it costs in the text exposition.
+    #[test]
+    fn one_path_template_costs_78_series_with_one_shadow() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let primary = m.path_leg("api", "/api/search", Leg::primary, "primary");
+        let shadow = m.path_leg("api", "/api/search", Leg::shadow, "candidate");
+        let compare = m.compare("api", "/api/search", "candidate");
+        let before = encode_as(&registry, Format::Prometheus);
+        let per_path = |text: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && l.contains("path=\"/api/search\""))
+                .count()
+        };
+        // Before any traffic: the two histograms and the primary's failure counter.
+        let histogram = LATENCY_BUCKETS_LEN + 1 + 2; // buckets, +Inf, _sum, _count
+        assert_eq!(per_path(&before), 2 * histogram + 1, "{before}");
+        for leg in [&primary, &shadow] {
+            leg.head(http::StatusCode::OK, Duration::from_millis(25));
+            leg.end(Duration::from_millis(26));
+        }
+        primary.failed();
+        shadow.failed(); // not a series: the shadow's failures are compare results
+        compare.result(CompareResult::Match, None);
+        let after = encode_as(&registry, Format::Prometheus);
+        // + a 2xx per leg + the match result.
+        assert_eq!(per_path(&after), 2 * histogram + 1 + 2 + 1, "{after}");
+        assert!(after.contains("teeproxy_path_failures_total{route=\"api\",path=\"/api/search\",leg=\"primary\",cluster=\"primary\"} 1"), "{after}");
+        assert!(after.contains("teeproxy_path_latency_seconds_bucket{le=\"0.03\",route=\"api\",path=\"/api/search\",leg=\"shadow\",cluster=\"candidate\"} 1"), "{after}");
+        assert!(after.contains("teeproxy_path_responses_total{route=\"api\",path=\"/api/search\",leg=\"shadow\",cluster=\"candidate\",status_class=\"2xx\"} 1"), "{after}");
+        assert!(
+            !after.contains("status_class=\"5xx\""),
+            "a class no response had has no series"
+        );
+    }
+
+    #[test]
+    fn latency_histograms_carry_native_buckets_in_protobuf_only() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let leg = m.path_leg("api", "/p", Leg::primary, "primary");
+        for ms in [24.0, 24.5, 25.0, 30.0] {
+            leg.head(http::StatusCode::OK, Duration::from_secs_f64(ms / 1000.0));
+        }
+        let families = encode_protobuf(&registry).expect("protobuf");
+        let family = families
+            .iter()
+            .find(|f| f.name == "teeproxy_path_latency_seconds")
+            .expect("the per-path latency family");
+        assert_eq!(family.r#type, pb::MetricType::Histogram as i32);
+        let h = family.metric[0].histogram.as_ref().expect("a histogram");
+        assert_eq!(h.sample_count, 4);
+        assert_eq!(h.schema, i32::from(series::LATENCY_SCHEMA));
+        let native: i64 = h
+            .positive_delta
+            .iter()
+            .scan(0, |c, d| {
+                *c += d;
+                Some(*c)
+            })
+            .sum();
+        assert_eq!(native, 4, "every observation in a native bucket");
+        assert_eq!(
+            h.bucket.len(),
+            LATENCY_BUCKETS_LEN + 1,
+            "and the classic buckets"
+        );
+        // The text formats: classic buckets only.
+        let text = encode_as(&registry, Format::Prometheus);
+        assert!(
+            text.contains(
+                "{le=\"0.02\",route=\"api\",path=\"/p\",leg=\"primary\",cluster=\"primary\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "{le=\"0.04\",route=\"api\",path=\"/p\",leg=\"primary\",cluster=\"primary\"} 4"
+            ),
+            "{text}"
+        );
+        let build = families.iter().find(|f| f.name == "teeproxy_build_info");
+        assert!(build.is_some_and(|f| f.r#type == pb::MetricType::Gauge as i32));
+        assert!(
+            families
+                .iter()
+                .any(|f| f.name == "teeproxy_requests_in_flight")
+        );
+    }
+
+    const LATENCY_BUCKETS_LEN: usize = series::LATENCY_BUCKETS.len();
 }

@@ -1,4 +1,5 @@
-//! The two text formats `/metrics` serves, and which one a scraper gets.
+//! The formats `/metrics` serves, and which one a scraper gets: two text formats, and
+//! the Prometheus protobuf exposition, the only one that carries native histograms.
 //!
 //! prometheus-client writes OpenMetrics 1.0 (`application/openmetrics-text`): a counter
 //! family is named without its `_total` suffix in `# HELP`/`# TYPE`, info metrics have
@@ -10,9 +11,17 @@
 //! `x_info`; `# UNIT` and `# EOF` are left out; gauges, histograms and summaries are the
 //! same in both. Exemplars (not used by teeproxy) are cut from sample lines.
 //!
-//! The format is negotiated on `Accept`: OpenMetrics when the scraper names
-//! `application/openmetrics-text` at least as high as `text/plain` (Prometheus does),
-//! 0.0.4 otherwise (no `Accept`, `*/*`, `text/plain`).
+//! The format is negotiated on `Accept`: protobuf when the scraper names
+//! `application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily;
+//! encoding=delimited` at least as high as either text format (Prometheus does with
+//! `--enable-feature=native-histograms`); else OpenMetrics when it names
+//! `application/openmetrics-text` at least as high as `text/plain` (Prometheus does
+//! without that feature); 0.0.4 otherwise (no `Accept`, `*/*`, `text/plain`).
+//!
+//! The protobuf exposition is length-delimited `io.prometheus.client.MetricFamily`
+//! messages, written by prometheus-client (generated with a pure-Rust protobuf compiler,
+//! so building needs no `protoc`). A latency histogram carries both its classic buckets
+//! and its native ones there; the text formats carry the classic buckets only.
 
 use std::fmt::Write as _;
 
@@ -27,26 +36,90 @@ pub(crate) enum Format {
     OpenMetrics,
 }
 
-impl Format {
-    /// The format for a request's `Accept` header.
-    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
-        let Some(accept) = accept else {
-            return Format::Prometheus;
-        };
-        let (mut openmetrics, mut plain) = (0.0f32, 0.0f32);
-        for range in accept.split(',') {
-            let mut params = range.split(';');
-            let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = params
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
-                .map_or(1.0, |(_, v)| v.trim().parse::<f32>().unwrap_or(0.0));
-            match media.as_str() {
-                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
-                "text/plain" => plain = plain.max(q),
-                _ => {}
+/// What `/metrics` answers a scraper with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Exposition {
+    Text(Format),
+    /// Length-delimited `io.prometheus.client.MetricFamily` protobuf messages.
+    Protobuf,
+}
+
+/// The media type of the protobuf exposition (and its `Content-Type`).
+const PROTOBUF: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+
+/// The highest `q` an `Accept` header gives to each exposition: (protobuf, OpenMetrics,
+/// text/plain). Protobuf counts only with `proto=io.prometheus.client.MetricFamily` and
+/// `encoding=delimited` (the other encodings are not served).
+fn accepted(accept: &str) -> (f32, f32, f32) {
+    let (mut protobuf, mut openmetrics, mut plain) = (0.0f32, 0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut params = range.split(';');
+        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        let (mut q, mut proto, mut delimited) = (1.0f32, false, false);
+        for (k, v) in params.filter_map(|p| p.split_once('=')) {
+            let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+            if k.eq_ignore_ascii_case("q") {
+                q = v.parse::<f32>().unwrap_or(0.0);
+            } else if k.eq_ignore_ascii_case("proto") {
+                proto = v == "io.prometheus.client.MetricFamily";
+            } else if k.eq_ignore_ascii_case("encoding") {
+                delimited = v.eq_ignore_ascii_case("delimited");
             }
         }
+        match media.as_str() {
+            "application/vnd.google.protobuf" if proto && delimited => protobuf = protobuf.max(q),
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" => plain = plain.max(q),
+            _ => {}
+        }
+    }
+    (protobuf, openmetrics, plain)
+}
+
+impl Exposition {
+    /// The exposition for a request's `Accept` header.
+    pub(crate) fn negotiate(accept: Option<&str>) -> Exposition {
+        let (protobuf, openmetrics, plain) = accept.map_or((0.0, 0.0, 0.0), accepted);
+        if protobuf > 0.0 && protobuf >= openmetrics && protobuf >= plain {
+            Exposition::Protobuf
+        } else {
+            Exposition::Text(Format::negotiate(accept))
+        }
+    }
+
+    /// The `Content-Type` of a response in this exposition.
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Exposition::Text(f) => f.content_type(),
+            Exposition::Protobuf => PROTOBUF,
+        }
+    }
+}
+
+/// The `/metrics` answer for an `Accept` header: its `Content-Type` and body.
+pub(crate) fn exposition(registry: &Registry, accept: Option<&str>) -> (&'static str, Vec<u8>) {
+    let chosen = Exposition::negotiate(accept);
+    match chosen {
+        Exposition::Protobuf => {
+            match prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry) {
+                Ok(body) => (chosen.content_type(), body),
+                Err(e) => {
+                    // Not expected (labels are plain strings); the scraper still gets data.
+                    tracing::warn!(error = %e, "metrics: protobuf encoding failed, serving text");
+                    let f = Format::Prometheus;
+                    (f.content_type(), encode_as(registry, f).into_bytes())
+                }
+            }
+        }
+        Exposition::Text(f) => (f.content_type(), encode_as(registry, f).into_bytes()),
+    }
+}
+
+impl Format {
+    /// The text format for a request's `Accept` header.
+    pub(crate) fn negotiate(accept: Option<&str>) -> Format {
+        let (_, openmetrics, plain) = accept.map_or((0.0, 0.0, 0.0), accepted);
         if openmetrics > 0.0 && openmetrics >= plain {
             Format::OpenMetrics
         } else {
@@ -184,6 +257,48 @@ mod tests {
         for (accept, want) in table {
             assert_eq!(Format::negotiate(accept), want, "{accept:?}");
         }
+    }
+
+    #[test]
+    fn protobuf_when_the_scraper_prefers_it() {
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let classic = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let text = |f| Exposition::Text(f);
+        let table = [
+            (None, text(Format::Prometheus)),
+            (Some("*/*"), text(Format::Prometheus)),
+            (Some(native), Exposition::Protobuf),
+            (Some(classic), text(Format::OpenMetrics)),
+            (
+                Some(
+                    "application/vnd.google.protobuf; proto=\"io.prometheus.client.MetricFamily\"; encoding=delimited",
+                ),
+                Exposition::Protobuf,
+            ),
+            (
+                Some(
+                    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+                ),
+                text(Format::Prometheus),
+            ),
+            (
+                Some("application/vnd.google.protobuf"),
+                text(Format::Prometheus),
+            ),
+            (
+                Some(
+                    "text/plain, application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5",
+                ),
+                text(Format::Prometheus),
+            ),
+        ];
+        for (accept, want) in table {
+            assert_eq!(Exposition::negotiate(accept), want, "{accept:?}");
+        }
+        assert_eq!(
+            Exposition::Protobuf.content_type(),
+            "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+        );
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl PathEntry {
     pub(crate) fn primary_failed(&self) {
         self.rate.tick();
         self.primary.failed();
+        self.primary_metrics.failed();
     }
 
     pub(crate) fn primary_end(&self, elapsed: Duration) {
