@@ -1,6 +1,8 @@
 //! The live dashboard in a real headless Chromium: after traffic, the rendered page lists
 //! the paths with their figures, flags the slow and the different ones, and shows the
-//! mismatches grouped by signature.
+//! mismatches grouped by signature; with a candidate and its baseline, the verdict view
+//! shows the overall state, each row's state, flags, ratio interval, noise learned and its
+//! sparklines as `/api/verdict` gives them.
 //!
 //! Chromium is found at `$CHROMIUM`, `/usr/bin/chromium` or on the PATH; `.ci/run`
 //! installs it. Without it the test fails under CI (`CI` set) and is reported as skipped
@@ -191,4 +193,250 @@ async fn the_rendered_dashboard_tells_which_path_is_slower_or_different() {
         "{shadow}"
     );
     assert!(shadow.contains("set at runtime"), "{shadow}");
+}
+
+/// The `<tr>` of a verdict row, found by its path and shadow.
+fn verdict_row<'a>(dom: &'a str, path: &str, shadow: &str) -> &'a str {
+    let path_attr = format!("data-verdict-path=\"{path}\"");
+    let shadow_attr = format!("data-verdict-shadow=\"{shadow}\"");
+    let mut from = 0;
+    while let Some(at) = dom[from..].find("<tr ") {
+        let start = from + at;
+        let head_end = start + dom[start..].find('>').expect("end of tag");
+        let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
+        let head = &dom[start..head_end];
+        if head.contains(&path_attr) && head.contains(&shadow_attr) {
+            return &dom[start..end];
+        }
+        from = head_end;
+    }
+    panic!("no verdict row for {path} / {shadow} in:\n{dom}")
+}
+
+/// The value of attribute `name` in the first tag of `html` that has it.
+fn attr<'a>(html: &'a str, name: &str) -> &'a str {
+    let key = format!("{name}=\"");
+    let at = html
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + key.len();
+    &html[at..at + html[at..].find('"').expect("closing quote")]
+}
+
+/// The points plotted by the `<path class="line {leg}">` lines of the chart `which`
+/// (`p50`, `p99`, `mismatch`) of a row: `M x,y L x,y ...` read back as numbers.
+fn plotted(row: &str, which: &str, leg: &str) -> Vec<(f64, f64)> {
+    let svg = &row[row
+        .find(&format!("data-chart=\"{which}\""))
+        .unwrap_or_else(|| panic!("no {which} chart in {row}"))..];
+    let svg = &svg[..svg.find("</svg>").expect("end of svg")];
+    let mut points = Vec::new();
+    for line in svg.split("<path ").skip(1) {
+        if attr(line, "class") != format!("line {leg}") {
+            continue;
+        }
+        for xy in attr(line, "d").split(['M', 'L']).map(str::trim) {
+            if let Some((x, y)) = xy.split_once(',') {
+                points.push((x.parse().expect("x"), y.parse().expect("y")));
+            }
+        }
+    }
+    points
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_verdict_shows_states_flags_intervals_and_charts() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install chromium (.ci/run does)"
+        );
+        eprintln!("skipped: no chromium on this machine");
+        return;
+    };
+    // The baseline runs the primary's version; the candidate is twice as slow on /slow.
+    // Each upstream names itself in `x-upstream`, a header the comparison is told to
+    // check: the baseline differs from the primary there on every request, so it is
+    // noise learned, not a difference of the candidate.
+    let base = Duration::from_millis(10);
+    let upstream = |name: &str| {
+        FakeUpstream::builder()
+            .name(name)
+            .delay(base)
+            .header("content-type", "application/json")
+            .body("{\"ok\":true}")
+    };
+    let p = upstream("primary").start().await;
+    let b = upstream("baseline").start().await;
+    let c = upstream("candidate").delay_on("/slow", base).start().await;
+    let proxy = TestProxy::start(&yaml(&format!(
+        "clusters:
+  primary: {{ endpoints: [\"{}\"] }}
+  candidate: {{ endpoints: [\"{}\"] }}
+  baseline: {{ endpoints: [\"{}\"] }}
+routes:
+  - name: all
+    primary: primary
+    critical: true
+    verdict: {{ window: 30s, min_pairs: 50, confidence: 99%, slower_by: 10% }}
+    shadows:
+      - cluster: candidate
+        compare: {{ body: json, headers: [content-type, x-upstream], baseline: baseline }}
+",
+        p.url(),
+        c.url(),
+        b.url()
+    )))
+    .await;
+
+    // 10 rounds, 0.7 s apart (so the window's chart has several points), of 16 requests
+    // on /slow and /ok each, 8 at a time; and 4 on /rare, too few for a verdict.
+    let mut rounds = tokio::time::interval(Duration::from_millis(700));
+    for round in 0..10 {
+        rounds.tick().await;
+        let mut batch = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let (slow, ok) = (proxy.url("/slow"), proxy.url("/ok"));
+            let rare = (round == 0 && worker < 4).then(|| proxy.url("/rare"));
+            batch.spawn(async move {
+                for _ in 0..2 {
+                    assert_eq!(get(&slow).await.0, 200);
+                    assert_eq!(get(&ok).await.0, 200);
+                }
+                if let Some(rare) = rare {
+                    assert_eq!(get(&rare).await.0, 200);
+                }
+            });
+        }
+        while let Some(done) = batch.join_next().await {
+            done.expect("a request worker");
+        }
+    }
+
+    // The API reaches the expected verdict (the copies are answered asynchronously).
+    let row_of = |v: &serde_json::Value, path: &str, shadow: &str| {
+        v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["path"] == path && r["shadow"] == shadow)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let verdict = loop {
+        let v = admin_json(&proxy, "/api/verdict").await;
+        let slow = row_of(&v, "/slow", "candidate");
+        let ok = row_of(&v, "/ok", "candidate");
+        if v["state"] == "fail"
+            && slow["state"] == "fail"
+            && slow["flags"] == serde_json::json!(["slower"])
+            && ok["state"] == "pass"
+            && ok["window"]["n"] == 160
+            && row_of(&v, "/rare", "candidate")["window"]["n"] == 4
+        {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verdict never became: /slow fail (slower), /ok pass:\n{v:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let slow = row_of(&verdict, "/slow", "candidate");
+    assert_eq!(slow["role"], "candidate");
+    assert_eq!(slow["control"], "baseline");
+    assert_eq!(row_of(&verdict, "/rare", "candidate")["state"], "no_data");
+    assert_eq!(row_of(&verdict, "/ok", "baseline")["role"], "baseline");
+
+    let url = format!("http://{}/", proxy.admin);
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&browser, &url))
+        .await
+        .unwrap();
+
+    // The overall state, prominently, with the failing count.
+    let overall = &dom[dom.find("id=\"verdict-overall\"").expect("overall state")..];
+    let overall = &overall[..overall.find("</div>").expect("end of overall")];
+    assert_eq!(attr(overall, "data-verdict-state"), "fail", "{overall}");
+    assert!(
+        dom.contains("id=\"verdict-failing\">1 failing<"),
+        "the failing count shown"
+    );
+
+    // The slow path: failing, a `slower` badge, its median ratio with the interval the
+    // API gives, the candidate compared with the baseline.
+    let row = verdict_row(&dom, "/slow", "candidate");
+    assert_eq!(attr(row, "data-verdict-state"), "fail", "{row}");
+    assert_eq!(attr(row, "data-verdict-flags"), "slower", "{row}");
+    assert!(row.contains("class=\"vflag vflag-slower\""), "{row}");
+    assert!(row.contains("candidate vs baseline"), "{row}");
+    let ratio = &slow["window"]["latency"]["ratio"];
+    let est = ratio["estimate"].as_f64().expect("a ratio");
+    assert!(est > 1.5, "the candidate is twice as slow: {ratio}");
+    let shown = row
+        .split("class=\"vratio\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_else(|| panic!("no ratio in {row}"));
+    // "×1.98 [1.90, 2.05]": the API's estimate and bounds, to two decimals.
+    let numbers: Vec<Option<f64>> = shown
+        .trim_start_matches('×')
+        .split([' ', '[', ',', ']'])
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 3, "estimate and interval: {shown}");
+    for (n, key) in numbers.iter().zip(["estimate", "lo", "hi"]) {
+        match (n, ratio[key].as_f64()) {
+            (Some(n), Some(v)) => assert!((n - v).abs() < 0.0051, "{key}: {shown} vs {ratio}"),
+            (None, None) => assert!(shown.contains('–'), "{shown}"),
+            _ => panic!("{key}: {shown} vs {ratio}"),
+        }
+    }
+
+    // A passing row: no badge.
+    let ok = verdict_row(&dom, "/ok", "candidate");
+    assert_eq!(attr(ok, "data-verdict-state"), "pass", "{ok}");
+    assert_eq!(attr(ok, "data-verdict-flags"), "", "{ok}");
+    assert!(!ok.contains("class=\"vflag"), "{ok}");
+    // Too few pairs: no data.
+    let rare = verdict_row(&dom, "/rare", "candidate");
+    assert_eq!(attr(rare, "data-verdict-state"), "no_data", "{rare}");
+    // The noise the baseline showed, on the candidate's row.
+    assert!(
+        ok.contains("class=\"vnoise\"") && ok.contains("x-upstream"),
+        "the noisy header learned: {ok}"
+    );
+    // The baseline's own row, against the primary.
+    let baseline = verdict_row(&dom, "/ok", "baseline");
+    assert!(baseline.contains("baseline vs primary"), "{baseline}");
+
+    // The charts: p50 and p99 of both legs and the mismatch rate, each with plotted
+    // points (several slices of the window had traffic), inside the drawing.
+    for (which, legs) in [
+        ("p50", &["control", "shadow"][..]),
+        ("p99", &["control", "shadow"][..]),
+        ("mismatch", &["shadow"][..]),
+    ] {
+        for leg in legs {
+            let points = plotted(row, which, leg);
+            assert!(
+                points.len() >= 2,
+                "the {which} {leg} line has points: {points:?} in {row}"
+            );
+            assert!(
+                points
+                    .iter()
+                    .all(|&(x, y)| (0.0..=120.0).contains(&x) && (0.0..=30.0).contains(&y)),
+                "{which} {leg}: {points:?}"
+            );
+        }
+    }
+    // The slow leg is drawn above the control (smaller y is higher).
+    let (control, shadow) = (
+        plotted(row, "p50", "control"),
+        plotted(row, "p50", "shadow"),
+    );
+    let mean = |v: &[(f64, f64)]| v.iter().map(|p| p.1).sum::<f64>() / v.len() as f64;
+    assert!(mean(&shadow) < mean(&control), "{control:?} {shadow:?}");
 }

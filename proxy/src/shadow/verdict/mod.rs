@@ -538,10 +538,11 @@ fn section(
 fn chart(w: &[Kept], now_ms: u64, window: Duration) -> Vec<Point> {
     let span = (window.as_millis() as u64).max(CHART_POINTS as u64);
     let slice = span / CHART_POINTS as u64;
-    let start = now_ms.saturating_sub(span);
     let mut slices: Vec<Vec<&Kept>> = vec![Vec::new(); CHART_POINTS];
     for k in w {
-        let i = (k.at_ms.saturating_sub(start) / slice) as usize;
+        // Its place from the window's start (now - span), also while the pairs are younger
+        // than the window.
+        let i = ((k.at_ms + span).saturating_sub(now_ms) / slice) as usize;
         slices[i.min(CHART_POINTS - 1)].push(k);
     }
     let q = |v: &mut Vec<f64>, q: f64| {
