@@ -6,6 +6,10 @@
 #   loadgen/bench/run.sh --smoke    teeproxy only, 2 s per scenario (CI runs this)
 #   loadgen/bench/run.sh --amplify  teeproxy only: a black-holed shadow at amplify 1 and at
 #                                   amplify 10 (10 s each), the primary's throughput and p99
+#   loadgen/bench/run.sh --compare  teeproxy only: the fast-shadow scenario with the bodies
+#                                   compared (`body: json`) and not (`body: off`), three
+#                                   rounds each, interleaved (10 s each): what comparing
+#                                   and the verdict's pairing cost in requests per CPU-second
 #
 # Prints a markdown table per scenario and proxy: throughput, p50/p99/max, errors, proxy CPU
 # seconds, requests per CPU-second, peak RSS, requests the shadow received, teeproxy's
@@ -15,8 +19,10 @@ set -euo pipefail
 
 SMOKE=0
 AMPLIFY_ONLY=0
+COMPARE_ONLY=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 [ "${1:-}" = "--amplify" ] && AMPLIFY_ONLY=1
+[ "${1:-}" = "--compare" ] && COMPARE_ONLY=1 && AMPLIFY_ONLY=1
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
 PIDS=()
@@ -274,7 +280,13 @@ amplify_cases() {
   run_case blackholed-amplify-1 teeproxy blackhole GET 0 "amplify: 1"
   run_case blackholed-amplify-10 teeproxy blackhole GET 0 "amplify: 10, amplify_writes: true"
 }
-if [ "$AMPLIFY_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; amplify_cases; fi
+if [ "$COMPARE_ONLY" = 1 ]; then
+  PROXIES=""; DUR=10s; WARM=2s
+  for round in 1 2 3; do
+    run_case "fast-shadow-compare-off-$round" teeproxy fast GET 0 "compare: { body: off }"
+    run_case "fast-shadow-compare-json-$round" teeproxy fast GET 0 "compare: { body: json }"
+  done
+elif [ "$AMPLIFY_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; amplify_cases; fi
 [ "$AMPLIFY_ONLY" = 1 ] || run_case direct direct none GET 0
 for kind in $PROXIES; do
   run_case plain "$kind" none GET 0

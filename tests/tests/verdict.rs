@@ -35,6 +35,7 @@ struct Version {
 
 struct App {
     version: Version,
+    served: AtomicU64,
     prices: AtomicU64,
     fails: AtomicU64,
     seed: AtomicU64,
@@ -62,6 +63,7 @@ async fn answer(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    app.served.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
     // Jitter: 0 to 4 ms on every answer, drawn per leg.
     let jitter = Duration::from_micros(app.random() % 4000);
@@ -136,14 +138,21 @@ async fn answer(
 
 /// Serves one version on 127.0.0.1:0 until the test ends.
 async fn start(version: Version, seed: u64) -> SocketAddr {
+    start_counted(version, seed).await.0
+}
+
+/// The same, with the application (to count what it served).
+async fn start_counted(version: Version, seed: u64) -> (SocketAddr, Arc<App>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Arc::new(App {
         version,
+        served: AtomicU64::new(0),
         prices: AtomicU64::new(0),
         fails: AtomicU64::new(0),
         seed: AtomicU64::new(seed),
     });
+    let served = app.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -158,7 +167,7 @@ async fn start(version: Version, seed: u64) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, served)
 }
 
 fn config(primary: SocketAddr, candidate: SocketAddr, baseline: SocketAddr) -> String {
@@ -307,7 +316,7 @@ async fn a_regressed_candidate_is_flagged_on_exactly_the_regressed_paths() {
         _ => vec![],
     };
     let mut caught: std::collections::BTreeMap<String, usize> = Default::default();
-    drive(&proxy, &paths, 600, 10, |round, v| {
+    drive(&proxy, &paths, 800, 10, |round, v| {
         for (path, flags, _) in candidate_rows(v) {
             let want = expected(&path);
             assert!(
@@ -354,4 +363,85 @@ async fn a_regressed_candidate_is_flagged_on_exactly_the_regressed_paths() {
     assert_eq!(status, StatusCode::OK);
     let v = admin_json(&proxy, "/api/verdict").await;
     assert_eq!(v["state"], "no_data", "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baseline_follows_its_candidate_and_cannot_be_changed_alone() {
+    let same = Version::default();
+    let (p, _) = start_counted(same, 1).await;
+    let (c, cand) = start_counted(same, 2).await;
+    let (b, base) = start_counted(same, 3).await;
+    let proxy = TestProxy::start(&config(p, c, b)).await;
+    for i in 0..20 {
+        assert_eq!(
+            get(&proxy.url(&format!("/bin?{i}"))).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eventually!(
+        cand.served.load(Ordering::Relaxed) == 20 && base.served.load(Ordering::Relaxed) == 20,
+        "candidate {}, baseline {}: {}",
+        cand.served.load(Ordering::Relaxed),
+        base.served.load(Ordering::Relaxed),
+        proxy
+            .metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("teeproxy_shadow_") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The baseline cannot be paused or re-percented on its own...
+    let (status, body) = admin_post(
+        proxy.admin,
+        "/api/shadows/app/baseline",
+        r#"{"paused": true}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    // ...and follows its candidate's pause: no copy goes to either.
+    let (status, _) = admin_post(
+        proxy.admin,
+        "/api/shadows/app/candidate",
+        r#"{"paused": true}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for i in 0..20 {
+        assert_eq!(
+            get(&proxy.url(&format!("/bin?p{i}"))).await.0,
+            StatusCode::OK
+        );
+    }
+    let m = proxy.metrics().await;
+    let offered = |shadow: &str| {
+        metric_value(
+            &m,
+            &format!("teeproxy_shadow_offered_total{{route=\"app\",shadow=\"{shadow}\"}}"),
+        )
+    };
+    assert_eq!(
+        offered("candidate"),
+        40.0,
+        "the candidate looked at every request"
+    );
+    assert_eq!(
+        offered("baseline"),
+        20.0,
+        "the baseline only at those its candidate took"
+    );
+    assert_eq!(cand.served.load(Ordering::Relaxed), 20);
+    assert_eq!(base.served.load(Ordering::Relaxed), 20);
+    // Every paired observation made it: nothing unpaired.
+    let v = admin_json(&proxy, "/api/verdict").await;
+    let row = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "candidate")
+        .unwrap();
+    assert_eq!(row["unpaired"], 0, "{row}");
+    assert_eq!(row["since_start"]["n"], 20, "{row}");
 }

@@ -253,6 +253,20 @@ pub(super) fn change_shadow(
             format!("route {route:?} has no shadow {shadow:?} (GET /api/shadows lists them)"),
         );
     };
+    if let Pairing::Baseline { candidate } = policy.spec.pairing {
+        let of = snap
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .and_then(|r| r.shadows.get(candidate))
+            .map_or("its candidate", |c| c.spec.shadow.as_str());
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "{shadow:?} is the baseline of {of:?} and follows its decisions: pause or change {of:?} instead"
+            ),
+        );
+    }
     let change: Change = match serde_json::from_slice(body) {
         Ok(c) => c,
         Err(e) => {

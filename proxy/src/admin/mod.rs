@@ -42,7 +42,13 @@ pub(crate) struct AdminState {
     snapshots: Snapshots,
     mismatches: Arc<MismatchGroups>,
     metrics: Arc<Metrics>,
+    /// The last `/api/verdict` answer: (when, its query, the JSON).
+    verdict: std::sync::Mutex<Option<(std::time::Instant, Option<String>, String)>>,
 }
+
+/// How long a computed `/api/verdict` answer is served again: dashboards and release
+/// tools polling at once share one computation.
+const VERDICT_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AdminState {
     pub(crate) fn new(
@@ -57,7 +63,43 @@ impl AdminState {
             snapshots,
             mismatches,
             metrics,
+            verdict: std::sync::Mutex::new(None),
         }
+    }
+
+    /// `/api/verdict`: computed off the runtime's workers (it sorts and tests every
+    /// path's observations), and served again for `VERDICT_FRESH` to the same query.
+    async fn verdict(&self, query: Option<&str>) -> Option<String> {
+        let lock = || {
+            self.verdict
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, q, body)) = lock().as_ref()
+            && at.elapsed() < VERDICT_FRESH
+            && q.as_deref() == query
+        {
+            return Some(body.clone());
+        }
+        let snap = self.snapshots.load_full();
+        let q = query.map(str::to_string);
+        let body =
+            tokio::task::spawn_blocking(move || api::verdict(&snap, q.as_deref()).to_string())
+                .await
+                .ok()?;
+        *lock() = Some((
+            std::time::Instant::now(),
+            query.map(str::to_string),
+            body.clone(),
+        ));
+        Some(body)
+    }
+
+    fn forget_verdict(&self) {
+        *self
+            .verdict
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 
@@ -226,9 +268,13 @@ async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<In
         (Scope::Admin, "/api/shadows") if read => {
             json(api::shadows(&state.snapshots.load()).to_string())
         }
-        (Scope::Admin, "/api/verdict") if read => {
-            json(api::verdict(&state.snapshots.load(), req.uri().query()).to_string())
-        }
+        (Scope::Admin, "/api/verdict") if read => match state.verdict(req.uri().query()).await {
+            Some(body) => json(body),
+            None => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the verdict could not be computed\n",
+            ),
+        },
         (Scope::Admin, "/api/reset") if method == Method::POST => {
             if let Some(denied) = auth::refusal(state, from, &req) {
                 return denied;
@@ -236,7 +282,9 @@ async fn respond(state: &AdminState, scope: Scope, from: Caller, req: Request<In
             if !is_json(&req) {
                 return unsupported_media();
             }
-            json(api::reset(&state.snapshots.load()).to_string())
+            let answer = api::reset(&state.snapshots.load()).to_string();
+            state.forget_verdict();
+            json(answer)
         }
         (Scope::Admin, "/api/mismatches" | "/api/config") if read => {
             if let Some(denied) = auth::refusal(state, from, &req) {

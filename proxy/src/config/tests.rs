@@ -632,3 +632,115 @@ fn health_and_resolve_parse_with_defaults_and_are_checked() {
         assert!(e.contains(key), "{bad}: {e}");
     }
 }
+
+const WITH_SHADOWS: &str = r#"
+listeners: [{ name: public, address: "127.0.0.1:8080" }]
+clusters:
+  primary: { endpoints: ["http://127.0.0.1:9000"] }
+  candidate: { endpoints: ["http://127.0.0.1:9001"] }
+  baseline: { endpoints: ["http://127.0.0.1:9002"] }
+routes:
+  - name: all
+    primary: primary
+"#;
+
+#[test]
+fn a_baseline_is_a_policy_of_its_own_that_copies_its_candidates_decisions() {
+    let c = Config::from_yaml(&format!(
+        "{WITH_SHADOWS}    critical: true\n    verdict: {{ window: 2m, slower_by: 20%, paths: {{ \"/a\": {{ errors_by: 0.5% }} }} }}\n    shadows:\n      - {{ cluster: candidate, percent: 25, amplify: 2, compare: {{ body: json, baseline: baseline }} }}\n"
+    ))
+    .unwrap();
+    let r = &c.routes[0];
+    assert!(r.critical);
+    assert_eq!(r.shadows.len(), 2, "the baseline is added");
+    let (cand, base) = (&r.shadows[0], &r.shadows[1]);
+    assert_eq!(cand.compare.baseline.as_deref(), Some("baseline"));
+    assert_eq!(base.cluster, "baseline");
+    assert_eq!(base.baseline_of.as_deref(), Some("candidate"));
+    assert_eq!(base.percent, 25.0, "the same sampling");
+    assert_eq!(base.amplify, 1.0, "one copy to compare, not load");
+    assert_eq!(base.compare.baseline, None);
+    let v = &r.verdict;
+    assert_eq!(v.window, std::time::Duration::from_secs(120));
+    assert!((v.alpha - 0.01).abs() < 1e-12, "99 % by default");
+    assert_eq!(v.thresholds_for("/b").slower_by, 0.2);
+    assert_eq!(v.thresholds_for("/a").errors_by, 0.005);
+    assert_eq!(
+        v.thresholds_for("/a").slower_by,
+        0.2,
+        "the route's where unset"
+    );
+    let json = c.to_json();
+    assert_eq!(json["routes"][0]["verdict"]["confidence"], "99%");
+    assert_eq!(json["routes"][0]["verdict"]["slower_by"], "20%");
+}
+
+#[test]
+fn verdict_and_baseline_errors_name_their_key() {
+    let shadow = |compare: &str| {
+        format!(
+            "{WITH_SHADOWS}    shadows:\n      - {{ cluster: candidate, compare: {{ {compare} }} }}\n"
+        )
+    };
+    let table: Vec<(String, &str, &str)> = vec![
+        (
+            shadow("baseline: nope"),
+            "routes[0].shadows[0].compare.baseline",
+            "unknown cluster",
+        ),
+        (
+            shadow("baseline: candidate"),
+            "routes[0].shadows[0].compare.baseline",
+            "another cluster than the shadow",
+        ),
+        (
+            shadow("baseline: primary"),
+            "routes[0].shadows[0].compare.baseline",
+            "another cluster than the primary",
+        ),
+        (
+            format!(
+                "{WITH_SHADOWS}    shadows:\n      - {{ cluster: candidate, compare: {{ baseline: baseline }} }}\n      - {{ cluster: baseline }}\n"
+            ),
+            "routes[0].shadows[0].compare.baseline",
+            "already a shadow or a baseline",
+        ),
+        (
+            format!("{MINIMAL}    verdict: {{ window: 1s }}\n"),
+            "routes[0].verdict.window",
+            "between 10s and 24h",
+        ),
+        (
+            format!("{MINIMAL}    verdict: {{ min_pairs: 1 }}\n"),
+            "routes[0].verdict.min_pairs",
+            "between 10 and 100000",
+        ),
+        (
+            format!("{MINIMAL}    verdict: {{ confidence: 100% }}\n"),
+            "routes[0].verdict.confidence",
+            "below 100%",
+        ),
+        (
+            format!("{MINIMAL}    verdict: {{ slower_by: 0% }}\n"),
+            "routes[0].verdict.slower_by",
+            "above 0%",
+        ),
+        (
+            format!("{MINIMAL}    verdict: {{ paths: {{ \"/a\": {{ different_by: 200% }} }} }}\n"),
+            "routes[0].verdict.paths./a.different_by",
+            "at most 100%",
+        ),
+        (
+            format!("{MINIMAL}    verdict: {{ paths: {{ a: {{}} }} }}\n"),
+            "routes[0].verdict.paths.a",
+            "start with '/'",
+        ),
+    ];
+    for (yaml, key, msg) in table {
+        let e = err(&yaml);
+        assert!(e.contains(&format!(": {key}: ")), "want key {key} in {e}");
+        assert!(e.contains(msg), "want {msg:?} in {e}");
+    }
+    let e = err(&format!("{MINIMAL}    verdict: {{ slower_by: lots }}\n"));
+    assert!(e.contains("percentage"), "{e}");
+}

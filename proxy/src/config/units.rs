@@ -261,8 +261,12 @@ impl FromStr for Pct {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let n = t.strip_suffix('%').unwrap_or(t).trim();
-        n.parse::<f64>()
-            .ok()
+        // Digits with an optional decimal part, as the schema says (no `1e1`, no `.5`).
+        let (int, frac) = n.split_once('.').unwrap_or((n, "0"));
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+        (digits(int) && digits(frac))
+            .then(|| n.parse::<f64>().ok())
+            .flatten()
             .filter(|v| v.is_finite())
             .map(Pct)
             .ok_or_else(|| {
@@ -326,6 +330,7 @@ mod tests {
         assert_eq!("7".parse::<Pct>(), Ok(Pct(7.0)));
         assert!("ten%".parse::<Pct>().is_err());
         assert!("inf%".parse::<Pct>().is_err());
+        assert!("1e1%".parse::<Pct>().is_err() && ".5%".parse::<Pct>().is_err());
     }
 
     #[test]

@@ -27,11 +27,13 @@ use crate::http::host::request_host;
 use crate::http::tracecontext::{TRACEPARENT, TraceParent};
 use crate::http::upgrade::Upgrade;
 use crate::idle::IdleTimeout;
+use crate::metrics::DropReason;
 use crate::shadow::pending::{Pending, Plan};
 use crate::shadow::queue::{CANCELLED, PrimaryOutcome};
 use crate::shadow::sample::random_u64;
 use crate::shadow::tee::TeeBody;
 use crate::shadow::trace::Trace;
+use crate::shadow::verdict::pair::Pairing;
 use crate::stats::PathEntry;
 use crate::upstream::{EndpointState, UpstreamError, upstream_uri};
 
@@ -245,12 +247,26 @@ fn prepare(
     }
 
     let declared_len = body.size_hint().exact();
+    let mut decided: Vec<Result<u8, DropReason>> = Vec::new();
     let targets: Vec<_> = route
         .shadows
         .iter()
         .enumerate()
         .filter_map(|(i, p)| {
-            let admitted = p.admit(&parts, upgrade.mirrorable(), declared_len, path);
+            // A baseline follows its candidate (listed before it): it takes exactly the
+            // requests the candidate took (its sampling, pause and percent), one copy
+            // each; a request the candidate refused is not offered to it at all.
+            let admitted = match p.spec.pairing {
+                Pairing::Baseline { candidate } => match decided.get(candidate) {
+                    Some(Ok(_)) => {
+                        p.admit_following(&parts, upgrade.mirrorable(), declared_len, path)
+                    }
+                    Some(Err(reason)) => Err(*reason),
+                    None => Err(DropReason::sampled_out),
+                },
+                _ => p.admit(&parts, upgrade.mirrorable(), declared_len, path),
+            };
+            decided.push(admitted);
             if let Some(t) = &trace {
                 t.admission(i, admitted.map(|_| ()));
             }

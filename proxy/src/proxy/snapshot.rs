@@ -138,6 +138,7 @@ impl Snapshot {
                             &r.primary,
                             r.shadows.iter().map(|s| s.cluster.clone()).collect(),
                             metrics.clone(),
+                            r.verdict.window,
                         ))
                     });
                 let shadows = r
@@ -243,8 +244,22 @@ fn pairing(r: &RouteConfig, index: usize) -> Pairing {
 
 /// What a route's path statistics depend on.
 fn paths_key(r: &RouteConfig) -> String {
-    let shadows: Vec<&str> = r.shadows.iter().map(|s| s.cluster.as_str()).collect();
-    format!("{:?} {} {} {shadows:?}", r.paths, r.max_paths, r.primary)
+    // Which shadow is whose baseline decides what each row's pairs compare.
+    let shadows: Vec<(&str, Option<&str>, Option<&str>)> = r
+        .shadows
+        .iter()
+        .map(|s| {
+            (
+                s.cluster.as_str(),
+                s.compare.baseline.as_deref(),
+                s.baseline_of.as_deref(),
+            )
+        })
+        .collect();
+    format!(
+        "{:?} {} {} {shadows:?} {:?}",
+        r.paths, r.max_paths, r.primary, r.verdict.window
+    )
 }
 
 #[cfg(test)]

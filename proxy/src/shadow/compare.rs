@@ -7,13 +7,17 @@
 //! field, canonically, for grouping and for learning noise. Pure: all of it runs in shadow
 //! tasks, never on the primary path.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
+use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::decode::{self, Decoded};
 use crate::config::{CompareBody, CompareConfig};
+use crate::http::tracecontext::{TRACEPARENT, TRACESTATE};
 use crate::metrics::{CompareResult, SkipReason};
 
 /// A body as the comparison sees it.
@@ -62,10 +66,12 @@ pub(crate) struct Verdict {
     pub(crate) skipped: Option<SkipReason>,
     /// Examples of the differences, at most `MAX_DIFFS`.
     pub(crate) diff: Vec<Difference>,
-    /// Every differing field, sorted: `status`, `header NAME` (lowercase), JSON pointers
-    /// (RFC 6901, array indices kept), `body` (the body as a whole: not JSON, not
-    /// decodable, or a different JSON document at its root). At most `MAX_FIELDS`, then
-    /// `MORE_FIELDS`. A status mismatch names `status` alone (the rest is not compared).
+    /// Every differing field, sorted and distinct: `status`, `header NAME` (lowercase),
+    /// JSON pointers (RFC 6901, with `*` for every array index: `/items/*/id`, so a list
+    /// of changed items is one field; the examples in `diff` keep the indices), `body`
+    /// (the body as a whole: not JSON, not decodable, or a different JSON document at
+    /// its root). At most `MAX_FIELDS` (the first in sorting order), then `MORE_FIELDS`.
+    /// A status mismatch names `status` alone (the rest is not compared).
     pub(crate) fields: Vec<String>,
 }
 
@@ -89,109 +95,214 @@ impl Verdict {
 
 /// Differences listed per mismatch at most.
 const MAX_DIFFS: usize = 5;
-/// Fields named per comparison at most; past it, `MORE_FIELDS` ends the list.
+/// Fields named per comparison at most (the first in sorting order); past it,
+/// `MORE_FIELDS` ends the list.
 pub(crate) const MAX_FIELDS: usize = 64;
 /// The last field of a list that had more than `MAX_FIELDS`.
 pub(crate) const MORE_FIELDS: &str = "…more";
 /// Characters of a value shown in a difference.
 const MAX_SHOWN: usize = 120;
-/// A value teeproxy set counts inside a longer string (a URL holding the Host) from this
-/// many bytes on; shorter ones only as the whole string.
-const MIN_EMBEDDED: usize = 4;
-/// The most a primary's original value can be, where a shadow's string holds teeproxy's.
-const MAX_ORIGINAL: usize = 1024;
+/// What a field name has in place of an array index.
+const ANY_INDEX: &str = "*";
+/// The key teeproxy puts first in a copy's `tracestate`.
+const TRACESTATE_KEY: &str = "teeproxy=";
+/// Hex digits of a `traceparent`'s parent id.
+const SPAN_ID_LEN: usize = 16;
 
 /// The request headers teeproxy adds, sets, removes or rewrites on one policy's copies
 /// (built by the policy, which makes those changes).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EditedHeaders {
-    /// Every such header: a response field named after one is never a difference.
+    /// Every such header: a response header named after one is never a difference, nor
+    /// is a JSON member (or listed header) named after one that echoes the request's.
     pub(crate) names: Vec<HeaderName>,
     /// Those whose shadow value stands in for a primary's (Host, `headers.set`, the trace
-    /// context): a shadow string holding that value where the primary has another string
-    /// is not a difference.
+    /// context).
     pub(crate) replaced: Vec<HeaderName>,
 }
 
-/// What teeproxy set on one shadow request in place of the primary's values (see
-/// `EditedHeaders::replaced`), taken from the request as sent. Cheap: `HeaderValue`
-/// clones (reference counts), built in the shadow task.
+/// What the primary's request carried for a header teeproxy edited on the copy.
+#[derive(Debug, Clone, PartialEq)]
+enum Original {
+    /// This value, or (`None`) no such header: the Host, the copy's marker and index.
+    Known(Option<String>),
+    /// Not known where the copy is compared: what `headers.set` replaced (or nothing), a
+    /// removed header, `Expect`, the `tracestate` the copy's extends.
+    Unknown,
+    /// The copy's `traceparent` with another parent id (this one, the copy's, replaced).
+    Traceparent(String),
+}
+
+/// One header teeproxy edited on a copy, as each request carried it.
+#[derive(Debug, Clone, PartialEq)]
+struct EditedHeader {
+    name: HeaderName,
+    /// What the copy carried (its values joined); `None`: teeproxy removed it.
+    shadow: Option<String>,
+    primary: Original,
+}
+
+impl EditedHeader {
+    /// Whether `v` is what the shadow's request carried for this header.
+    fn shadow_echo(&self, v: &str) -> bool {
+        self.shadow.as_deref() == Some(v)
+    }
+
+    /// Whether `v` may be what the primary's request carried for this header.
+    fn primary_echo(&self, v: &str) -> bool {
+        match &self.primary {
+            Original::Known(p) => p.as_deref() == Some(v),
+            Original::Unknown => true,
+            Original::Traceparent(span) => self
+                .shadow
+                .as_deref()
+                .is_some_and(|s| s == v || span_swapped(v, s, span)),
+        }
+    }
+
+    /// Whether an object member named after this header, with these values, is an echo
+    /// of the two requests' headers: the shadow's is what its request carried (or absent,
+    /// when teeproxy removed the header), the primary's what its request may have carried
+    /// (or absent).
+    fn echoed(&self, p: Option<&Value>, s: Option<&Value>) -> bool {
+        let shadow = match s {
+            None => self.shadow.is_none(),
+            Some(v) => v.as_str().is_some_and(|v| self.shadow_echo(v)),
+        };
+        let primary = match p {
+            None => true,
+            Some(v) => v.as_str().is_some_and(|v| self.primary_echo(v)),
+        };
+        shadow && primary && (p.is_some() || s.is_some())
+    }
+}
+
+/// Which side of a comparison a value comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    Primary,
+    Shadow,
+}
+
+/// What teeproxy changed on one shadow request, with what the primary's request carried
+/// instead where that is known: built per copy (`Comparator::edits`) in the shadow task.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Edits {
-    values: Vec<HeaderValue>,
+    /// (primary's, shadow's) values: a shadow string with the shadow's value where the
+    /// primary's has the primary's is the same (a URL built from the Host).
+    swaps: Vec<(String, String)>,
+    /// The parent id of the copy's `traceparent`, in place of the primary's (unknown,
+    /// another 16 hex digits).
+    span: Option<String>,
+    /// Every edited header, for echoes of them in JSON bodies.
+    headers: Vec<EditedHeader>,
 }
 
 impl Edits {
     /// Whether the shadow's string `s` differs from the primary's `p` only by values
-    /// teeproxy set on the shadow's request: `s` with one such value in one or more
-    /// places, `p` the same with an original value (a non-empty run without whitespace, at
-    /// most `MAX_ORIGINAL` bytes) in each.
+    /// teeproxy set on the shadow's request in place of the primary's: `s` with each
+    /// such value replaced by the primary's is `p` (the copy's `traceparent` parent id
+    /// by one other parent id). A value the primary's request did not carry (a
+    /// `headers.set` header its client did not send) explains nothing.
     pub(crate) fn explain(&self, p: &str, s: &str) -> bool {
-        p != s
-            && self.values.iter().any(|v| {
-                let Ok(v) = v.to_str() else { return false };
-                !v.is_empty()
-                    && (s == v || (v.len() >= MIN_EMBEDDED && s.contains(v)))
-                    && matches_with_holes(p, &s.split(v).collect::<Vec<_>>())
-            })
-    }
-}
-
-/// Whether `p` is `parts` joined by holes (see `Edits::explain`); `parts` has at least two.
-fn matches_with_holes(p: &str, parts: &[&str]) -> bool {
-    let hole =
-        |h: &str| !h.is_empty() && h.len() <= MAX_ORIGINAL && !h.contains(char::is_whitespace);
-    let (Some((first, rest)), true) = (parts.split_first(), parts.len() >= 2) else {
-        return false;
-    };
-    let Some(mut tail) = p.strip_prefix(first) else {
-        return false;
-    };
-    let Some((last, middle)) = rest.split_last() else {
-        return false;
-    };
-    for part in middle {
-        // The leftmost `part` after a hole of at least one character.
-        let Some((one, _)) = tail.char_indices().nth(1) else {
-            return false;
-        };
-        let Some(at) = tail[one..].find(part).map(|i| i + one) else {
-            return false;
-        };
-        if !hole(&tail[..at]) {
+        if p == s {
             return false;
         }
-        tail = &tail[at + part.len()..];
+        let mut t = std::borrow::Cow::Borrowed(s);
+        let mut swapped = false;
+        for (primary, shadow) in &self.swaps {
+            if t.contains(shadow.as_str()) {
+                t = std::borrow::Cow::Owned(t.replace(shadow.as_str(), primary));
+                swapped = true;
+            }
+        }
+        (swapped && t == p)
+            || self
+                .span
+                .as_deref()
+                .is_some_and(|sp| span_swapped(p, &t, sp))
     }
-    tail.len() > last.len() && tail.ends_with(last) && hole(&tail[..tail.len() - last.len()])
+
+    /// The edited header a JSON member (or a listed header) named `key` names.
+    fn named(&self, key: &str) -> Option<&EditedHeader> {
+        self.headers.iter().find(|h| names_header(key, &h.name))
+    }
+
+    /// Whether an array element is a header listed as it came with one side's request,
+    /// as a `[name, value]` pair or a `{"name": ..., "value": ...}` object (how some
+    /// applications list the headers they received): one teeproxy edited, with the
+    /// value that side's request carried.
+    fn listed(&self, item: &Value, side: Side) -> bool {
+        let (name, value) = match item {
+            Value::Array(pair) if pair.len() == 2 => (pair[0].as_str(), pair[1].as_str()),
+            Value::Object(m) => (
+                ["name", "key"]
+                    .iter()
+                    .find_map(|k| m.get(*k).and_then(Value::as_str)),
+                m.get("value").and_then(Value::as_str),
+            ),
+            _ => return false,
+        };
+        let (Some(name), Some(value)) = (name, value) else {
+            return false;
+        };
+        self.named(name).is_some_and(|h| match side {
+            Side::Primary => h.primary_echo(value),
+            Side::Shadow => h.shadow_echo(value),
+        })
+    }
 }
 
-/// Whether a response's field name (a header, or a JSON key) names one of `names`: any
+/// Whether `p` is `s` with each `span` (the copy's parent id) replaced by one other
+/// parent id (16 lowercase hex digits).
+fn span_swapped(p: &str, s: &str, span: &str) -> bool {
+    let Some(at) = s.find(span) else {
+        return false;
+    };
+    let Some(other) = p
+        .strip_prefix(&s[..at])
+        .and_then(|rest| rest.get(..SPAN_ID_LEN))
+    else {
+        return false;
+    };
+    other != span
+        && other
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && s.replace(span, other) == p
+}
+
+/// Whether a response's field name (a header, or a JSON key) names header `name`: any
 /// case, `_` for `-`, and CGI's `HTTP_` prefix (`HTTP_X_TEEPROXY_SHADOW`) allowed.
-fn names_edited(key: &str, names: &[HeaderName]) -> bool {
+fn names_header(key: &str, name: &HeaderName) -> bool {
     let key = match key.get(..5) {
         Some(prefix) if prefix.eq_ignore_ascii_case("http_") && key.len() > 5 => &key[5..],
         _ => key,
     };
-    names.iter().any(|n| {
-        let n = n.as_str().as_bytes();
-        n.len() == key.len()
-            && n.iter().zip(key.bytes()).all(|(a, b)| {
-                let b = if b == b'_' {
-                    b'-'
-                } else {
-                    b.to_ascii_lowercase()
-                };
-                *a == b
-            })
-    })
+    let n = name.as_str().as_bytes();
+    n.len() == key.len()
+        && n.iter().zip(key.bytes()).all(|(a, b)| {
+            let b = if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            };
+            *a == b
+        })
 }
 
-/// Differences and field names as a comparison finds them.
+/// Whether a response's field name names one of `names` (see `names_header`).
+fn names_edited(key: &str, names: &[HeaderName]) -> bool {
+    names.iter().any(|n| names_header(key, n))
+}
+
+/// Differences and field names as a comparison finds them: every difference is looked
+/// at, the first `MAX_DIFFS` kept as examples and the first `MAX_FIELDS` distinct field
+/// names (in sorting order, so the same comparison names the same fields).
 struct Found<'a> {
     edits: &'a Edits,
     diff: Vec<Difference>,
-    fields: Vec<String>,
+    fields: BTreeSet<String>,
     more: bool,
 }
 
@@ -200,23 +311,27 @@ impl<'a> Found<'a> {
         Found {
             edits,
             diff: Vec::new(),
-            fields: Vec::new(),
+            fields: BTreeSet::new(),
             more: false,
         }
     }
 
-    /// No more fields are wanted.
-    fn full(&self) -> bool {
-        self.more
-    }
-
-    fn push(&mut self, at: &str, field: &str, primary: String, shadow: String) {
-        if self.fields.len() >= MAX_FIELDS {
-            self.more = true;
-            return;
+    /// One difference at `at`, named `field`; `values` (primary's, shadow's, as shown)
+    /// are made only for a kept example.
+    fn push(&mut self, at: &str, field: &str, values: impl FnOnce() -> (String, String)) {
+        if !self.fields.contains(field) {
+            if self.fields.len() < MAX_FIELDS {
+                self.fields.insert(field.to_string());
+            } else {
+                self.more = true;
+                if self.fields.last().is_some_and(|last| field < last.as_str()) {
+                    self.fields.pop_last();
+                    self.fields.insert(field.to_string());
+                }
+            }
         }
-        self.fields.push(field.to_string());
         if self.diff.len() < MAX_DIFFS {
+            let (primary, shadow) = values();
             self.diff.push(Difference {
                 at: at.to_string(),
                 primary,
@@ -225,17 +340,16 @@ impl<'a> Found<'a> {
         }
     }
 
-    fn verdict(mut self, result: CompareResult) -> Verdict {
-        self.fields.sort();
-        self.fields.dedup();
+    fn verdict(self, result: CompareResult) -> Verdict {
+        let mut fields: Vec<String> = self.fields.into_iter().collect();
         if self.more {
-            self.fields.push(MORE_FIELDS.to_string());
+            fields.push(MORE_FIELDS.to_string());
         }
         Verdict {
             result,
             skipped: None,
             diff: self.diff,
-            fields: self.fields,
+            fields,
         }
     }
 }
@@ -284,18 +398,80 @@ impl Comparator {
         self
     }
 
-    /// What teeproxy set on a shadow request, from its headers as sent.
-    pub(crate) fn edits(&self, sent: &HeaderMap) -> Edits {
-        Edits {
-            values: self
-                .edited
-                .replaced
-                .iter()
-                .filter_map(|n| sent.get(n))
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .collect(),
+    /// What teeproxy changed on a shadow request: `sent`, its headers as sent (Host
+    /// included), and `primary_host`, the Host the primary's request carried (`None`:
+    /// none). The primary's other values are not known here: a `headers.set` value
+    /// stands for none that a string could be explained by, the copy's `traceparent` for
+    /// the same with another parent id, its `tracestate` for the same without
+    /// teeproxy's entry.
+    pub(crate) fn edits(&self, sent: &HeaderMap, primary_host: Option<&HeaderValue>) -> Edits {
+        let mut edits = Edits::default();
+        if self.edited.names.is_empty() {
+            return edits;
         }
+        let replaced = |n: &HeaderName| self.edited.replaced.contains(n);
+        let text = |v: Option<&HeaderValue>| {
+            v.and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let trace = (
+            HeaderName::from_static(TRACEPARENT),
+            HeaderName::from_static(TRACESTATE),
+        );
+        let primary_host = text(primary_host);
+        if replaced(&HOST)
+            && let (Some(p), Some(s)) = (&primary_host, text(sent.get(HOST)))
+            && *p != s
+        {
+            edits.swaps.push((p.clone(), s));
+        }
+        if replaced(&trace.0) {
+            // `00-<trace id>-<parent id>-<flags>`, one header.
+            let mut all = sent.get_all(&trace.0).iter();
+            edits.span = match (all.next().and_then(|v| v.to_str().ok()), all.next()) {
+                (Some(v), None) => v
+                    .split('-')
+                    .nth(2)
+                    .filter(|id| id.len() == SPAN_ID_LEN)
+                    .map(str::to_string),
+                _ => None,
+            };
+        }
+        if replaced(&trace.1)
+            && let Some(state) = joined(sent, &trace.1)
+            && state.starts_with(TRACESTATE_KEY)
+        {
+            // Teeproxy's entry, first, and the comma after it.
+            let entry = state.find(',').map_or(&state[..], |i| &state[..=i]);
+            edits.swaps.push((String::new(), entry.to_string()));
+        }
+        for name in &self.edited.names {
+            if edits.headers.iter().any(|h| h.name == *name) {
+                continue;
+            }
+            let shadow = joined(sent, name);
+            let primary = if *name == HOST {
+                Original::Known(primary_host.clone())
+            } else if *name == trace.0 {
+                edits
+                    .span
+                    .clone()
+                    .map_or(Original::Unknown, Original::Traceparent)
+            } else if replaced(name) || shadow.is_none() {
+                // Set (over what the client sent, or nothing), removed, or `Expect`.
+                Original::Unknown
+            } else {
+                // Teeproxy's own: the marker, the copy index.
+                Original::Known(None)
+            };
+            edits.headers.push(EditedHeader {
+                name: name.clone(),
+                shadow,
+                primary,
+            });
+        }
+        edits
     }
 
     /// Replaces the values of redacted fields in `diff` before it is kept: a difference
@@ -339,12 +515,9 @@ impl Comparator {
     ) -> Option<Verdict> {
         if self.status && p.0 != s.0 {
             let mut found = Found::new(edits);
-            found.push(
-                "status",
-                "status",
-                p.0.as_u16().to_string(),
-                s.0.as_u16().to_string(),
-            );
+            found.push("status", "status", || {
+                (p.0.as_u16().to_string(), s.0.as_u16().to_string())
+            });
             return Some(found.verdict(CompareResult::StatusMismatch));
         }
         if self.compares_body() {
@@ -376,12 +549,12 @@ impl Comparator {
                 continue;
             }
             let at = format!("header {name}");
-            found.push(
-                &at,
-                &at,
-                a.unwrap_or_else(|| "(absent)".into()),
-                b.unwrap_or_else(|| "(absent)".into()),
-            );
+            found.push(&at, &at, || {
+                (
+                    a.unwrap_or_else(|| "(absent)".into()),
+                    b.unwrap_or_else(|| "(absent)".into()),
+                )
+            });
         }
     }
 
@@ -447,12 +620,12 @@ impl Comparator {
                 return Err(Ok(SkipReason::unknown_encoding));
             }
             (Decoded::Body(x), Decoded::Error(e)) => {
-                found.push(
-                    "body",
-                    "body",
-                    format!("({} bytes)", x.len()),
-                    format!("(cannot be decoded: {e})"),
-                );
+                found.push("body", "body", || {
+                    (
+                        format!("({} bytes)", x.len()),
+                        format!("(cannot be decoded: {e})"),
+                    )
+                });
                 return Ok(());
             }
             (Decoded::Body(x), Decoded::Body(y)) => (x, y),
@@ -474,18 +647,11 @@ impl Comparator {
                             remove_pointer(&mut x, pointer);
                             remove_pointer(&mut y, pointer);
                         }
-                        if !self.edited.names.is_empty() {
-                            drop_edited(&mut x, &self.edited.names);
-                            drop_edited(&mut y, &self.edited.names);
-                        }
-                        json_diff(&x, &y, &mut String::new(), found);
+                        json_diff(&x, &y, &mut Path::default(), found);
                     }
-                    Err(_) => found.push(
-                        "/",
-                        "body",
-                        show(Some(&x)),
-                        format!("(not JSON) {}", snippet(&b, 0)),
-                    ),
+                    Err(_) => found.push("/", "body", || {
+                        (show(Some(&x)), format!("(not JSON) {}", snippet(&b, 0)))
+                    }),
                 },
                 Err(_) => bytes_diff(&a, &b, found),
             },
@@ -515,7 +681,7 @@ fn bytes_diff(a: &[u8], b: &[u8], found: &mut Found<'_>) {
         }
         _ => (hex_snippet(a, at), hex_snippet(b, at)),
     };
-    found.push(&format!("byte {at}"), "body", primary, shadow);
+    found.push(&format!("byte {at}"), "body", || (primary, shadow));
 }
 
 /// Whether one JSON pointer is the other, or lies under it.
@@ -597,43 +763,20 @@ fn remove_pointer(v: &mut Value, pointer: &str) {
     }
 }
 
-/// Removes, anywhere in `v`, what names a header teeproxy changed on the request: object
-/// members by key (`{"host": ...}`), and array elements that are such a header as a
-/// `[name, value]` pair or a `{"name": ..., "value": ...}` object (how some applications
-/// list the headers they received).
-fn drop_edited(v: &mut Value, names: &[HeaderName]) {
-    let named = |item: &Value| match item {
-        Value::Array(pair) => pair
-            .first()
-            .and_then(Value::as_str)
-            .is_some_and(|k| pair.len() == 2 && names_edited(k, names)),
-        Value::Object(m) => ["name", "key"].iter().any(|k| {
-            m.get(*k)
-                .and_then(Value::as_str)
-                .is_some_and(|k| names_edited(k, names))
-        }),
-        _ => false,
-    };
-    match v {
-        Value::Object(map) => {
-            map.retain(|k, _| !names_edited(k, names));
-            map.values_mut().for_each(|x| drop_edited(x, names));
-        }
-        Value::Array(items) => {
-            items.retain(|x| !named(x));
-            items.iter_mut().for_each(|x| drop_edited(x, names));
-        }
-        _ => {}
-    }
+/// Where `json_diff` is: the pointer (shown in examples) and the field name (the same
+/// with `*` for array indices).
+#[derive(Default)]
+struct Path {
+    at: String,
+    field: String,
 }
 
 /// Collects the differing pointers (object key order is irrelevant, arrays compare in
-/// order; strings that differ only by values teeproxy set on the shadow's request do not
-/// count).
-fn json_diff(a: &Value, b: &Value, at: &mut String, found: &mut Found<'_>) {
-    if found.full() {
-        return;
-    }
+/// order). What does not count: strings that differ only by values teeproxy set on the
+/// shadow's request (`Edits::explain`), and echoes of the headers teeproxy edited, each
+/// as its side's request carried it: object members named after one
+/// (`{"host": ...}`, see `EditedHeader::echoed`), and listed headers (`Edits::listed`).
+fn json_diff(a: &Value, b: &Value, path: &mut Path, found: &mut Found<'_>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let mut keys: Vec<&String> = x
@@ -642,30 +785,36 @@ fn json_diff(a: &Value, b: &Value, at: &mut String, found: &mut Found<'_>) {
                 .collect();
             keys.sort();
             for k in keys {
-                if found.full() {
-                    break;
+                let (p, s) = (x.get(k), y.get(k));
+                if found.edits.named(k).is_some_and(|h| h.echoed(p, s)) {
+                    continue;
                 }
-                member(at, &escape_token(k), (x.get(k), y.get(k)), found);
+                member(path, &escape_token(k), false, (p, s), found);
             }
         }
         (Value::Array(x), Value::Array(y)) => {
-            for i in 0..x.len().max(y.len()) {
-                if found.full() {
-                    break;
-                }
-                member(at, &i.to_string(), (x.get(i), y.get(i)), found);
+            let edits = found.edits;
+            let kept = |items: &'_ [Value], side| -> Vec<usize> {
+                (0..items.len())
+                    .filter(|i| edits.headers.is_empty() || !edits.listed(&items[*i], side))
+                    .collect()
+            };
+            let (xi, yi) = (kept(x, Side::Primary), kept(y, Side::Shadow));
+            for i in 0..xi.len().max(yi.len()) {
+                let v = (xi.get(i).map(|&j| &x[j]), yi.get(i).map(|&j| &y[j]));
+                member(path, &i.to_string(), true, v, found);
             }
         }
         // 1 and 1.0 are the same number.
         (Value::Number(p), Value::Number(s)) if p.as_f64() == s.as_f64() => {}
         (Value::String(p), Value::String(s)) if found.edits.explain(p, s) => {}
         (p, s) if p != s => {
-            let (shown, field) = if at.is_empty() {
+            let (shown, field) = if path.at.is_empty() {
                 ("/", "body")
             } else {
-                (at.as_str(), at.as_str())
+                (path.at.as_str(), path.field.as_str())
             };
-            found.push(shown, field, show(Some(p)), show(Some(s)));
+            found.push(shown, field, || (show(Some(p)), show(Some(s))));
         }
         _ => {}
     }
@@ -673,19 +822,23 @@ fn json_diff(a: &Value, b: &Value, at: &mut String, found: &mut Found<'_>) {
 
 /// One member (object key or array index) of `json_diff`.
 fn member(
-    at: &mut String,
+    path: &mut Path,
     token: &str,
+    index: bool,
     v: (Option<&Value>, Option<&Value>),
     found: &mut Found<'_>,
 ) {
-    let len = at.len();
-    at.push('/');
-    at.push_str(token);
+    let len = (path.at.len(), path.field.len());
+    path.at.push('/');
+    path.at.push_str(token);
+    path.field.push('/');
+    path.field.push_str(if index { ANY_INDEX } else { token });
     match v {
-        (Some(p), Some(s)) => json_diff(p, s, at, found),
-        (p, s) => found.push(at, at, show(p), show(s)),
+        (Some(p), Some(s)) => json_diff(p, s, path, found),
+        (p, s) => found.push(&path.at, &path.field, || (show(p), show(s))),
     }
-    at.truncate(len);
+    path.at.truncate(len.0);
+    path.field.truncate(len.1);
 }
 
 #[cfg(test)]
@@ -860,8 +1013,8 @@ mod tests {
         );
         assert_eq!(v.result, CompareResult::BodyMismatch);
         let at: Vec<&str> = v.diff.iter().map(|d| d.at.as_str()).collect();
-        assert_eq!(at, ["/a/0", "/a/1", "/b/c", "/d"]);
-        assert_eq!(v.fields, ["/a/0", "/a/1", "/b/c", "/d"]);
+        assert_eq!(at, ["/a/0", "/a/1", "/b/c", "/d"], "examples keep indices");
+        assert_eq!(v.fields, ["/a/*", "/b/c", "/d"], "fields do not");
         assert_eq!(
             v.diff[2],
             Difference {
@@ -918,13 +1071,15 @@ mod tests {
             bodies(&c, &body(&doc(20, 0)), &body(&doc(20, 1))).fields,
             want
         );
-        // Array indices are kept; a longer array names each extra index.
+        // An array's elements are one field (`*`), also the extra ones of a longer array.
         let v = bodies(
             &c,
             &body(r#"{"list":[1,2,3]}"#),
             &body(r#"{"list":[1,5,3,4,5]}"#),
         );
-        assert_eq!(v.fields, ["/list/1", "/list/3", "/list/4"]);
+        assert_eq!(v.fields, ["/list/*"]);
+        let at: Vec<&str> = v.diff.iter().map(|d| d.at.as_str()).collect();
+        assert_eq!(at, ["/list/1", "/list/3", "/list/4"]);
         // Past the bound: 64 fields, then the marker.
         let v = bodies(&c, &body(&doc(200, 0)), &body(&doc(200, 1)));
         assert_eq!(v.fields.len(), MAX_FIELDS + 1);
@@ -932,6 +1087,51 @@ mod tests {
         let named = &v.fields[..MAX_FIELDS];
         assert!(named.windows(2).all(|w| w[0] < w[1]), "sorted: {named:?}");
         assert_eq!(named[0], "/k000");
+        assert_eq!(named[MAX_FIELDS - 1], "/k063", "the first in sorting order");
+        // Exactly the bound is not more.
+        let v = bodies(&c, &body(&doc(MAX_FIELDS, 0)), &body(&doc(MAX_FIELDS, 1)));
+        assert_eq!(v.fields.len(), MAX_FIELDS);
+        assert!(!v.fields.contains(&MORE_FIELDS.to_string()));
+    }
+
+    #[test]
+    fn noisy_array_items_are_one_field_and_hide_nothing_after_them() {
+        let c = cmp(CompareBody::Json, &[]);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut doc = |total: u32| {
+            let items: Vec<Value> = (0..100)
+                .map(|i| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    serde_json::json!({"id": format!("{seed:016x}"), "n": i})
+                })
+                .collect();
+            serde_json::json!({"items": items, "total": total}).to_string()
+        };
+        let (p, s) = (doc(100), doc(101));
+        let v = bodies(&c, &body(&p), &body(&s));
+        assert_eq!(v.result, CompareResult::BodyMismatch);
+        assert_eq!(v.fields, ["/items/*/id", "/total"], "{v:?}");
+        assert_eq!(v.diff.len(), MAX_DIFFS);
+        assert_eq!(v.diff[0].at, "/items/0/id", "examples keep the index");
+        assert_eq!(
+            bodies(&c, &body(&p), &body(&s)).fields,
+            v.fields,
+            "the same"
+        );
+
+        // More distinct fields than the bound: all are still compared (the last item's
+        // field, found after 150 others, sorts first), the first in sorting order kept.
+        let wide = |plus: u32| {
+            let mut first = serde_json::Map::new();
+            for i in 0..150 {
+                first.insert(format!("z{i:03}"), (i + plus).into());
+            }
+            serde_json::json!({"list": [first, {"a": plus}]}).to_string()
+        };
+        let v = bodies(&c, &body(&wide(0)), &body(&wide(1)));
+        assert_eq!(v.fields[..2], ["/list/*/a", "/list/*/z000"]);
+        assert_eq!(v.fields.len(), MAX_FIELDS + 1);
+        assert_eq!(v.fields[MAX_FIELDS], MORE_FIELDS);
     }
 
     #[test]
@@ -1056,8 +1256,8 @@ mod tests {
         assert_eq!(v.fields, ["body"], "the primary decides it is not JSON");
     }
 
-    /// A comparator for copies marked `x-teeproxy-shadow`, with the Host rewritten, a
-    /// header set and one removed, and the trace context changed.
+    /// A comparator for copies marked `x-teeproxy-shadow`, with the Host rewritten (the
+    /// primary's `api`), a header set and one removed, and the trace context changed.
     fn edited() -> (Comparator, Edits) {
         let names = [
             "host",
@@ -1092,9 +1292,10 @@ mod tests {
                 "traceparent",
                 "00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01",
             ),
+            ("tracestate", "teeproxy=shadow-c,vendor=1"),
             ("accept", "*/*"),
         ]);
-        let edits = c.edits(&sent);
+        let edits = c.edits(&sent, Some(&HeaderValue::from_static("api")));
         (c, edits)
     }
 
@@ -1102,20 +1303,54 @@ mod tests {
     fn what_teeproxy_changed_on_the_request_is_never_a_difference() {
         let (c, e) = edited();
         let json = headers(&[("content-type", "application/json")]);
-        let p = r#"{"headers":{"host":"api","accept":"*/*","cookie":"s=1",
+        let p = r#"{"headers":{"host":"api","accept":"*/*","cookie":"s=1","x-env":"prod",
             "traceparent":"00-0af7651916cd43dd8448eb211c80319c-2222222222222222-01"},
-            "url":"http://api/orders?next=http://api/orders/2","env":"prod","n":1,
-            "pairs":[["Accept","*/*"]],"har":[{"name":"Accept","value":"*/*"}],
+            "url":"http://api/orders?next=http://api/orders/2","n":1,
+            "span":"2222222222222222","state":"vendor=1",
+            "pairs":[["Accept","*/*"],["Host","api"],["X-Env","prod"]],
+            "har":[{"name":"Accept","value":"*/*"},{"name":"Cookie","value":"s=1"}],
             "cgi":{"HTTP_HOST":"api"}}"#;
         let s = r#"{"headers":{"host":"shadow-host:9000","accept":"*/*","x-teeproxy-shadow":"c",
+            "x-env":"shadow","tracestate":"teeproxy=shadow-c,vendor=1",
             "traceparent":"00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01"},
-            "url":"http://shadow-host:9000/orders?next=http://shadow-host:9000/orders/2","env":"shadow","n":2,
-            "pairs":[["Accept","*/*"],["X-Teeproxy-Shadow","c"]],
+            "url":"http://shadow-host:9000/orders?next=http://shadow-host:9000/orders/2","n":2,
+            "span":"1111111111111111","state":"teeproxy=shadow-c,vendor=1",
+            "pairs":[["Accept","*/*"],["X-Teeproxy-Shadow","c"],["Host","shadow-host:9000"],
+                ["X-Env","shadow"]],
             "har":[{"name":"X-Teeproxy-Shadow","value":"c"},{"name":"Accept","value":"*/*"}],
             "cgi":{"HTTP_HOST":"shadow-host:9000","HTTP_X_TEEPROXY_SHADOW":"c"}}"#;
         let v = c.compare_body((&json, &body(p)), (&json, &body(s)), &e);
         assert_eq!(v.result, CompareResult::BodyMismatch);
         assert_eq!(v.fields, ["/n"], "only the real difference: {v:?}");
+
+        // Members named after an edited header that do not echo the requests' values
+        // are the application's own, compared like any other.
+        let v = c.compare_body(
+            (
+                &json,
+                &body(r#"{"db":{"host":"db1","cookie":"a","expect":"x"}}"#),
+            ),
+            (
+                &json,
+                &body(r#"{"db":{"host":"db2","cookie":"b","expect":"x"}}"#),
+            ),
+            &e,
+        );
+        assert_eq!(v.fields, ["/db/cookie", "/db/host"], "{v:?}");
+        // An echo the shadow's application left out is a difference.
+        let v = c.compare_body(
+            (&json, &body(r#"{"headers":{"host":"api"}}"#)),
+            (&json, &body(r#"{"headers":{}}"#)),
+            &e,
+        );
+        assert_eq!(v.fields, ["/headers/host"]);
+        // A listed header with another value than the request carried stays.
+        let v = c.compare_body(
+            (&json, &body(r#"{"pairs":[["Host","api"]]}"#)),
+            (&json, &body(r#"{"pairs":[["Host","db2"]]}"#)),
+            &e,
+        );
+        assert_eq!(v.fields, ["/pairs/*"], "{v:?}");
 
         // Without edits, all of it would count.
         let plain = c.compare_body((&json, &body(p)), (&json, &body(s)), &Edits::default());
@@ -1124,14 +1359,21 @@ mod tests {
         // The same value elsewhere is a difference when the primary's is not an original
         // value in its place.
         let v = c.compare_body(
-            (&json, &body(r#"{"url":"http://api/x","note":"two words"}"#)),
             (
                 &json,
-                &body(r#"{"url":"http://shadow-host:9000/y","note":"shadow"}"#),
+                &body(r#"{"url":"http://api/x","note":"two words","env":"prod"}"#),
+            ),
+            (
+                &json,
+                &body(r#"{"url":"http://shadow-host:9000/y","note":"shadow","env":"shadow"}"#),
             ),
             &e,
         );
-        assert_eq!(v.fields, ["/note", "/url"]);
+        assert_eq!(
+            v.fields,
+            ["/env", "/note", "/url"],
+            "a value set in place of an unknown one explains nothing"
+        );
 
         // Listed headers: one teeproxy set is not compared, an echoed value matches.
         let p_head = headers(&[("content-type", "application/json"), ("x-echo-host", "api")]);
@@ -1162,24 +1404,105 @@ mod tests {
     }
 
     #[test]
-    fn edits_explain_only_values_teeproxy_set() {
+    fn edits_explain_only_values_teeproxy_set_in_place_of_the_primarys() {
         let (_, e) = edited();
         assert!(e.explain("api", "shadow-host:9000"));
-        assert!(e.explain("http://api:80/a", "http://shadow-host:9000/a"));
+        assert!(e.explain("http://api/a", "http://shadow-host:9000/a"));
         assert!(e.explain("a=api;b=api", "a=shadow-host:9000;b=shadow-host:9000"));
         assert!(
             !e.explain("http://api/a", "http://shadow-host:9000/b"),
             "the rest differs"
         );
-        assert!(!e.explain("", "shadow-host:9000"), "no original value");
         assert!(
-            !e.explain("two words", "shadow"),
-            "an original has no whitespace"
+            !e.explain("http://api:80/a", "http://shadow-host:9000/a"),
+            "not the primary's Host"
         );
-        assert!(e.explain("prod", "shadow"), "x-env's value");
+        assert!(!e.explain("", "shadow-host:9000"), "no original value");
+        assert!(!e.explain("other", "shadow-host:9000"), "another string");
+        assert!(
+            !e.explain("prod", "shadow"),
+            "x-env's primary value is unknown"
+        );
+        assert!(!e.explain("false", "shadow"));
         assert!(!e.explain("prod", "c"), "the marker replaces nothing");
         assert!(!e.explain("same", "same"));
         assert!(!Edits::default().explain("api", "shadow-host:9000"));
+        // The trace context: another parent id (16 lowercase hex digits, the same one
+        // everywhere), and the tracestate without teeproxy's entry.
+        let tp = |id: &str| format!("00-0af7651916cd43dd8448eb211c80319c-{id}-01");
+        assert!(e.explain(&tp("2222222222222222"), &tp("1111111111111111")));
+        assert!(e.explain("2222222222222222", "1111111111111111"));
+        assert!(e.explain(
+            "a=2222222222222222 b=2222222222222222",
+            "a=1111111111111111 b=1111111111111111"
+        ));
+        assert!(!e.explain(
+            "a=2222222222222222 b=3333333333333333",
+            "a=1111111111111111 b=1111111111111111"
+        ));
+        assert!(
+            !e.explain("zzzzzzzzzzzzzzzz", "1111111111111111"),
+            "not hex"
+        );
+        assert!(
+            !e.explain("222222222222222", "1111111111111111"),
+            "too short"
+        );
+        assert!(
+            !e.explain(
+                "00-1af7651916cd43dd8448eb211c80319c-2222222222222222-01",
+                &tp("1111111111111111")
+            ),
+            "another trace"
+        );
+        assert!(e.explain("vendor=1", "teeproxy=shadow-c,vendor=1"));
+        assert!(!e.explain("vendor=2", "teeproxy=shadow-c,vendor=1"));
+        // Host and parent id in one string.
+        assert!(e.explain(
+            "http://api/t/2222222222222222",
+            "http://shadow-host:9000/t/1111111111111111"
+        ));
+    }
+
+    #[test]
+    fn a_value_set_on_copies_explains_nothing_the_primary_did_not_carry() {
+        // `headers.set: {x-flag: "true", x-version: "2"}`, the client sent neither, and
+        // the Host is kept.
+        let c = Comparator::new(&CompareConfig {
+            body: CompareBody::Json,
+            ..Default::default()
+        })
+        .with_edits(EditedHeaders {
+            names: ["host", "x-flag", "x-version"]
+                .iter()
+                .map(|n| HeaderName::from_static(n))
+                .collect(),
+            replaced: ["host", "x-flag", "x-version"]
+                .iter()
+                .map(|n| HeaderName::from_static(n))
+                .collect(),
+        });
+        let sent = headers(&[("host", "api"), ("x-flag", "true"), ("x-version", "2")]);
+        let e = c.edits(&sent, Some(&HeaderValue::from_static("api")));
+        let json = headers(&[("content-type", "application/json")]);
+        let v = c.compare_body(
+            (
+                &json,
+                &body(r#"{"enabled":"false","v":"1","host":"db1","echo":{"x-flag":"false"}}"#),
+            ),
+            (
+                &json,
+                &body(r#"{"enabled":"true","v":"2","host":"api","echo":{"x-flag":"true"}}"#),
+            ),
+            &e,
+        );
+        assert_eq!(v.fields, ["/enabled", "/host", "/v"], "{v:?}");
+        assert!(!e.explain("false", "true"));
+        assert!(!e.explain("1", "2"));
+        assert!(!e.explain("db1", "api"), "the Host is the same on both");
+        // No primary Host known: the shadow's explains nothing either.
+        let e = c.edits(&sent, None);
+        assert!(!e.explain("api", "other"));
     }
 
     #[test]

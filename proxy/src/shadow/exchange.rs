@@ -163,7 +163,7 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     *req.uri_mut() = upstream_uri(&ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
     // What teeproxy changed on this copy, which the comparison leaves out.
-    let edits = spec.compare.edits(req.headers());
+    let edits = spec.compare.edits(req.headers(), host.as_ref());
     // Bodies are read only when they are compared or this copy is recorded.
     let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
@@ -255,16 +255,19 @@ fn observe(
     verdict: &Verdict,
     pair: Option<Arc<PairSlot>>,
 ) {
-    let failed =
-        answer.outcome != ShadowOutcome::ok || answer.status.is_none_or(|s| s.is_server_error());
+    // Failed as the primary leg can fail: no response head, or a server error. (A body
+    // that breaks off after the head is not counted on either leg: the primary's cannot
+    // be, as its client may be what broke it.)
+    let failed = answer.status.is_none_or(|s| s.is_server_error());
     // A failure is the `errors` flag's business, never also a difference: only answers
     // where neither leg failed are compared for the verdict.
     let compared = !failed
         && !primary.failed()
         && (matches!(verdict.result, CompareResult::Match) || verdict.result.is_mismatch());
     let half = Half {
+        // A failed answer's time is no evidence about speed (a fast 503, a slow 504).
         leg: LegObs {
-            head: paired_head,
+            head: paired_head.filter(|_| !failed),
             failed,
         },
         compared,
@@ -274,13 +277,18 @@ fn observe(
             Vec::new()
         },
     };
-    if spec.pairing != Pairing::Alone
-        && let Some(slot) = pair
-    {
-        slot.deposit(
-            matches!(spec.pairing, Pairing::Candidate { .. }),
-            half.clone(),
-        );
+    match (spec.pairing, pair) {
+        (Pairing::Alone, _) => {}
+        (pairing, Some(slot)) => {
+            slot.deposit(matches!(pairing, Pairing::Candidate { .. }), half.clone())
+        }
+        // A candidate's copy whose baseline was not a target of the request.
+        (Pairing::Candidate { .. }, None) => {
+            if let Some(stats) = path.shadows.get(spec.index) {
+                stats.pairs.unpaired();
+            }
+        }
+        (Pairing::Baseline { .. }, None) => {}
     }
     if matches!(spec.pairing, Pairing::Candidate { .. }) {
         return;
@@ -288,7 +296,7 @@ fn observe(
     if let Some(stats) = path.shadows.get(spec.index) {
         stats.pairs.record(&Observation {
             control: LegObs {
-                head: primary.paired,
+                head: primary.paired.filter(|_| !primary.failed()),
                 failed: primary.failed(),
             },
             shadow: half.leg,

@@ -118,6 +118,39 @@ impl ShadowPolicy {
         }
     }
 
+    /// A baseline's admission of a request its candidate took: one copy, counted
+    /// `offered`; the candidate's sampling and pause decided, so only what the request
+    /// itself rules out (an upgrade, a method, a declared size) refuses it.
+    pub(crate) fn admit_following(
+        &self,
+        parts: &Parts,
+        mirrorable: bool,
+        body_len: Option<u64>,
+        path: &PathEntry,
+    ) -> Result<u8, DropReason> {
+        self.spec.metrics.offered.inc();
+        let refused = if !mirrorable {
+            Some(DropReason::upgrade)
+        } else if self
+            .methods
+            .as_ref()
+            .is_some_and(|ms| !ms.contains(&parts.method))
+        {
+            Some(DropReason::method_filtered)
+        } else if body_len.is_some_and(|n| n > self.max_body) {
+            Some(DropReason::body_too_large)
+        } else {
+            None
+        };
+        match refused {
+            Some(reason) => {
+                self.spec.dropped(reason, path);
+                Err(reason)
+            }
+            None => Ok(1),
+        }
+    }
+
     /// This request's number of copies: `amplify`'s whole part, plus one with the
     /// probability of its fraction.
     fn copies(&self) -> u8 {

@@ -180,6 +180,8 @@ impl PathEntry {
 /// Builds path entries for one route.
 struct PathFactory {
     route: String,
+    /// The verdict's window (each shadow's pairs rotate windows of this length).
+    window: Duration,
     primary_cluster: String,
     shadow_clusters: Vec<String>,
     metrics: Arc<Metrics>,
@@ -201,7 +203,7 @@ impl PathFactory {
                     leg: LegStats::default(),
                     results: Default::default(),
                     drops: Default::default(),
-                    pairs: pairs::Pairs::default(),
+                    pairs: pairs::Pairs::new(self.window),
                     leg_metrics: m.path_leg(&self.route, template, Leg::shadow, s),
                     compare_metrics: m.compare(&self.route, template, s),
                 })
@@ -229,9 +231,11 @@ impl PathRegistry {
         primary_cluster: &str,
         shadow_clusters: Vec<String>,
         metrics: Arc<Metrics>,
+        window: Duration,
     ) -> Self {
         let factory = PathFactory {
             route: route.to_string(),
+            window,
             primary_cluster: primary_cluster.to_string(),
             shadow_clusters,
             metrics,
@@ -304,6 +308,7 @@ mod tests {
             "p",
             vec!["c".into()],
             metrics,
+            Duration::from_secs(300),
         )
     }
 

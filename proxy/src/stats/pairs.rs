@@ -1,11 +1,12 @@
 //! Paired observations of one (route, path template, shadow): for each compared request,
 //! the control leg (the primary, or the baseline when the shadow has one) and the shadow
 //! leg side by side: time to the response head (each leg timed from having sent the whole
-//! request), failure, the comparison's result and its differing fields. Kept twice, both
-//! bounded: the most recent observations (the sliding window, at most `RING` of them) and
-//! totals since start (or the last reset) in fixed-size histograms and counters. Recorded
-//! by shadow tasks only, never on the primary path; the verdict (`shadow::verdict`) reads
-//! them.
+//! request), failure, the comparison's result and its differing fields. Kept three ways,
+//! all bounded: totals since start (or the last reset) and totals of the current window
+//! (windows of `window` one after another, each a fresh sequential test: see
+//! `shadow::verdict`), both in fixed-size histograms and counters, and the most recent
+//! observations (at most `RING`) for the charts. Recorded by shadow tasks only, never on
+//! the primary path; the verdict reads them.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -65,22 +66,12 @@ pub(crate) struct Kept {
     pub(crate) control_us: u32,
     pub(crate) shadow_us: u32,
     flags: u8,
-    pub(crate) shadow_fields: u32,
-    pub(crate) control_fields: u32,
 }
 
-const F_CONTROL_FAILED: u8 = 1;
-const F_SHADOW_FAILED: u8 = 2;
 const F_COMPARED: u8 = 4;
 const F_MISMATCH: u8 = 8;
 
 impl Kept {
-    pub(crate) fn control_failed(&self) -> bool {
-        self.flags & F_CONTROL_FAILED != 0
-    }
-    pub(crate) fn shadow_failed(&self) -> bool {
-        self.flags & F_SHADOW_FAILED != 0
-    }
     pub(crate) fn compared(&self) -> bool {
         self.flags & F_COMPARED != 0
     }
@@ -156,10 +147,16 @@ impl Totals {
     /// The `k`-th smallest (0-based) ln(shadow / control) since start, to within half a
     /// bin (`D_WIDTH / 2`); values beyond +-`D_MAX` read as +-`D_MAX`.
     pub(crate) fn kth_log_ratio(&self, k: usize) -> f64 {
+        self.kth_log_ratio_at(k, 0.5)
+    }
+
+    /// The same, read at `edge` of its bin (0: the lower edge, 1: the upper): a lower
+    /// bound read at lower edges and an upper bound at upper edges stay bounds.
+    pub(crate) fn kth_log_ratio_at(&self, k: usize, edge: f64) -> f64 {
         kth(&self.d, k, |i| match i {
             0 => -D_MAX,
             i if i == D_BINS - 1 => D_MAX,
-            i => -D_MAX + (i as f64 - 0.5) * D_WIDTH,
+            i => -D_MAX + (i as f64 - 1.0 + edge) * D_WIDTH,
         })
     }
 
@@ -234,6 +231,9 @@ fn bump(v: &mut Vec<u64>, len: usize, i: usize) {
 struct Inner {
     ring: std::collections::VecDeque<Kept>,
     totals: Totals,
+    /// The current window's totals, and its number (1 for the first since start or reset).
+    block: Totals,
+    block_index: u64,
     /// Field names, indexed by bit (the last one, `OTHER_FIELD`, once full).
     names: Vec<String>,
     /// Candidate copies whose baseline copy never came (dropped or not sent).
@@ -243,25 +243,26 @@ struct Inner {
 /// The pairs of one (route, path template, shadow).
 pub(crate) struct Pairs {
     pub(crate) epoch: Instant,
+    /// The length of one window.
+    window: Duration,
     inner: Mutex<Inner>,
 }
 
 impl Default for Pairs {
     fn default() -> Self {
-        let now = Instant::now();
-        Pairs {
-            epoch: now,
-            inner: Mutex::new(Inner {
-                ring: std::collections::VecDeque::new(),
-                totals: Totals::new(now),
-                names: Vec::new(),
-                unpaired: 0,
-            }),
-        }
+        Pairs::new(Duration::from_secs(300))
     }
 }
 
 impl Inner {
+    /// Starts a new window once the current one is `window` old.
+    fn rotate(&mut self, window: Duration, now: Instant) {
+        if now.saturating_duration_since(self.block.since) >= window {
+            self.block = Totals::new(now);
+            self.block_index += 1;
+        }
+    }
+
     fn bit(&mut self, name: &str) -> u32 {
         if let Some(i) = self.names.iter().position(|n| n == name) {
             return 1 << i;
@@ -283,8 +284,12 @@ impl Inner {
 
 /// What the verdict reads: a consistent copy taken under the lock.
 pub(crate) struct PairsView {
-    pub(crate) window: Vec<Kept>,
+    /// The recent observations within the window's length (for the charts).
+    pub(crate) recent: Vec<Kept>,
     pub(crate) totals: Totals,
+    /// The current window and its number (1, 2, ... since start or reset).
+    pub(crate) block: Totals,
+    pub(crate) block_index: u64,
     pub(crate) names: Vec<String>,
     pub(crate) unpaired: u64,
     /// Milliseconds since the epoch now (for the window's start and chart buckets).
@@ -292,6 +297,22 @@ pub(crate) struct PairsView {
 }
 
 impl Pairs {
+    pub(crate) fn new(window: Duration) -> Self {
+        let now = Instant::now();
+        Pairs {
+            epoch: now,
+            window,
+            inner: Mutex::new(Inner {
+                ring: std::collections::VecDeque::new(),
+                totals: Totals::new(now),
+                block: Totals::new(now),
+                block_index: 1,
+                names: Vec::new(),
+                unpaired: 0,
+            }),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -301,8 +322,9 @@ impl Pairs {
     }
 
     pub(crate) fn record_at(&self, o: &Observation, now: Instant) {
-        let at_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         let mut g = self.lock();
+        let at_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        g.rotate(self.window, now);
         let shadow_fields = g.mask(&o.shadow_fields);
         let control_fields = g.mask(&o.control_fields);
         let mismatch = if o.paired {
@@ -318,12 +340,6 @@ impl Pairs {
             o.mismatch
         };
         let mut flags = 0;
-        if o.control.failed {
-            flags |= F_CONTROL_FAILED;
-        }
-        if o.shadow.failed {
-            flags |= F_SHADOW_FAILED;
-        }
         if o.compared {
             flags |= F_COMPARED;
         }
@@ -335,40 +351,40 @@ impl Pairs {
             control_us: o.control.head.map_or(u32::MAX, micros),
             shadow_us: o.shadow.head.map_or(u32::MAX, micros),
             flags,
-            shadow_fields,
-            control_fields,
         };
         if g.ring.len() == RING {
             g.ring.pop_front();
         }
         g.ring.push_back(kept);
         let fields_len = g.names.len();
-        let t = &mut g.totals;
-        t.observations += 1;
-        t.control_failed += u64::from(o.control.failed);
-        t.shadow_failed += u64::from(o.shadow.failed);
-        t.only_shadow_failed += u64::from(o.shadow.failed && !o.control.failed);
-        t.only_control_failed += u64::from(o.control.failed && !o.shadow.failed);
-        t.compared += u64::from(o.compared);
-        t.mismatches += u64::from(mismatch);
-        if let Some((c, s)) = kept.times() {
-            t.latency_pairs += 1;
-            bump(&mut t.d, D_BINS, d_bin((s / c).ln()));
-            bump(&mut t.control, L_BINS, latency_bin(c));
-            bump(&mut t.shadow, L_BINS, latency_bin(s));
-        }
-        if o.compared {
-            t.fields.resize(fields_len, FieldCounts::default());
-            for (i, f) in t.fields.iter_mut().enumerate() {
-                let (s, c) = (shadow_fields >> i & 1 == 1, control_fields >> i & 1 == 1);
-                match (s, c) {
-                    (true, true) => f.both += 1,
-                    (true, false) => f.only_shadow += 1,
-                    (false, true) => f.only_control += 1,
-                    (false, false) => {}
+        let add = |t: &mut Totals| {
+            t.observations += 1;
+            t.control_failed += u64::from(o.control.failed);
+            t.shadow_failed += u64::from(o.shadow.failed);
+            t.only_shadow_failed += u64::from(o.shadow.failed && !o.control.failed);
+            t.only_control_failed += u64::from(o.control.failed && !o.shadow.failed);
+            t.compared += u64::from(o.compared);
+            t.mismatches += u64::from(mismatch);
+            if let Some((c, s)) = kept.times() {
+                t.latency_pairs += 1;
+                bump(&mut t.d, D_BINS, d_bin((s / c).ln()));
+                bump(&mut t.control, L_BINS, latency_bin(c));
+                bump(&mut t.shadow, L_BINS, latency_bin(s));
+            }
+            if o.compared {
+                t.fields.resize(fields_len, FieldCounts::default());
+                for (i, f) in t.fields.iter_mut().enumerate() {
+                    match (shadow_fields >> i & 1 == 1, control_fields >> i & 1 == 1) {
+                        (true, true) => f.both += 1,
+                        (true, false) => f.only_shadow += 1,
+                        (false, true) => f.only_control += 1,
+                        (false, false) => {}
+                    }
                 }
             }
-        }
+        };
+        add(&mut g.totals);
+        add(&mut g.block);
     }
 
     /// A candidate copy whose baseline copy never came.
@@ -379,24 +395,31 @@ impl Pairs {
     /// Starts comparing afresh: the window and the totals are emptied.
     pub(crate) fn reset(&self) {
         let mut g = self.lock();
+        let now = Instant::now();
         g.ring.clear();
-        g.totals = Totals::new(Instant::now());
+        g.totals = Totals::new(now);
+        g.block = Totals::new(now);
+        g.block_index = 1;
+        g.names.clear();
         g.unpaired = 0;
     }
 
-    /// The observations of the last `window` (at most `RING`) and the totals.
-    pub(crate) fn view(&self, window: Duration) -> PairsView {
-        self.view_at(window, Instant::now())
+    /// The totals (since start, the current window) and the recent observations.
+    pub(crate) fn view(&self) -> PairsView {
+        self.view_at(Instant::now())
     }
 
-    pub(crate) fn view_at(&self, window: Duration, now: Instant) -> PairsView {
+    pub(crate) fn view_at(&self, now: Instant) -> PairsView {
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let from = now_ms.saturating_sub(window.as_millis() as u64);
-        let g = self.lock();
+        let from = now_ms.saturating_sub(self.window.as_millis() as u64);
+        let mut g = self.lock();
+        g.rotate(self.window, now);
         let start = g.ring.partition_point(|k| k.at_ms < from);
         PairsView {
-            window: g.ring.range(start..).copied().collect(),
+            recent: g.ring.range(start..).copied().collect(),
             totals: g.totals.clone(),
+            block: g.block.clone(),
+            block_index: g.block_index,
             names: g.names.clone(),
             unpaired: g.unpaired,
             now_ms,
@@ -430,28 +453,40 @@ mod tests {
     }
 
     #[test]
-    fn the_window_keeps_recent_observations_and_the_totals_keep_all() {
-        let p = Pairs::default();
+    fn windows_follow_one_another_and_the_totals_keep_all() {
+        let p = Pairs::new(Duration::from_secs(300));
         let t0 = p.epoch;
         for i in 0..10u64 {
             p.record_at(&obs(10, 12), t0 + Duration::from_secs(i * 60));
         }
-        let v = p.view_at(Duration::from_secs(300), t0 + Duration::from_secs(9 * 60));
-        assert_eq!(v.window.len(), 6, "minutes 4 to 9");
+        let v = p.view_at(t0 + Duration::from_secs(9 * 60));
+        assert_eq!(v.recent.len(), 6, "the charts: minutes 4 to 9");
+        assert_eq!(
+            (v.block_index, v.block.observations),
+            (2, 5),
+            "the second window: minutes 5 to 9"
+        );
         assert_eq!(v.totals.observations, 10);
         assert_eq!(v.totals.latency_pairs, 10);
         let d = v.totals.kth_log_ratio(4);
         assert!((d - 1.2f64.ln()).abs() <= D_WIDTH, "{d}");
+        assert!(v.totals.kth_log_ratio_at(4, 0.0) <= 1.2f64.ln());
+        assert!(v.totals.kth_log_ratio_at(4, 1.0) >= 1.2f64.ln());
         let (c, s) = v.totals.quantiles(0.5).unwrap();
         assert!((c - 0.010).abs() / 0.010 < 0.02 && (s - 0.012).abs() / 0.012 < 0.02);
+        // A view after a quiet window starts the next one.
+        let v = p.view_at(t0 + Duration::from_secs(15 * 60));
+        assert_eq!((v.block_index, v.block.observations), (3, 0));
         for _ in 0..RING + 5 {
-            p.record_at(&obs(1, 1), t0 + Duration::from_secs(600));
+            p.record_at(&obs(1, 1), t0 + Duration::from_secs(960));
         }
-        let v = p.view_at(Duration::from_secs(300), t0 + Duration::from_secs(600));
-        assert_eq!(v.window.len(), RING, "bounded");
+        let v = p.view_at(t0 + Duration::from_secs(960));
+        assert_eq!(v.recent.len(), RING, "bounded");
+        assert_eq!(v.block.observations, RING as u64 + 5, "counted, not kept");
         p.reset();
-        let v = p.view(Duration::from_secs(300));
-        assert!(v.window.is_empty() && v.totals.observations == 0 && p.is_empty());
+        let v = p.view();
+        assert!(v.recent.is_empty() && v.totals.observations == 0 && p.is_empty());
+        assert_eq!((v.block_index, v.block.observations), (1, 0));
     }
 
     #[test]
@@ -468,7 +503,7 @@ mod tests {
         o.control.failed = true;
         o.control_fields = vec!["/id".into()];
         p.record(&o);
-        let v = p.view(Duration::from_secs(60));
+        let v = p.view();
         let t = &v.totals;
         assert_eq!((t.only_shadow_failed, t.only_control_failed), (1, 1));
         assert_eq!(t.latency_pairs, 1, "a leg without a head has no time");
@@ -482,9 +517,8 @@ mod tests {
             }
         );
         assert_eq!(t.fields[1].only_shadow, 1);
-        assert!(v.window[0].shadow_failed() && v.window[0].mismatch());
-        assert_eq!(v.window[0].shadow_fields, 0b11);
-        assert_eq!(v.window[1].control_fields, 0b01);
+        assert!(v.recent[0].mismatch() && v.recent[0].times().is_none());
+        assert_eq!(v.block.fields, t.fields, "the window counts the same");
     }
 
     #[test]
@@ -493,9 +527,9 @@ mod tests {
         let mut o = obs(1, 1);
         o.shadow_fields = (0..100).map(|i| format!("/f{i}")).collect();
         p.record(&o);
-        let v = p.view(Duration::from_secs(60));
+        let v = p.view();
         assert_eq!(v.names.len(), MAX_FIELDS + 1);
         assert_eq!(v.names[MAX_FIELDS], OTHER_FIELD);
-        assert_eq!(v.window[0].shadow_fields, u32::MAX);
+        assert_eq!(v.totals.fields.len(), MAX_FIELDS + 1);
     }
 }

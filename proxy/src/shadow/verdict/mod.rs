@@ -1,11 +1,18 @@
 //! The verdict: per (route, path template, shadow), is the shadow slower, faster,
 //! different or failing more than its control (the primary, or the baseline when the
 //! shadow has one), on the same requests? Computed from the paired observations
-//! (`stats::pairs`) over the sliding window and since start, with anytime-valid intervals
+//! (`stats::pairs`) since start and over the current window, with anytime-valid intervals
 //! and tests (`stats`), so a verdict watched live, refreshed every few seconds for hours,
 //! keeps its error rate. A flag needs both: significance (the interval or test at the
 //! configured confidence) and size (the practical threshold), and at least `min_pairs`
 //! observations.
+//!
+//! The error budget alpha (1 - confidence) is split: alpha / 2 for the since-start
+//! sequence, and alpha / 2 over the windows, window k (the k-th since start or reset)
+//! getting alpha / 2 / (k (k + 1)) (these sum to alpha / 2). Windows follow one another
+//! and each only grows while it lasts, so each is a sequential test of its own, and the
+//! chance that any of them ever raises a given flag by chance stays below alpha / 2. Per
+//! field, the `different` test splits its share over the fields tracked.
 //!
 //! - `slower` / `faster`: the median over requests of ln(shadow time / control time) has a
 //!   confidence sequence entirely above (below) 0, and its estimate is beyond
@@ -28,7 +35,7 @@ use serde::Serialize;
 
 use crate::config::{Thresholds, VerdictConfig};
 use crate::stats::ShadowPathStats;
-use crate::stats::pairs::{FieldCounts, Kept, PairsView, Totals};
+use crate::stats::pairs::{FieldCounts, Kept, MAX_FIELDS, PairsView, Totals};
 use pair::Pairing;
 
 /// Points in a row's chart (over the window).
@@ -184,6 +191,9 @@ pub(crate) struct Row {
     pub(crate) thresholds: ThresholdsOut,
     pub(crate) confidence: f64,
     pub(crate) min_pairs: u64,
+    /// The current window's number since start or reset (1, 2, ...): window k is tested
+    /// with 1/(k(k+1)) of the windows' half of the error budget.
+    pub(crate) window_index: u64,
     /// Candidate copies whose baseline copy never came (not in the figures).
     pub(crate) unpaired: u64,
     pub(crate) window: Section,
@@ -221,9 +231,13 @@ impl Row {
 
 /// The verdict of one subject now.
 pub(crate) fn row(s: &Subject<'_>) -> Row {
-    let c = s.config;
-    let view = s.stats.pairs.view(c.window);
-    row_of(s, &view)
+    row_of(s, &s.stats.pairs.view())
+}
+
+/// The error budget of the since-start sequence and of window `k` (1-based).
+fn alphas(alpha: f64, k: u64) -> (f64, f64) {
+    let k = k.max(1) as f64;
+    (alpha / 2.0, alpha / 2.0 / (k * (k + 1.0)))
 }
 
 /// The verdict of one subject from a view of its pairs.
@@ -231,8 +245,9 @@ pub(crate) fn row_of(s: &Subject<'_>, view: &PairsView) -> Row {
     let c = s.config;
     let th = c.thresholds_for(s.path);
     let with_baseline = matches!(s.pairing, Pairing::Candidate { .. });
-    let window = window_section(view, c, th, with_baseline);
-    let since = totals_section(&view.totals, &view.names, c, th, with_baseline, view);
+    let (alpha_since, alpha_window) = alphas(c.alpha, view.block_index);
+    let window = totals_section(&view.block, &view.names, c, alpha_window, th, with_baseline);
+    let since = totals_section(&view.totals, &view.names, c, alpha_since, th, with_baseline);
     let mut flags: Vec<Flag> = window.flags.iter().chain(&since.flags).copied().collect();
     flags.sort();
     flags.dedup();
@@ -275,8 +290,9 @@ pub(crate) fn row_of(s: &Subject<'_>, view: &PairsView) -> Row {
         },
         confidence: round(1.0 - c.alpha),
         min_pairs: c.min_pairs,
+        window_index: view.block_index,
         unpaired: view.unpaired,
-        chart: chart(&view.window, view.now_ms, c.window),
+        chart: chart(&view.recent, view.now_ms, c.window),
         window,
         since_start: since,
         noise,
@@ -297,88 +313,28 @@ struct Counts<'a> {
     fields: Vec<FieldCounts>,
 }
 
-fn window_section(
-    view: &PairsView,
-    c: &VerdictConfig,
-    th: &Thresholds,
-    with_baseline: bool,
-) -> Section {
-    let w = &view.window;
-    let mut d = Vec::with_capacity(w.len());
-    let mut control = Vec::with_capacity(w.len());
-    let mut shadow = Vec::with_capacity(w.len());
-    for k in w {
-        if let Some((ct, st)) = k.times() {
-            d.push((st / ct).ln());
-            control.push(ct);
-            shadow.push(st);
-        }
-    }
-    d.sort_by(f64::total_cmp);
-    control.sort_by(f64::total_cmp);
-    shadow.sort_by(f64::total_cmp);
-    let ratio = stats::median_shift(d.len(), |k| d[k], c.alpha);
-    let quantile = |q: f64| {
-        let cq = stats::quantile_interval(&control, q, c.alpha / 2.0)?;
-        let sq = stats::quantile_interval(&shadow, q, c.alpha / 2.0)?;
-        Some(quantile_pair(cq, sq))
-    };
-    let latency = Latency {
-        pairs: d.len() as u64,
-        ratio: ratio.map(exp_est),
-        p50: quantile(0.5),
-        p99: quantile(0.99),
-    };
-    let mut fields = vec![FieldCounts::default(); view.names.len()];
-    for k in w.iter().filter(|k| k.compared()) {
-        for (i, f) in fields.iter_mut().enumerate() {
-            match (
-                k.shadow_fields >> i & 1 == 1,
-                k.control_fields >> i & 1 == 1,
-            ) {
-                (true, true) => f.both += 1,
-                (true, false) => f.only_shadow += 1,
-                (false, true) => f.only_control += 1,
-                (false, false) => {}
-            }
-        }
-    }
-    let counts = Counts {
-        n: w.len() as u64,
-        seconds: w
-            .first()
-            .map_or(0.0, |k| (view.now_ms.saturating_sub(k.at_ms)) as f64 / 1e3),
-        control_failed: w.iter().filter(|k| k.control_failed()).count() as u64,
-        shadow_failed: w.iter().filter(|k| k.shadow_failed()).count() as u64,
-        only_shadow_failed: w
-            .iter()
-            .filter(|k| k.shadow_failed() && !k.control_failed())
-            .count() as u64,
-        only_control_failed: w
-            .iter()
-            .filter(|k| k.control_failed() && !k.shadow_failed())
-            .count() as u64,
-        compared: w.iter().filter(|k| k.compared()).count() as u64,
-        mismatches: w.iter().filter(|k| k.mismatch()).count() as u64,
-        names: &view.names,
-        fields,
-    };
-    section(counts, latency, c, th, with_baseline)
-}
-
 fn totals_section(
     t: &Totals,
     names: &[String],
     c: &VerdictConfig,
+    alpha: f64,
     th: &Thresholds,
     with_baseline: bool,
-    view: &PairsView,
 ) -> Section {
     let n = t.latency_pairs as usize;
-    let ratio = stats::median_shift(n, |k| t.kth_log_ratio(k), c.alpha);
+    // Each bound is read at the conservative edge of its histogram bin.
+    let ratio = stats::median_shift(n, |k| t.kth_log_ratio(k), alpha).map(|mid| {
+        let lo = stats::median_shift(n, |k| t.kth_log_ratio_at(k, 0.0), alpha);
+        let hi = stats::median_shift(n, |k| t.kth_log_ratio_at(k, 1.0), alpha);
+        stats::Interval {
+            lo: lo.and_then(|i| i.lo),
+            estimate: mid.estimate,
+            hi: hi.and_then(|i| i.hi),
+        }
+    });
     let quantile = |q: f64| {
         let leg = |shadow: bool| {
-            let (lo, hi) = stats::quantile_ranks(n, q, c.alpha / 2.0);
+            let (lo, hi) = stats::quantile_ranks(n, q, alpha / 2.0);
             let est = ((q * n as f64).ceil() as usize).clamp(1, n.max(1)) - 1;
             (n > 0).then(|| stats::Interval {
                 lo: lo.map(|k| t.kth_latency(shadow, k)),
@@ -394,7 +350,6 @@ fn totals_section(
         p50: quantile(0.5),
         p99: quantile(0.99),
     };
-    let _ = view;
     let counts = Counts {
         n: t.observations,
         seconds: t.since.elapsed().as_secs_f64(),
@@ -411,7 +366,7 @@ fn totals_section(
             f
         },
     };
-    section(counts, latency, c, th, with_baseline)
+    section(counts, latency, c, alpha, th, with_baseline)
 }
 
 fn exp_est(i: stats::Interval) -> Est {
@@ -448,10 +403,10 @@ fn section(
     k: Counts<'_>,
     latency: Latency,
     c: &VerdictConfig,
+    alpha: f64,
     th: &Thresholds,
     with_baseline: bool,
 ) -> Section {
-    let alpha = c.alpha;
     let mut flags = Vec::new();
     let threshold = (1.0 + th.slower_by).ln();
     if latency.pairs >= c.min_pairs
@@ -482,7 +437,9 @@ fn section(
         e_value: round(test.e_value.min(1e12)),
     };
     let rate = Est::rate(k.mismatches, k.compared, alpha);
-    let per_field_alpha = alpha / k.names.len().max(1) as f64;
+    // A fixed split over every field that can be tracked (not over those seen so far,
+    // which grow).
+    let per_field_alpha = alpha / (MAX_FIELDS + 1) as f64;
     let enough = k.compared >= c.min_pairs;
     let mut fields: Vec<FieldRow> = k
         .names

@@ -275,12 +275,14 @@ pub(crate) struct Interval {
 
 /// The 0-based nearest-rank index of the `q`-quantile of `n >= 1` sorted samples:
 /// `ceil(q n) - 1`, kept in `0..n`.
+#[cfg(test)]
 fn nearest_rank(n: usize, q: f64) -> usize {
     ((q * n as f64).ceil() as usize).clamp(1, n) - 1
 }
 
 /// The `q`-quantile of ascending `sorted` samples (nearest rank) with its anytime-valid,
 /// distribution-free interval ([`quantile_ranks`]); `None` when there are no samples.
+#[cfg(test)]
 pub(crate) fn quantile_interval(sorted: &[f64], q: f64, alpha: f64) -> Option<Interval> {
     debug_assert!(sorted.is_sorted(), "quantile_interval needs sorted samples");
     if sorted.is_empty() {

@@ -136,12 +136,20 @@ fn request(rng: &mut Rng, primary: App, candidate: App) -> (Observation, Observa
 fn registry(paths: &[&str]) -> PathRegistry {
     let metrics = Metrics::new(&mut prometheus_client::registry::Registry::default());
     let templates: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-    PathRegistry::new("r", &templates, 10, "p", vec!["cand".into()], metrics)
+    PathRegistry::new(
+        "r",
+        &templates,
+        10,
+        "p",
+        vec!["cand".into()],
+        metrics,
+        Duration::from_secs(300),
+    )
 }
 
 fn verdict_at(entry: &PathEntry, pairing: Pairing, c: &VerdictConfig, now: Instant) -> Row {
     let stats = &entry.shadows[0];
-    let view = stats.pairs.view_at(c.window, now);
+    let view = stats.pairs.view_at(now);
     row_of(
         &Subject {
             route: "r",
@@ -167,6 +175,19 @@ fn simulate(
     seconds: u64,
     rps: u64,
     refresh: u64,
+    look: impl FnMut(usize, u64, &Row, &Row),
+) {
+    simulate_with(seed, SAME, paths, seconds, rps, refresh, look)
+}
+
+/// The same with `primary` as the version on the primary and the baseline.
+fn simulate_with(
+    seed: u64,
+    primary: App,
+    paths: &[(&str, App)],
+    seconds: u64,
+    rps: u64,
+    refresh: u64,
     mut look: impl FnMut(usize, u64, &Row, &Row),
 ) {
     let mut rng = Rng(seed);
@@ -183,7 +204,7 @@ fn simulate(
     for tick in 1..=seconds * rps {
         let at = t0 + Duration::from_micros(tick * 1_000_000 / rps);
         for (i, (_, app)) in paths.iter().enumerate() {
-            let (p, a) = request(&mut rng, SAME, *app);
+            let (p, a) = request(&mut rng, primary, *app);
             entries[i].0.shadows[0].pairs.record_at(&p, at);
             entries[i].1.shadows[0].pairs.record_at(&a, at);
         }
@@ -383,4 +404,42 @@ fn the_overall_state_fails_on_a_critical_route_and_tolerates_others_when_asked()
         State::Pass,
         "a baseline's own row shows noise and never fails the verdict"
     );
+}
+
+#[test]
+fn a_busy_a_a_stream_with_failures_on_both_legs_stays_quiet_for_hours() {
+    // 50 requests per second for two simulated hours, 1.5 % failures on every leg,
+    // looked at every 5 s: each window is a fresh test, and the windows together keep
+    // the error budget (a sliding window re-tested at every look would not).
+    let flaky = App {
+        fails: 0.015,
+        ..SAME
+    };
+    let mut refreshes = 0;
+    let mut windows = 0;
+    simulate_with(
+        13,
+        flaky,
+        &[("/busy", flaky)],
+        7200,
+        50,
+        5,
+        |_, n, with, without| {
+            refreshes += 1;
+            windows = windows.max(with.window_index);
+            assert!(
+                with.flags.is_empty(),
+                "with a baseline after {n}: {:#?}",
+                with.window
+            );
+            assert!(
+                without.flags.iter().all(|f| *f == Flag::Different),
+                "without a baseline after {n}: {:?} {:#?}",
+                without.flags,
+                without.window.errors
+            );
+        },
+    );
+    assert_eq!(refreshes, 1440);
+    assert!(windows >= 24, "two hours of 5 min windows: {windows}");
 }
