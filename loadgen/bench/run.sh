@@ -7,9 +7,12 @@
 #   loadgen/bench/run.sh --amplify  teeproxy only: a black-holed shadow at amplify 1 and at
 #                                   amplify 10 (10 s each), the primary's throughput and p99
 #   loadgen/bench/run.sh --compare  teeproxy only: the fast-shadow scenario with the bodies
-#                                   compared (`body: json`) and not (`body: off`), three
-#                                   rounds each, interleaved (10 s each): what comparing
-#                                   and the verdict's pairing cost in requests per CPU-second
+#                                   not compared (`body: off`) and compared (`body: json`)
+#                                   against a shadow that answers the same (a twin of the
+#                                   primary) and one whose every answer differs in a field,
+#                                   three rounds each, interleaved (10 s each): what
+#                                   comparing and the verdict's pairing cost in requests per
+#                                   CPU-second
 #
 # Prints a markdown table per scenario and proxy: throughput, p50/p99/max, errors, proxy CPU
 # seconds, requests per CPU-second, peak RSS, requests the shadow received, teeproxy's
@@ -36,7 +39,7 @@ trap cleanup EXIT
 
 if [ "$SMOKE" = 1 ]; then DUR=2s; WARM=0; else DUR=10s; WARM=2s; fi
 CONNS=32
-UP=19000; FAST=19001; SLOW=19002; HOLE=19003; CLOSED=19004
+UP=19000; FAST=19001; SLOW=19002; HOLE=19003; CLOSED=19004; TWIN=19005
 PROXY=18080; ADMIN=19901
 if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"; else PROXY_CPU=""; LOAD_CPU=""; fi
 
@@ -87,9 +90,14 @@ start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$FAST --name fast-sha
 start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$SLOW --name slow-shadow --latency 200ms 2>/dev/null
 start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$HOLE --name hole --fault blackhole 2>/dev/null
 for p in $UP $FAST $SLOW $HOLE; do wait_port $p; done
+if [ "$COMPARE_ONLY" = 1 ]; then
+  # The same application under the same name: its answers equal the primary's.
+  start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$TWIN --name primary 2>/dev/null
+  wait_port $TWIN
+fi
 
 shadow_port() {
-  case "$1" in fast) echo $FAST ;; slow) echo $SLOW ;; blackhole) echo $HOLE ;; closed) echo $CLOSED ;; *) echo "" ;; esac
+  case "$1" in fast) echo $FAST ;; twin) echo $TWIN ;; slow) echo $SLOW ;; blackhole) echo $HOLE ;; closed) echo $CLOSED ;; *) echo "" ;; esac
 }
 
 served() { # served PORT: requests a demo upstream served so far
@@ -241,7 +249,7 @@ run_case() { # run_case SCENARIO KIND SHADOW METHOD BODY_SIZE [SHADOW_OPTIONS (t
   local drive=("$BIN/loadgen" drive --url "http://127.0.0.1:$target" --connections $CONNS --method "$method" --body-size "$body" --path /bench --timeout 5s --quiet --json)
   if [ "$WARM" != 0 ]; then $LOAD_CPU "${drive[@]}" --duration $WARM >/dev/null; fi
   local before_served=0
-  case "$shadow" in fast|slow) before_served=$(served "$sport") ;; esac
+  case "$shadow" in fast|twin|slow) before_served=$(served "$sport") ;; esac
   local t0=0
   [ "$kind" != direct ] && t0=$(cpu_ticks $PROXY_PID)
   $LOAD_CPU "${drive[@]}" --duration $DUR >"$WORK/drive.json"
@@ -254,7 +262,7 @@ run_case() { # run_case SCENARIO KIND SHADOW METHOD BODY_SIZE [SHADOW_OPTIONS (t
       drops=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^teeproxy_shadow_dropped_total/ {s += $NF} END {print s + 0}')
     fi
   fi
-  case "$shadow" in fast|slow) got=$(( $(served "$sport") - before_served )) ;; esac
+  case "$shadow" in fast|twin|slow) got=$(( $(served "$sport") - before_served )) ;; esac
   [ "$kind" != direct ] && stop $PROXY_PID
   python3 - "$WORK/drive.json" "$scenario" "$kind" "$cpu" "$rss" "$got" "$drops" >>"$ROWS" <<'PY'
 import json, sys
@@ -283,8 +291,9 @@ amplify_cases() {
 if [ "$COMPARE_ONLY" = 1 ]; then
   PROXIES=""; DUR=10s; WARM=2s
   for round in 1 2 3; do
-    run_case "fast-shadow-compare-off-$round" teeproxy fast GET 0 "compare: { body: off }"
-    run_case "fast-shadow-compare-json-$round" teeproxy fast GET 0 "compare: { body: json }"
+    run_case "fast-shadow-compare-off-$round" teeproxy twin GET 0 "compare: { body: off }"
+    run_case "fast-shadow-compare-json-$round" teeproxy twin GET 0 "compare: { body: json }"
+    run_case "fast-shadow-compare-json-all-differ-$round" teeproxy fast GET 0 "compare: { body: json }"
   done
 elif [ "$AMPLIFY_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; amplify_cases; fi
 [ "$AMPLIFY_ONLY" = 1 ] || run_case direct direct none GET 0

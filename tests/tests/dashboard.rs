@@ -14,6 +14,20 @@ use std::time::Duration;
 
 use teeproxy_tests::*;
 
+/// Chromium, or `None` (the test then reports itself skipped) on a developer machine
+/// without it; under CI it must be there.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install chromium (.ci/run does)"
+        );
+        eprintln!("skipped: no chromium on this machine");
+    }
+    found
+}
+
 fn chromium() -> Option<PathBuf> {
     find_program(
         "chromium",
@@ -70,12 +84,7 @@ fn flags(row: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_dashboard_tells_which_path_is_slower_or_different() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install chromium (.ci/run does)"
-        );
-        eprintln!("skipped: no chromium on this machine");
+    let Some(browser) = chromium_or_skip() else {
         return;
     };
     let base = Duration::from_millis(5);
@@ -246,12 +255,7 @@ fn plotted(row: &str, which: &str, leg: &str) -> Vec<(f64, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_verdict_shows_states_flags_intervals_and_charts() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install chromium (.ci/run does)"
-        );
-        eprintln!("skipped: no chromium on this machine");
+    let Some(browser) = chromium_or_skip() else {
         return;
     };
     // The baseline runs the primary's version; the candidate is twice as slow on /slow.

@@ -94,20 +94,8 @@ impl ShadowPolicy {
         self.spec.metrics.offered.inc_by(u64::from(copies));
         let refused = if self.control.paused() {
             Some(DropReason::paused)
-        } else if !mirrorable {
-            Some(DropReason::upgrade)
-        } else if self
-            .methods
-            .as_ref()
-            .is_some_and(|ms| !ms.contains(&parts.method))
-        {
-            Some(DropReason::method_filtered)
-        } else if !self.sampled_in(&parts.headers) {
-            Some(DropReason::sampled_out)
-        } else if body_len.is_some_and(|n| n > self.max_body) {
-            Some(DropReason::body_too_large)
         } else {
-            None
+            self.refusal(parts, mirrorable, body_len, true)
         };
         match refused {
             Some(reason) => {
@@ -115,6 +103,32 @@ impl ShadowPolicy {
                 Err(reason)
             }
             None => Ok(copies),
+        }
+    }
+
+    /// Why this request is not copied, in the order the reasons are counted: an upgrade,
+    /// the method, the sample (when `sample`), the declared size.
+    fn refusal(
+        &self,
+        parts: &Parts,
+        mirrorable: bool,
+        body_len: Option<u64>,
+        sample: bool,
+    ) -> Option<DropReason> {
+        if !mirrorable {
+            Some(DropReason::upgrade)
+        } else if self
+            .methods
+            .as_ref()
+            .is_some_and(|ms| !ms.contains(&parts.method))
+        {
+            Some(DropReason::method_filtered)
+        } else if sample && !self.sampled_in(&parts.headers) {
+            Some(DropReason::sampled_out)
+        } else if body_len.is_some_and(|n| n > self.max_body) {
+            Some(DropReason::body_too_large)
+        } else {
+            None
         }
     }
 
@@ -129,20 +143,7 @@ impl ShadowPolicy {
         path: &PathEntry,
     ) -> Result<u8, DropReason> {
         self.spec.metrics.offered.inc();
-        let refused = if !mirrorable {
-            Some(DropReason::upgrade)
-        } else if self
-            .methods
-            .as_ref()
-            .is_some_and(|ms| !ms.contains(&parts.method))
-        {
-            Some(DropReason::method_filtered)
-        } else if body_len.is_some_and(|n| n > self.max_body) {
-            Some(DropReason::body_too_large)
-        } else {
-            None
-        };
-        match refused {
+        match self.refusal(parts, mirrorable, body_len, false) {
             Some(reason) => {
                 self.spec.dropped(reason, path);
                 Err(reason)
