@@ -174,6 +174,7 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
             tracing::debug!(shadow = %ex.name, request_id = ?request_id, error = %e, "shadow request failed");
             Answer::failed(match e {
                 UpstreamError::Connect { .. } => ShadowOutcome::connect_error,
+                UpstreamError::Tls { .. } => ShadowOutcome::tls_error,
                 UpstreamError::Timeout { .. } => ShadowOutcome::timeout,
                 // A shadow body is complete bytes in memory: it cannot fail like a client's.
                 UpstreamError::Protocol { .. } | UpstreamError::ClientBody { .. } => {
@@ -204,7 +205,11 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
             }
         }
     };
-    if answer.outcome == ShadowOutcome::connect_error {
+    // A shadow that cannot connect, or whose TLS fails every time, opens its circuit.
+    if matches!(
+        answer.outcome,
+        ShadowOutcome::connect_error | ShadowOutcome::tls_error
+    ) {
         ex.circuit.connect_failed();
     } else {
         ex.circuit.connected();
