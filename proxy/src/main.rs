@@ -135,6 +135,13 @@ fn check(path: Option<PathBuf>, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     let path = path.expect("loaded from a path");
+    for (name, c) in &config.clusters {
+        if c.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            eprintln!(
+                "teeproxy check: warning: clusters.{name}.tls.insecure_skip_verify is true: the upstream's certificate is not verified"
+            );
+        }
+    }
     // Written at once, and a closed stdout (`| head`) is not an error.
     let out = if json {
         format!("{:#}\n", config.to_json())
@@ -178,6 +185,9 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
             j["timeout"].as_str().unwrap_or("?"),
             j["host"].as_str().unwrap_or("?"),
         );
+        if let Some(t) = &c.tls {
+            let _ = writeln!(out, "  {:<12}   {}", "", tls_summary(t));
+        }
     }
     let _ = writeln!(out, "routes (first match wins):");
     for (i, r) in config.routes.iter().enumerate() {
@@ -228,6 +238,40 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
         json["drain_delay"].as_str().unwrap_or("?"),
     );
     out
+}
+
+/// A cluster's upstream TLS on one line: trust, name, client certificate.
+fn tls_summary(t: &teeproxy::config::ClusterTls) -> String {
+    let trust = if t.insecure_skip_verify {
+        "tls NOT VERIFIED (insecure_skip_verify: true)".to_string()
+    } else {
+        match &t.ca {
+            Some(ca) => format!(
+                "tls verified against ca {} ({} CA certificate{})",
+                ca.display(),
+                t.loaded.roots.len(),
+                if t.loaded.roots.len() == 1 { "" } else { "s" }
+            ),
+            None => "tls verified against the built-in roots".to_string(),
+        }
+    };
+    let name = t
+        .server_name
+        .as_ref()
+        .map_or(String::new(), |n| format!(", server_name {n}"));
+    let client = match (&t.cert, &t.loaded.client) {
+        (Some(path), Some(c)) => match &c.info {
+            Some(i) => format!(
+                ", client certificate {} (subject {}, expires {})",
+                path.display(),
+                i.subject,
+                teeproxy::config::x509::format_time(i.not_after)
+            ),
+            None => format!(", client certificate {}", path.display()),
+        },
+        _ => String::new(),
+    };
+    format!("{trust}{name}{client}")
 }
 
 async fn serve(config: Config, path: PathBuf, watch: bool) -> anyhow::Result<()> {

@@ -117,6 +117,67 @@ fn bad_config_exits_64_naming_file_place_and_key() {
 }
 
 #[test]
+fn check_loads_upstream_tls_files_reports_the_client_certificate_and_names_a_bad_file() {
+    // The shipped example: its CA and client certificate load; the subject and expiry show.
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(config_dir().join("examples/upstream-tls.yaml"))
+        .output()
+        .expect("run teeproxy check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .contains("subject CN=teeproxy-shadow-client, O=teeproxy example, expires 2126-11-03T"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("server_name orders.staging.internal.example"),
+        "{stdout}"
+    );
+    // A missing file: exit 64, naming the key and the file; relative to the config's folder.
+    let path = write_temp(
+        "tls-missing.yaml",
+        "listeners: [{ name: a, address: \"127.0.0.1:0\" }]\nclusters:\n  p: { endpoints: [\"https://127.0.0.1:1\"], tls: { ca: no-such-ca.pem } }\nroutes:\n  - { name: r, primary: p }\n",
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let missing = path.with_file_name("no-such-ca.pem");
+    assert!(
+        err.contains("clusters.p.tls.ca")
+            && err.contains(&format!("{}: cannot read", missing.display())),
+        "{err}"
+    );
+    // Verification off: allowed, and said loudly.
+    let path = write_temp(
+        "tls-insecure.yaml",
+        "listeners: [{ name: a, address: \"127.0.0.1:0\" }]\nclusters:\n  p: { endpoints: [\"https://127.0.0.1:1\"], tls: { insecure_skip_verify: true } }\nroutes:\n  - { name: r, primary: p }\n",
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tls NOT VERIFIED"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("clusters.p.tls.insecure_skip_verify is true"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_json_prints_the_typed_config_with_defaults_and_secrets_redacted() {
     let text = check_json_text(
         "listeners: [{ name: a, address: \"127.0.0.1:0\" }]\nclusters:\n  p: { endpoints: [\"http://127.0.0.1:1\"] }\n  s: { endpoints: [\"http://127.0.0.1:2\"] }\nroutes:\n  - name: r\n    primary: p\n    shadows: [{ cluster: s, headers: { set: { authorization: \"Bearer s3cret\" } } }]\n",

@@ -246,6 +246,17 @@ fn the_schema_knows_every_key_the_binary_knows_with_its_default() {
         "health.yaml",
     );
     walk(&schema, &schema, &health, "$", true, &mut problems);
+    // Upstream TLS: the defaults inside `tls: {}`, then every key written.
+    let tls_defaults = check_json(
+        "listeners: [{ name: a, address: \"127.0.0.1:1\" }]\nclusters:\n  p: { endpoints: [\"https://127.0.0.1:2\"], tls: {} }\nroutes:\n  - { name: r, primary: p }\n",
+        "tls-defaults.yaml",
+    );
+    walk(&schema, &schema, &tls_defaults, "$", true, &mut problems);
+    let tls = check_json(
+        "listeners: [{ name: a, address: \"127.0.0.1:1\" }]\nclusters:\n  p: { endpoints: [\"https://127.0.0.1:2\"], tls: { server_name: p.test, insecure_skip_verify: true } }\nroutes:\n  - { name: r, primary: p }\n",
+        "tls.yaml",
+    );
+    walk(&schema, &schema, &tls, "$", false, &mut problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
     // The walk itself notices a key the schema lacks.

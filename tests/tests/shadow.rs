@@ -426,6 +426,7 @@ async fn shutdown_abandons_queued_copies_at_the_shadow_drain_and_counts_them() {
     let outcomes: f64 = [
         "ok",
         "connect_error",
+        "tls_error",
         "protocol_error",
         "body_error",
         "timeout",

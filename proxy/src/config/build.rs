@@ -2,20 +2,31 @@
 //! check every value with its place, then convert. Conversions that can still fail report
 //! the key and its place like the checks do; nothing here panics on input.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use serde_saphyr::{Location, Spanned};
 
 use super::check::{Invalid, first_line, parse_addr};
 use super::file::{
-    ConfigFile, HealthFile, LimitsFile, RouteFile, ShadowFile, ShadowHostFile, ShadowMethodsFile,
+    ClusterTlsFile, ConfigFile, HealthFile, LimitsFile, RouteFile, ShadowFile, ShadowHostFile,
+    ShadowMethodsFile,
 };
+use super::tls::{self, ClusterTls, LoadedTls};
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
     HealthConfig, Limits, ListenerConfig, MatchConfig, RecordConfig, RouteConfig, ShadowConfig,
     ShadowHost, Thresholds, TraceContextConfig, VerdictConfig, parse_endpoint,
 };
 
-/// Parses, checks and converts `text`; errors name `file`.
-pub(super) fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
+/// Parses, checks and converts `text`; errors name `file`. Relative TLS file paths are
+/// read from `base` (the config file's folder), else from the working directory.
+pub(super) fn from_yaml(
+    text: &str,
+    file: &str,
+    base: Option<&Path>,
+) -> Result<Config, ConfigError> {
     let options = serde_saphyr::options! { strict_booleans: true };
     let parsed: ConfigFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
@@ -27,7 +38,63 @@ pub(super) fn from_yaml(text: &str, file: &str) -> Result<Config, ConfigError> {
         }
     })?;
     parsed.validate().map_err(|v| v.into_error(file))?;
-    Config::try_from(parsed).map_err(|v| v.into_error(file))
+    let mut tls = BTreeMap::new();
+    for (name, c) in &parsed.clusters {
+        if let Some(t) = &c.tls {
+            let loaded = cluster_tls(t, &format!("clusters.{name}.tls"), base)
+                .map_err(|v| v.into_error(file))?;
+            tls.insert(name.clone(), loaded);
+        }
+    }
+    let mut config = Config::try_from(parsed).map_err(|v| v.into_error(file))?;
+    for (name, t) in tls {
+        if let Some(c) = config.clusters.get_mut(&name) {
+            c.tls = Some(t);
+        }
+    }
+    Ok(config)
+}
+
+/// Reads a cluster's TLS files (relative paths from `base`), naming the key of a file
+/// that is missing, unreadable or not what it should be.
+fn cluster_tls(
+    t: &Spanned<ClusterTlsFile>,
+    key: &str,
+    base: Option<&Path>,
+) -> Result<ClusterTls, Invalid> {
+    let tv = &t.value;
+    let path = |p: &Option<Spanned<String>>| {
+        p.as_ref().map(|p| {
+            let path = PathBuf::from(&p.value);
+            match base {
+                Some(b) if path.is_relative() => b.join(path),
+                _ => path,
+            }
+        })
+    };
+    let at = |p: &Option<Spanned<String>>| p.as_ref().map(|p| p.referenced);
+    let (ca, cert, keyfile) = (path(&tv.ca), path(&tv.cert), path(&tv.key));
+    let mut loaded = LoadedTls::default();
+    if let Some(ca) = &ca {
+        loaded.roots = tls::load_ca(ca)
+            .map_err(|m| Invalid::at(at(&tv.ca).as_ref(), &format!("{key}.ca"), m))?;
+    }
+    if let (Some(c), Some(k)) = (&cert, &keyfile) {
+        loaded.client = Some(tls::load_client(c, k).map_err(|e| match e {
+            tls::PairError::Cert(m) => {
+                Invalid::at(at(&tv.cert).as_ref(), &format!("{key}.cert"), m)
+            }
+            tls::PairError::Key(m) => Invalid::at(at(&tv.key).as_ref(), &format!("{key}.key"), m),
+        })?);
+    }
+    Ok(ClusterTls {
+        ca,
+        server_name: tv.server_name.as_ref().map(|n| n.value.clone()),
+        cert,
+        key: keyfile,
+        insecure_skip_verify: tv.insecure_skip_verify,
+        loaded: Arc::new(loaded),
+    })
 }
 
 impl TryFrom<ConfigFile> for Config {
@@ -56,7 +123,7 @@ impl TryFrom<ConfigFile> for Config {
                 .map(|a| addr(a, "admin.metrics_address"))
                 .transpose()?,
         };
-        let mut clusters = std::collections::BTreeMap::new();
+        let mut clusters = BTreeMap::new();
         for (name, c) in &f.clusters {
             let mut endpoints = Vec::new();
             for (i, e) in c.endpoints.iter().enumerate() {
@@ -87,6 +154,8 @@ impl TryFrom<ConfigFile> for Config {
                         .map(|h| health(h, &format!("clusters.{name}.health")))
                         .transpose()?,
                     resolve: c.resolve.as_ref().map(|d| d.value.get()),
+                    // Read by `from_yaml` (it knows where relative paths start).
+                    tls: None,
                 },
             );
         }

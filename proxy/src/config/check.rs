@@ -320,7 +320,75 @@ impl ClusterFile {
                 ));
             }
         }
-        self.validate_discovery(key)
+        self.validate_discovery(key)?;
+        self.validate_tls(key)
+    }
+
+    /// `tls`: on a cluster with an `https://` endpoint; `cert` and `key` together; a
+    /// usable `server_name`. (The files are read when the config is built.)
+    fn validate_tls(&self, key: &str) -> Result<(), Invalid> {
+        let Some(t) = &self.tls else {
+            return Ok(());
+        };
+        let at = Some(&t.referenced);
+        let tv = &t.value;
+        let k = format!("{key}.tls");
+        if !self
+            .endpoints
+            .iter()
+            .any(|e| parse_endpoint(&e.value).is_ok_and(|e| e.scheme == http::uri::Scheme::HTTPS))
+        {
+            return Err(Invalid::at(
+                at,
+                &k,
+                "applies to https:// endpoints, and this cluster has none: remove `tls` or use https://",
+            ));
+        }
+        for (field, v) in [
+            ("ca", &tv.ca),
+            ("server_name", &tv.server_name),
+            ("cert", &tv.cert),
+            ("key", &tv.key),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| v.value.trim().is_empty()) {
+                return Err(Invalid::at(
+                    Some(&v.referenced),
+                    &format!("{k}.{field}"),
+                    "empty: leave the key out instead",
+                ));
+            }
+        }
+        match (&tv.cert, &tv.key) {
+            (Some(c), None) => {
+                return Err(Invalid::at(
+                    Some(&c.referenced),
+                    &format!("{k}.key"),
+                    "`cert` needs its private key in `key`",
+                ));
+            }
+            (None, Some(p)) => {
+                return Err(Invalid::at(
+                    Some(&p.referenced),
+                    &format!("{k}.cert"),
+                    "`key` needs its certificate in `cert`",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(n) = &tv.server_name {
+            super::tls::check_server_name(&n.value)
+                .map_err(|m| Invalid::at(Some(&n.referenced), &format!("{k}.server_name"), m))?;
+        }
+        if tv.insecure_skip_verify
+            && let Some(ca) = &tv.ca
+        {
+            return Err(Invalid::at(
+                Some(&ca.referenced),
+                &format!("{k}.ca"),
+                "a CA is never used with `insecure_skip_verify: true`: remove one of them",
+            ));
+        }
+        Ok(())
     }
 
     /// `health` and `resolve`.

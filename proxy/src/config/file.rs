@@ -143,6 +143,30 @@ pub(super) struct ClusterFile {
     /// resolved by the connector on each new connection.
     #[serde(default)]
     pub(super) resolve: Option<Spanned<Dur>>,
+    /// TLS to the `https://` endpoints: a private CA, a server name, a client certificate.
+    #[serde(default)]
+    pub(super) tls: Option<Spanned<ClusterTlsFile>>,
+}
+
+/// A cluster's upstream TLS; every key optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClusterTlsFile {
+    /// PEM file of the CA certificates trusted instead of the built-in roots.
+    #[serde(default)]
+    pub(super) ca: Option<Spanned<String>>,
+    /// The name sent as SNI and checked in the certificate; default: the endpoint's host.
+    #[serde(default)]
+    pub(super) server_name: Option<Spanned<String>>,
+    /// PEM client certificate (chain) for upstreams that require one (mTLS).
+    #[serde(default)]
+    pub(super) cert: Option<Spanned<String>>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub(super) key: Option<Spanned<String>>,
+    /// Skip verifying the upstream's certificate (logged as a warning).
+    #[serde(default)]
+    pub(super) insecure_skip_verify: bool,
 }
 
 /// A cluster's active health checks.

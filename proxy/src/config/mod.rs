@@ -7,7 +7,9 @@
 mod build;
 mod check;
 mod file;
+mod tls;
 mod units;
+pub mod x509;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,6 +20,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// A cluster's upstream TLS settings and the files they name, as loaded.
+pub use tls::{ClientCert, ClusterTls, LoadedTls};
 /// Durations and sizes as the config writes them (`250ms`, `64KiB`).
 pub use units::{Dur, Size};
 
@@ -160,6 +164,9 @@ pub struct ClusterConfig {
     /// resolved by the connector on each new connection.
     #[serde(serialize_with = "opt_duration")]
     pub resolve: Option<Duration>,
+    /// TLS to the `https://` endpoints; `None`: verified against the built-in roots,
+    /// with the endpoint's host as the name, and no client certificate.
+    pub tls: Option<ClusterTls>,
 }
 
 /// A cluster's active health checks: `GET path` to every endpoint each `interval`.
@@ -490,7 +497,7 @@ const INLINE: &str = "<config>";
 impl Config {
     /// Parses, checks and types YAML text.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        build::from_yaml(text, INLINE)
+        build::from_yaml(text, INLINE, None)
     }
 
     /// Reads, parses, checks and types a file; errors name the file.
@@ -500,7 +507,8 @@ impl Config {
             file: file.clone(),
             source,
         })?;
-        build::from_yaml(&text, &file)
+        // Relative TLS file paths start in the config file's folder.
+        build::from_yaml(&text, &file, path.parent())
     }
 
     /// The listener addresses, by name.

@@ -121,6 +121,9 @@ pub(crate) enum UpstreamErrorKind {
     connect,
     timeout,
     protocol,
+    /// A TLS failure (certificate not trusted, wrong name, expired, client certificate
+    /// refused, ...): the reason is in `teeproxy_upstream_tls_errors_total`.
+    tls,
 }
 
 /// Why a request was refused before it was forwarded.
@@ -288,6 +291,8 @@ pub(crate) enum ShadowOutcome {
     /// A response came back (any status).
     ok,
     connect_error,
+    /// The TLS handshake with the shadow failed (certificate or client certificate).
+    tls_error,
     protocol_error,
     /// The response body failed mid-way.
     body_error,
@@ -298,9 +303,10 @@ pub(crate) enum ShadowOutcome {
 }
 
 impl ShadowOutcome {
-    pub(crate) const ALL: [ShadowOutcome; 6] = [
+    pub(crate) const ALL: [ShadowOutcome; 7] = [
         Self::ok,
         Self::connect_error,
+        Self::tls_error,
         Self::protocol_error,
         Self::body_error,
         Self::timeout,

@@ -17,12 +17,14 @@ mod health;
 mod labels;
 mod series;
 mod text;
+mod tls;
 
 pub(crate) use health::{EndpointGauge, HealthFamilies, HealthResult};
 pub(crate) use labels::*;
 use series::LazyCounter;
 pub(crate) use series::latency_histogram;
 pub(crate) use text::{Format, encode_as, exposition};
+pub(crate) use tls::{TlsErrorLabels, TlsFailure, TlsFamilies};
 
 /// All metric families.
 pub(crate) struct Metrics {
@@ -65,6 +67,8 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     /// Endpoint health gauges and health-check counters.
     pub(crate) health: Arc<HealthFamilies>,
+    /// Certificate expiry gauges and upstream TLS failures.
+    pub(crate) tls: Arc<TlsFamilies>,
 }
 
 impl Metrics {
@@ -108,6 +112,7 @@ impl Metrics {
             compare_results: Family::default(),
             compare_skipped: Family::default(),
             health: Arc::default(),
+            tls: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
         r.register(
@@ -186,7 +191,7 @@ impl Metrics {
         );
         r.register(
             "shadow_outcomes",
-            "How sent shadow copies ended (ok, connect_error, protocol_error, body_error, timeout)",
+            "How sent shadow copies ended (ok, connect_error, tls_error, protocol_error, body_error, timeout, aborted)",
             m.shadow_outcomes.clone(),
         );
         r.register(
@@ -231,9 +236,10 @@ impl Metrics {
         );
         r.register(
             "upstream_errors",
-            "Upstream failures by cluster and kind (connect, timeout, protocol)",
+            "Upstream failures by cluster and kind (connect, timeout, protocol, tls)",
             m.upstream_errors.clone(),
         );
+        m.tls.register(r);
         r.register(
             "upstream_ejections",
             "Endpoints set aside after refusing a connection",
@@ -326,6 +332,8 @@ impl Metrics {
             connect_errors: err(UpstreamErrorKind::connect),
             timeout_errors: err(UpstreamErrorKind::timeout),
             protocol_errors: err(UpstreamErrorKind::protocol),
+            tls_errors: err(UpstreamErrorKind::tls),
+            tls: self.tls.clone(),
             cluster: cluster.to_string(),
             leg,
             health: self.health.clone(),
@@ -577,7 +585,7 @@ pub(crate) struct ShadowPolicyMetrics {
     pub(crate) offered: Counter,
     pub(crate) sent: Counter,
     dropped: [Counter; DropReason::ALL.len()],
-    outcomes: [Counter; 6],
+    outcomes: [Counter; 7],
     statuses: [Counter; 5],
     latency: [Histogram; 2],
 }
@@ -675,6 +683,8 @@ pub(crate) struct ClusterMetrics {
     connect_errors: Counter,
     timeout_errors: Counter,
     protocol_errors: Counter,
+    tls_errors: Counter,
+    tls: Arc<TlsFamilies>,
     pub(crate) cluster: String,
     pub(crate) leg: Leg,
     pub(crate) health: Arc<HealthFamilies>,
@@ -686,7 +696,21 @@ impl ClusterMetrics {
             UpstreamErrorKind::connect => self.connect_errors.inc(),
             UpstreamErrorKind::timeout => self.timeout_errors.inc(),
             UpstreamErrorKind::protocol => self.protocol_errors.inc(),
+            UpstreamErrorKind::tls => self.tls_errors.inc(),
         };
+    }
+
+    /// Counts a TLS failure (besides its `kind="tls"` count): the reason's series is
+    /// created at its first failure.
+    pub(crate) fn tls_error(&self, reason: TlsFailure) {
+        self.tls
+            .upstream_errors
+            .get_or_create(&TlsErrorLabels {
+                cluster: self.cluster.clone(),
+                leg: self.leg,
+                reason,
+            })
+            .inc();
     }
 }
 

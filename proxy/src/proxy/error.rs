@@ -70,6 +70,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
                 "upstream protocol error\n".to_string()
             }
+            ProxyError::Upstream(UpstreamError::Tls { .. }) => "upstream TLS error\n".to_string(),
             ProxyError::Upstream(UpstreamError::ClientBody {
                 timed_out: true, ..
             }) => "request body timed out\n".to_string(),
@@ -130,6 +131,14 @@ mod tests {
             (
                 up(UpstreamError::Protocol {
                     endpoint: "e".into(),
+                    reason: "r".into(),
+                }),
+                502,
+            ),
+            (
+                up(UpstreamError::Tls {
+                    endpoint: "e".into(),
+                    failure: crate::metrics::TlsFailure::unknown_ca,
                     reason: "r".into(),
                 }),
                 502,

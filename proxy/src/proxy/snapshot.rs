@@ -94,6 +94,16 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> (Snapshot, Vec<Dispatcher>) {
         let metrics = &shared.metrics;
+        // The clusters' client certificates, as this config loaded them.
+        let certificates: Vec<(String, String, i64)> = config
+            .clusters
+            .iter()
+            .filter_map(|(name, c)| {
+                let info = c.tls.as_ref()?.loaded.client.as_ref()?.info.clone()?;
+                Some((name.clone(), info.subject, info.not_after))
+            })
+            .collect();
+        metrics.tls.set_certificates("cluster", &certificates);
         // Only clusters some route serves from get a primary leg (and its checker).
         let primaries: HashMap<&str, Arc<Cluster<PrimaryBody>>> = config
             .clusters

@@ -398,6 +398,48 @@ impl Comparator {
         self
     }
 
+    /// The headers of a shadow request (as sent) that `edits` reads: a small copy kept
+    /// so the edits are worked out only when a comparison needs them.
+    pub(crate) fn edited_part(&self, sent: &HeaderMap) -> HeaderMap {
+        let mut part = HeaderMap::new();
+        for name in self.edited.names.iter().chain([&HOST]) {
+            for v in sent.get_all(name) {
+                part.append(name.clone(), v.clone());
+            }
+        }
+        part
+    }
+
+    /// Whether the answers are the same as they came (status, listed headers and body
+    /// bytes): a match, without working out what teeproxy changed on the copy.
+    pub(crate) fn identical(
+        &self,
+        p: (StatusCode, &HeaderMap, &BodySide),
+        s: (StatusCode, &HeaderMap, &BodySide),
+    ) -> bool {
+        let bodies = match (p.2, s.2) {
+            (BodySide::Complete(a), BodySide::Complete(b)) => a == b,
+            (BodySide::Parts(a), BodySide::Complete(b))
+            | (BodySide::Complete(b), BodySide::Parts(a)) => {
+                a.iter().map(Bytes::len).sum::<usize>() == b.len()
+                    && a.iter()
+                        .scan(0, |at, part| {
+                            let same = b.get(*at..*at + part.len()) == Some(&part[..]);
+                            *at += part.len();
+                            Some(same)
+                        })
+                        .all(|same| same)
+            }
+            _ => false,
+        };
+        (!self.status || p.0 == s.0)
+            && self
+                .headers
+                .iter()
+                .all(|n| p.1.get_all(n).iter().eq(s.1.get_all(n).iter()))
+            && (!self.compares_body() || bodies)
+    }
+
     /// What teeproxy changed on a shadow request: `sent`, its headers as sent (Host
     /// included), and `primary_host`, the Host the primary's request carried (`None`:
     /// none). The primary's other values are not known here: a `headers.set` value

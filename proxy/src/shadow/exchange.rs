@@ -162,8 +162,9 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     *req.method_mut() = method.clone();
     *req.uri_mut() = upstream_uri(&ep, &http::Uri::from(path_and_query.clone()));
     *req.headers_mut() = headers;
-    // What teeproxy changed on this copy, which the comparison leaves out.
-    let edits = spec.compare.edits(req.headers(), host.as_ref());
+    // What teeproxy changed on this copy, which the comparison leaves out (worked out
+    // only when the answers are not the same bytes).
+    let sent = spec.compare.edited_part(req.headers());
     // Bodies are read only when they are compared or this copy is recorded.
     let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
     let started = Instant::now();
@@ -174,6 +175,7 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
             tracing::debug!(shadow = %ex.name, request_id = ?request_id, error = %e, "shadow request failed");
             Answer::failed(match e {
                 UpstreamError::Connect { .. } => ShadowOutcome::connect_error,
+                UpstreamError::Tls { .. } => ShadowOutcome::tls_error,
                 UpstreamError::Timeout { .. } => ShadowOutcome::timeout,
                 // A shadow body is complete bytes in memory: it cannot fail like a client's.
                 UpstreamError::Protocol { .. } | UpstreamError::ClientBody { .. } => {
@@ -204,7 +206,11 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
             }
         }
     };
-    if answer.outcome == ShadowOutcome::connect_error {
+    // A shadow that cannot connect, or whose TLS fails every time, opens its circuit.
+    if matches!(
+        answer.outcome,
+        ShadowOutcome::connect_error | ShadowOutcome::tls_error
+    ) {
         ex.circuit.connect_failed();
     } else {
         ex.circuit.connected();
@@ -221,7 +227,7 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
         &primary,
         primary_body,
         &answer,
-        &edits,
+        || spec.compare.edits(&sent, host.as_ref()),
         spec.timeout,
     )
     .await;
@@ -310,13 +316,13 @@ fn observe(
 }
 
 /// Compares a shadow's answer with the primary's (`edits`: what teeproxy changed on the
-/// shadow's request).
+/// shadow's request, worked out only when the answers are not the same as they came).
 pub(crate) async fn judge(
     cmp: &Comparator,
     primary: &PrimaryOutcome,
-    primary_body: Option<PrimaryBodyWatch>,
+    mut primary_body: Option<PrimaryBodyWatch>,
     answer: &Answer,
-    edits: &Edits,
+    edits: impl FnOnce() -> Edits,
     wait: Duration,
 ) -> Verdict {
     let Some(p_status) = primary.status.filter(|_| primary.error.is_none()) else {
@@ -328,16 +334,47 @@ pub(crate) async fn judge(
     else {
         return Verdict::of(CompareResult::ShadowError);
     };
+    let s_body = answer.body.as_ref().unwrap_or(&BodySide::Incomplete);
+    // The common case first: the same status, listed headers and body bytes.
+    let mut p_body = None;
+    if p_status == s_status {
+        let body = primary_side(cmp, primary_body.take(), wait).await;
+        if cmp.identical(
+            (p_status, &primary.headers, &body),
+            (s_status, &answer.headers, s_body),
+        ) {
+            return Verdict::of(CompareResult::Match);
+        }
+        p_body = Some(body);
+    }
+    let edits = edits();
     if let Some(v) = cmp.compare_head(
         (p_status, &primary.headers),
         (s_status, &answer.headers),
-        edits,
+        &edits,
     ) {
         return v;
     }
-    // The primary's body may still be streaming to its client: wait for it, off the
-    // primary path, for up to the shadow's timeout.
-    let p_body = match primary_body {
+    let p_body = match p_body {
+        Some(b) => b,
+        None => primary_side(cmp, primary_body, wait).await,
+    };
+    cmp.compare_body(
+        (&primary.headers, &p_body),
+        (&answer.headers, s_body),
+        &edits,
+    )
+}
+
+/// The primary's body as the comparison sees it. It may still be streaming to its
+/// client: waited for, off the primary path, for up to the shadow's timeout (only when
+/// bodies are compared).
+async fn primary_side(
+    cmp: &Comparator,
+    primary_body: Option<PrimaryBodyWatch>,
+    wait: Duration,
+) -> BodySide {
+    match primary_body.filter(|_| cmp.compares_body()) {
         Some(mut rx) => match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
             Ok(Ok(v)) => v
                 .as_ref()
@@ -345,15 +382,7 @@ pub(crate) async fn judge(
             _ => BodySide::Incomplete,
         },
         None => BodySide::Incomplete,
-    };
-    cmp.compare_body(
-        (&primary.headers, &p_body),
-        (
-            &answer.headers,
-            answer.body.as_ref().unwrap_or(&BodySide::Incomplete),
-        ),
-        edits,
-    )
+    }
 }
 
 /// Reads a shadow response body. With `keep`, returns it when it is at most `keep` bytes

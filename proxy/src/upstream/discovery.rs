@@ -52,13 +52,14 @@ where
 {
     pub(super) fn new(
         c: &ClusterConfig,
+        settings: ClientSettings,
         set: Arc<EndpointSet<B>>,
         resolver: Arc<dyn Resolve>,
         metrics: ClusterMetrics,
     ) -> Self {
         Discovery {
             set,
-            settings: ClientSettings::of(c),
+            settings,
             endpoints: c.endpoints.clone(),
             health: c.health.clone(),
             resolve: c.resolve,

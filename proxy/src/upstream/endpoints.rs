@@ -11,15 +11,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::tls::{Alpn, Connector, TlsClient};
 use crate::config::{ClusterConfig, Endpoint};
 use crate::metrics::EndpointGauge;
-
-pub(crate) type Connector = HttpsConnector<HttpConnector>;
 
 /// One endpoint: as configured (`endpoint`: its scheme and its name, which `Host` and TLS
 /// use) and, under `resolve`, the address it was resolved to.
@@ -133,41 +131,34 @@ impl<B> std::ops::Deref for Member<B> {
 }
 
 /// What building a member's clients needs.
+#[derive(Clone)]
 pub(super) struct ClientSettings {
     pub(super) connect_timeout: Duration,
     pub(super) idle_timeout: Duration,
     pub(super) max_idle: usize,
+    /// The cluster's TLS client (its CA, client certificate, server name).
+    pub(super) tls: TlsClient,
 }
 
 impl ClientSettings {
-    pub(super) fn of(c: &ClusterConfig) -> Self {
+    pub(super) fn of(cluster: &str, c: &ClusterConfig) -> Self {
         ClientSettings {
             connect_timeout: c.connect_timeout,
             idle_timeout: c.idle_timeout,
             max_idle: c.max_idle_per_endpoint,
+            tls: TlsClient::new(cluster, c.tls.as_ref()),
         }
     }
 
     /// A connector for `endpoint`; with `addr`, the URI names that address and TLS checks
-    /// the endpoint's host name.
+    /// the endpoint's host name (unless the cluster's `tls.server_name` says another).
     fn connector(&self, endpoint: &Endpoint, addr: Option<SocketAddr>) -> Connector {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.connect_timeout));
         http.enforce_http(false);
-        let b = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config())
-            .https_or_http();
-        let name = endpoint
-            .authority
-            .host()
-            .trim_matches(['[', ']'])
-            .to_string();
-        let b = match (addr, rustls::pki_types::ServerName::try_from(name)) {
-            (Some(_), Ok(n)) => b.with_server_name_resolver(FixedServerNameResolver::new(n)),
-            _ => b,
-        };
-        b.enable_http1().wrap_connector(http)
+        let host = addr.map(|_| endpoint.authority.host());
+        self.tls.connector(http, host, Alpn::Http1)
     }
 
     pub(super) fn member<B>(
@@ -247,17 +238,6 @@ impl<B> EndpointSet<B> {
             .unwrap_or_else(|| at(0))
             .clone()
     }
-}
-
-fn tls_config() -> rustls::ClientConfig {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
 }
 
 #[cfg(test)]

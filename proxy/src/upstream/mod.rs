@@ -10,11 +10,12 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
 use crate::config::{ClusterConfig, HostMode};
-use crate::metrics::{ClusterMetrics, UpstreamErrorKind};
+use crate::metrics::{ClusterMetrics, TlsFailure, UpstreamErrorKind};
 
 mod discovery;
 mod endpoints;
 pub(crate) mod resolve;
+pub(crate) mod tls;
 
 use endpoints::{ClientSettings, EndpointSet};
 pub(crate) use endpoints::{EndpointState, Member};
@@ -29,6 +30,14 @@ pub(crate) enum UpstreamError {
     Timeout { endpoint: String, timeout: Duration },
     #[error("upstream {endpoint} protocol error: {reason}")]
     Protocol { endpoint: String, reason: String },
+    /// The TLS handshake failed: the upstream's certificate was refused (`failure`
+    /// says why), or the upstream refused ours.
+    #[error("TLS with {endpoint} failed ({failure:?}): {reason}")]
+    Tls {
+        endpoint: String,
+        failure: TlsFailure,
+        reason: String,
+    },
     /// The client's request body broke off while it was being forwarded: the client's
     /// fault, not the upstream's.
     #[error("the client's request body failed while sent to {endpoint}: {reason}")]
@@ -40,12 +49,13 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The kind as a word: `connect`, `timeout` or `protocol`.
+    /// The kind as a word: `connect`, `timeout`, `protocol`, `tls` or `client_body`.
     pub(crate) fn kind_str(&self) -> &'static str {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Tls { .. } => "tls",
             UpstreamError::ClientBody { .. } => "client_body",
         }
     }
@@ -56,6 +66,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => Some(UpstreamErrorKind::connect),
             UpstreamError::Timeout { .. } => Some(UpstreamErrorKind::timeout),
             UpstreamError::Protocol { .. } => Some(UpstreamErrorKind::protocol),
+            UpstreamError::Tls { .. } => Some(UpstreamErrorKind::tls),
             UpstreamError::ClientBody { .. } => None,
         }
     }
@@ -87,7 +98,10 @@ where
         metrics: ClusterMetrics,
         resolver: &Arc<dyn Resolve>,
     ) -> Self {
-        let settings = ClientSettings::of(c);
+        if c.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            tracing::warn!(cluster = name, leg = ?metrics.leg, "tls.insecure_skip_verify: the upstream's certificate is not verified");
+        }
+        let settings = ClientSettings::of(name, c);
         let members = c
             .endpoints
             .iter()
@@ -100,7 +114,8 @@ where
             .collect();
         let set = Arc::new(EndpointSet::new(members));
         let discovery =
-            discovery::Discovery::new(c, set.clone(), resolver.clone(), metrics.clone()).start();
+            discovery::Discovery::new(c, settings, set.clone(), resolver.clone(), metrics.clone())
+                .start();
         Cluster {
             name: name.to_string(),
             set,
@@ -179,6 +194,20 @@ where
         };
         let result = match timed.await {
             Ok(Ok(resp)) => Ok(resp),
+            // Before `is_connect`: a refused certificate fails the connection, and a
+            // client certificate refused under TLS 1.3 fails the first request on it.
+            Ok(Err(e)) if tls::failure(&e).is_some() => {
+                let failure = tls::failure(&e).unwrap_or(TlsFailure::handshake);
+                if e.is_connect() {
+                    self.eject(ep);
+                }
+                self.metrics.tls_error(failure);
+                Err(UpstreamError::Tls {
+                    endpoint: ep.label.to_string(),
+                    failure,
+                    reason: error_chain(&e),
+                })
+            }
             Ok(Err(e)) if e.is_connect() => {
                 self.eject(ep);
                 Err(UpstreamError::Connect {

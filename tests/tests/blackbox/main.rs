@@ -164,6 +164,7 @@ pub async fn settle(proxy: &ProxyProcess, primary: &FakeUpstream, shadow: &FakeU
             let outcomes: f64 = [
                 "ok",
                 "connect_error",
+                "tls_error",
                 "protocol_error",
                 "body_error",
                 "timeout",

@@ -1,0 +1,241 @@
+//! Just enough of an X.509 certificate (DER) to report it: the subject as `CN=..., O=...`
+//! and the end of its validity (`notAfter`) as a Unix time. Pure: bytes in, values out;
+//! anything unexpected gives `None` (the certificate itself is checked by rustls/webpki).
+
+/// What `teeproxy check` and the expiry gauge say about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The subject's attributes, most significant first: `CN=client, O=Example`.
+    pub subject: String,
+    /// `notAfter`, in seconds since 1970-01-01T00:00:00Z.
+    pub not_after: i64,
+}
+
+/// Reads the subject and `notAfter` of a DER certificate.
+pub fn describe(der: &[u8]) -> Option<CertInfo> {
+    let (tag, cert, _) = tlv(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = tlv(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut rest = tbs;
+    let mut next = || {
+        let (tag, value, after) = tlv(rest)?;
+        rest = after;
+        Some((tag, value))
+    };
+    let (mut tag, _) = next()?;
+    if tag == VERSION {
+        (tag, _) = next()?;
+    }
+    // serial, signature algorithm, issuer, validity, subject
+    if tag != INTEGER {
+        return None;
+    }
+    let _signature = next()?;
+    let _issuer = next()?;
+    let (tag, validity) = next()?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (_, _not_before, after) = tlv(validity)?;
+    let (time_tag, not_after, _) = tlv(after)?;
+    let (tag, subject) = next()?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    Some(CertInfo {
+        subject: name(subject)?,
+        not_after: time(time_tag, not_after)?,
+    })
+}
+
+const INTEGER: u8 = 0x02;
+const OID: u8 = 0x06;
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+/// `[0] EXPLICIT Version` in a `TBSCertificate`.
+const VERSION: u8 = 0xa0;
+
+/// One DER element: (tag, contents, what follows). Single-byte tags only (all X.509 uses).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A `Name` (SEQUENCE OF SET OF AttributeTypeAndValue) as `CN=a, O=b`: a certificate
+/// lists the most significant attribute first (`C`, `O`, `CN`); like RFC 4514 strings,
+/// this puts the common name first.
+fn name(mut rdns: &[u8]) -> Option<String> {
+    let mut parts = Vec::new();
+    while !rdns.is_empty() {
+        let (tag, set, rest) = tlv(rdns)?;
+        rdns = rest;
+        if tag != SET {
+            return None;
+        }
+        let mut attrs = set;
+        while !attrs.is_empty() {
+            let (tag, attr, rest) = tlv(attrs)?;
+            attrs = rest;
+            if tag != SEQUENCE {
+                return None;
+            }
+            let (tag, oid, value) = tlv(attr)?;
+            if tag != OID {
+                return None;
+            }
+            let (_, value, _) = tlv(value)?;
+            parts.push(format!(
+                "{}={}",
+                attribute(oid),
+                String::from_utf8_lossy(value)
+            ));
+        }
+    }
+    parts.reverse();
+    Some(parts.join(", "))
+}
+
+/// The short name of a common attribute type, else its dotted OID.
+fn attribute(oid: &[u8]) -> String {
+    let short = match oid {
+        [0x55, 0x04, 0x03] => "CN",
+        [0x55, 0x04, 0x06] => "C",
+        [0x55, 0x04, 0x07] => "L",
+        [0x55, 0x04, 0x08] => "ST",
+        [0x55, 0x04, 0x0a] => "O",
+        [0x55, 0x04, 0x0b] => "OU",
+        [0x55, 0x04, 0x05] => "serialNumber",
+        _ => "",
+    };
+    if !short.is_empty() {
+        return short.to_string();
+    }
+    let mut out = String::new();
+    let mut acc: u64 = 0;
+    for (i, b) in oid.iter().enumerate() {
+        acc = (acc << 7) | u64::from(b & 0x7f);
+        if b & 0x80 == 0 {
+            if out.is_empty() && i < 4 {
+                let (a, b) = if acc < 80 {
+                    (acc / 40, acc % 40)
+                } else {
+                    (2, acc - 80)
+                };
+                out = format!("{a}.{b}");
+            } else {
+                out.push_str(&format!(".{acc}"));
+            }
+            acc = 0;
+        }
+    }
+    out
+}
+
+/// `UTCTime` (`YYMMDDHHMMSSZ`) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`) as a Unix time.
+fn time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        UTC_TIME if text.len() == 12 => {
+            let yy: i64 = text[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+        }
+        GENERALIZED_TIME if text.len() == 14 => (text[..4].parse().ok()?, &text[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
+    let (month, day) = (field(0)?, field(2)?);
+    let (h, m, s) = (field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// A Unix time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn format_time(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(time(UTC_TIME, b"700101000000Z"), Some(0));
+        assert_eq!(time(UTC_TIME, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(
+            time(GENERALIZED_TIME, b"20380119031408Z"),
+            Some(2_147_483_648)
+        );
+        assert_eq!(time(UTC_TIME, b"7001010000Z"), None);
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(2_147_483_648), "2038-01-19T03:14:08Z");
+        assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(time(GENERALIZED_TIME, b"20381319031408Z"), None);
+    }
+
+    #[test]
+    fn oids() {
+        assert_eq!(attribute(&[0x55, 0x04, 0x03]), "CN");
+        // 1.2.840.113549.1.9.1 (emailAddress)
+        assert_eq!(
+            attribute(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01]),
+            "1.2.840.113549.1.9.1"
+        );
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert_eq!(describe(b""), None);
+        assert_eq!(describe(&[0x30, 0x82, 0xff]), None);
+        assert_eq!(describe(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
+    }
+}
