@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{ClusterConfig, Endpoint};
+use crate::config::{ClusterConfig, Endpoint, Http2Config, Protocol};
 use crate::metrics::EndpointGauge;
 
 pub(crate) type Connector = HttpsConnector<HttpConnector>;
@@ -137,6 +137,8 @@ pub(super) struct ClientSettings {
     pub(super) connect_timeout: Duration,
     pub(super) idle_timeout: Duration,
     pub(super) max_idle: usize,
+    pub(super) protocol: Protocol,
+    pub(super) http2: Http2Config,
 }
 
 impl ClientSettings {
@@ -145,11 +147,15 @@ impl ClientSettings {
             connect_timeout: c.connect_timeout,
             idle_timeout: c.idle_timeout,
             max_idle: c.max_idle_per_endpoint,
+            protocol: c.protocol,
+            http2: c.http2,
         }
     }
 
     /// A connector for `endpoint`; with `addr`, the URI names that address and TLS checks
-    /// the endpoint's host name.
+    /// the endpoint's host name. The one place the upstream TLS configuration and its ALPN
+    /// are set: `http1` offers `http/1.1`, `h2` offers `h2`, `auto` offers both (the server
+    /// picks); `h2c` is plain TCP (no TLS; validated in the config).
     fn connector(&self, endpoint: &Endpoint, addr: Option<SocketAddr>) -> Connector {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
@@ -167,7 +173,30 @@ impl ClientSettings {
             (Some(_), Ok(n)) => b.with_server_name_resolver(FixedServerNameResolver::new(n)),
             _ => b,
         };
-        b.enable_http1().wrap_connector(http)
+        match self.protocol {
+            Protocol::Http1 | Protocol::H2c => b.enable_http1().wrap_connector(http),
+            Protocol::H2 => b.enable_http2().wrap_connector(http),
+            Protocol::Auto => b.enable_all_versions().wrap_connector(http),
+        }
+    }
+
+    /// A client builder for this cluster's protocol: HTTP/2 only for `h2c` and `h2`
+    /// (prior knowledge), else HTTP/1.1 unless ALPN chose `h2`; HTTP/2 connections with
+    /// the cluster's keep-alive pings and flow-control windows.
+    fn builder(&self) -> hyper_util::client::legacy::Builder {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .http2_only(matches!(self.protocol, Protocol::H2c | Protocol::H2))
+            .http2_initial_connection_window_size(window(self.http2.initial_connection_window))
+            .http2_initial_stream_window_size(window(self.http2.initial_stream_window))
+            .http2_keep_alive_timeout(self.http2.keep_alive_timeout)
+            .http2_keep_alive_while_idle(true);
+        if !self.http2.keep_alive_interval.is_zero() {
+            b.http2_keep_alive_interval(self.http2.keep_alive_interval);
+        }
+        b
     }
 
     pub(super) fn member<B>(
@@ -182,18 +211,11 @@ impl ClientSettings {
         B::Data: Send,
     {
         let connector = self.connector(&endpoint, addr);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(self.idle_timeout)
+        let client = self
+            .builder()
             .pool_max_idle_per_host(self.max_idle)
             .build(connector.clone());
-        let probe = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(self.idle_timeout)
-            .pool_max_idle_per_host(1)
-            .build(connector);
+        let probe = self.builder().pool_max_idle_per_host(1).build(connector);
         Member {
             state: EndpointState::with_addr(endpoint, addr, gauge),
             client,
@@ -247,6 +269,11 @@ impl<B> EndpointSet<B> {
             .unwrap_or_else(|| at(0))
             .clone()
     }
+}
+
+/// A flow-control window for hyper (validated to fit in the config).
+fn window(bytes: u64) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX >> 1)
 }
 
 fn tls_config() -> rustls::ClientConfig {
