@@ -13,6 +13,10 @@
 #                                   three rounds each, interleaved (10 s each): what
 #                                   comparing and the verdict's pairing cost in requests per
 #                                   CPU-second
+#   loadgen/bench/run.sh --h2c      teeproxy only: a fast shadow spoken to over HTTP/1.1
+#                                   (`protocol: http1`) and over h2c (`protocol: h2c`), 3
+#                                   interleaved rounds of 10 s each, GET and POST 64 KiB;
+#                                   requests per CPU-second side by side
 #
 # Prints a markdown table per scenario and proxy: throughput, p50/p99/max, errors, proxy CPU
 # seconds, requests per CPU-second, peak RSS, requests the shadow received, teeproxy's
@@ -23,9 +27,14 @@ set -euo pipefail
 SMOKE=0
 AMPLIFY_ONLY=0
 COMPARE_ONLY=0
+H2C_ONLY=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 [ "${1:-}" = "--amplify" ] && AMPLIFY_ONLY=1
 [ "${1:-}" = "--compare" ] && COMPARE_ONLY=1 && AMPLIFY_ONLY=1
+# The h2c comparison is a teeproxy-only run like --amplify (no peers, no direct row).
+[ "${1:-}" = "--h2c" ] && AMPLIFY_ONLY=1 && H2C_ONLY=1
+# Options of the shadow cluster in teeproxy's config (the --h2c rounds set `protocol`).
+SHADOW_CLUSTER=""
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d)
 PIDS=()
@@ -112,7 +121,7 @@ listeners: [{ name: public, address: "127.0.0.1:$PROXY" }]
 admin: { address: "127.0.0.1:$ADMIN" }
 clusters:
   primary: { endpoints: ["http://127.0.0.1:$UP"] }
-  shadow: { endpoints: ["http://127.0.0.1:${1:-$CLOSED}"] }
+  shadow: { endpoints: ["http://127.0.0.1:${1:-$CLOSED}"]${SHADOW_CLUSTER:+, $SHADOW_CLUSTER} }
 routes: [{ name: all, primary: primary$shadows }]
 access_log: { enabled: false }
 drain_timeout: 2s
@@ -288,6 +297,18 @@ amplify_cases() {
   run_case blackholed-amplify-1 teeproxy blackhole GET 0 "amplify: 1"
   run_case blackholed-amplify-10 teeproxy blackhole GET 0 "amplify: 10, amplify_writes: true"
 }
+# The shadow leg over HTTP/1.1 against h2c, interleaved so that the shared machine's noise
+# falls on both alike.
+h2c_cases() {
+  for round in 1 2 3; do
+    for protocol in http1 h2c; do
+      SHADOW_CLUSTER="protocol: $protocol"
+      run_case "fast-shadow-$protocol-r$round" teeproxy fast GET 0
+      run_case "post-64KiB-shadow-$protocol-r$round" teeproxy fast POST 65536
+    done
+  done
+  SHADOW_CLUSTER=""
+}
 if [ "$COMPARE_ONLY" = 1 ]; then
   PROXIES=""; DUR=10s; WARM=2s
   for round in 1 2 3; do
@@ -295,6 +316,7 @@ if [ "$COMPARE_ONLY" = 1 ]; then
     run_case "fast-shadow-compare-json-$round" teeproxy twin GET 0 "compare: { body: json }"
     run_case "fast-shadow-compare-json-all-differ-$round" teeproxy fast GET 0 "compare: { body: json }"
   done
+elif [ "$H2C_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; h2c_cases
 elif [ "$AMPLIFY_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; amplify_cases; fi
 [ "$AMPLIFY_ONLY" = 1 ] || run_case direct direct none GET 0
 for kind in $PROXIES; do
@@ -373,6 +395,15 @@ if sys.argv[2] and sys.argv[3]:
     d, t = json.loads(sys.argv[2]), json.loads(sys.argv[3])
     added_us = (t["latency_ms"]["p50"] - d["latency_ms"]["p50"]) * 1000
     print(f"- open loop at {sys.argv[4]} req/s (half of teeproxy's plain maximum): p50 direct {d['latency_ms']['p50']} ms, through teeproxy {t['latency_ms']['p50']} ms: added {added_us:.0f} us")
+for base in ["fast-shadow", "post-64KiB-shadow"]:
+    per = {}
+    for proto in ["http1", "h2c"]:
+        xs = [float(r[8]) for name, r in tee.items() if name.startswith(f"{base}-{proto}-r") and r[8] != "-"]
+        if xs:
+            per[proto] = xs
+    if len(per) == 2:
+        mean = {p: sum(v) / len(v) for p, v in per.items()}
+        print(f"- teeproxy {base}, shadow over h2c vs HTTP/1.1: req per CPU-s {mean['h2c']:.0f} vs {mean['http1']:.0f} (mean of {len(per['h2c'])} rounds), ratio {mean['h2c'] / mean['http1']:.2f}; rounds h2c {[round(x) for x in per['h2c']]}, http1 {[round(x) for x in per['http1']]}")
 if sys.argv[5].strip():
     print(f"- teeproxy RSS (MiB) every 10 s over 60 s at full load with a black-holed shadow:{sys.argv[5]}")
 PY

@@ -218,6 +218,7 @@ fn answered(status: u16) -> PrimaryOutcome {
         to_headers: None,
         head_at: None,
         paired: None,
+        trailers: None,
     }
 }
 
@@ -283,6 +284,7 @@ async fn an_incomplete_oversized_or_cancelled_request_is_dropped_with_its_reason
                 to_headers: None,
                 head_at: None,
                 paired: None,
+                trailers: None,
             },
             "cancelled",
         ),

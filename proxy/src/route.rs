@@ -14,6 +14,8 @@ struct Rule {
     /// Lower-case host without port.
     host: Option<String>,
     methods: Option<Vec<Method>>,
+    /// gRPC calls only.
+    grpc: bool,
 }
 
 /// The ordered route table.
@@ -34,18 +36,20 @@ impl RouteTable {
                     .as_deref()
                     .map(|h| strip_port(h).to_ascii_lowercase()),
                 methods: r.match_.methods.clone(),
+                grpc: r.match_.grpc,
             })
             .collect();
         RouteTable { rules }
     }
 
     /// The position of the first route matching the request, if any. `host` is the host
-    /// the client asked for (port allowed).
+    /// the client asked for (port allowed); `grpc`: the request is a gRPC call.
     pub(crate) fn find(
         &self,
         method: &Method,
         host: Option<&str>,
         raw_path: &str,
+        grpc: bool,
     ) -> Option<usize> {
         let host = host.map(strip_port);
         self.rules.iter().position(|r| {
@@ -54,6 +58,7 @@ impl RouteTable {
                     .as_deref()
                     .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
                 && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
+                && (grpc || !r.grpc)
         })
     }
 }
@@ -98,7 +103,7 @@ mod tests {
         ];
         for (m, host, path, want) in cases {
             assert_eq!(
-                t.find(&m, host, path).map(|i| names[i].as_str()),
+                t.find(&m, host, path, false).map(|i| names[i].as_str()),
                 want,
                 "{m} {host:?} {path}"
             );
@@ -111,12 +116,34 @@ mod tests {
             "  - { name: only, match: { path_prefix: /only, host: h.example, methods: [GET] }, primary: a }\n",
         );
         assert!(
-            t.find(&Method::GET, Some("other.example"), "/only")
+            t.find(&Method::GET, Some("other.example"), "/only", false)
                 .is_none()
         );
-        assert!(t.find(&Method::POST, Some("h.example"), "/only").is_none());
-        assert!(t.find(&Method::GET, Some("h.example"), "/else").is_none());
-        assert!(t.find(&Method::GET, None, "/only").is_none());
-        assert!(t.find(&Method::GET, Some("h.example"), "/only/x").is_some());
+        assert!(
+            t.find(&Method::POST, Some("h.example"), "/only", false)
+                .is_none()
+        );
+        assert!(
+            t.find(&Method::GET, Some("h.example"), "/else", false)
+                .is_none()
+        );
+        assert!(t.find(&Method::GET, None, "/only", false).is_none());
+        assert!(
+            t.find(&Method::GET, Some("h.example"), "/only/x", false)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn grpc_routes_take_only_grpc_calls() {
+        let (t, names) = table(
+            "  - { name: grpc, match: { path_prefix: /, grpc: true }, primary: a }\n  - { name: rest, primary: b }\n",
+        );
+        let name = |grpc| {
+            t.find(&Method::POST, None, "/pkg.Svc/Call", grpc)
+                .map(|i| names[i].as_str())
+        };
+        assert_eq!(name(true), Some("grpc"));
+        assert_eq!(name(false), Some("rest"));
     }
 }

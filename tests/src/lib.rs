@@ -3,6 +3,7 @@
 //!   black hole, never-reading, endless body, byte-counting, faults by path, upgrade echo);
 //! - `h1`: raw HTTP/1.1 on a socket (exact bytes out, a response parser in);
 //! - `h2`: raw HTTP/2 frames (encoder, parser, HPACK literals, a frame reader);
+//! - `grpc`: a real gRPC server and client (tonic, messages derived with prost);
 //! - `process`: a real `teeproxy` process for black-box tests, and its /proc usage;
 //! - here: an in-process proxy (`TestProxy`), config builders, hyper clients, metric
 //!   readers and `assert_eventually!`.
@@ -10,6 +11,7 @@
 //! The most used names are re-exported at the root (`use teeproxy_tests::*`).
 
 pub mod fuzz;
+pub mod grpc;
 pub mod h1;
 pub mod h2;
 pub mod process;

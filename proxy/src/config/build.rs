@@ -8,16 +8,19 @@ use std::sync::Arc;
 
 use serde_saphyr::{Location, Spanned};
 
+use super::units::Size;
+
 use super::check::{Invalid, first_line, parse_addr};
 use super::file::{
-    ClusterTlsFile, ConfigFile, HealthFile, LimitsFile, RouteFile, ShadowFile, ShadowHostFile,
-    ShadowMethodsFile,
+    ClusterFile, ClusterTlsFile, ConfigFile, HealthFile, Http2File, LimitsFile, RouteFile,
+    ShadowFile, ShadowHostFile, ShadowMethodsFile,
 };
 use super::tls::{self, ClusterTls, LoadedTls};
 use super::{
     AccessLogConfig, AdminConfig, ClusterConfig, CompareConfig, Config, ConfigError, HeaderOps,
-    HealthConfig, Limits, ListenerConfig, MatchConfig, RecordConfig, RouteConfig, ShadowConfig,
-    ShadowHost, Thresholds, TraceContextConfig, VerdictConfig, parse_endpoint,
+    HealthConfig, Http2Config, Limits, ListenerConfig, MatchConfig, Protocol, RecordConfig,
+    RouteConfig, ShadowConfig, ShadowHost, Thresholds, TraceContextConfig, VerdictConfig,
+    parse_endpoint,
 };
 
 /// Parses, checks and converts `text`; errors name `file`. Relative TLS file paths are
@@ -154,6 +157,8 @@ impl TryFrom<ConfigFile> for Config {
                         .map(|h| health(h, &format!("clusters.{name}.health")))
                         .transpose()?,
                     resolve: c.resolve.as_ref().map(|d| d.value.get()),
+                    protocol: protocol(c, &format!("clusters.{name}.protocol"))?,
+                    http2: http2(&c.http2, &format!("clusters.{name}.http2"))?,
                     // Read by `from_yaml` (it knows where relative paths start).
                     tls: None,
                 },
@@ -202,6 +207,70 @@ fn health(h: &Spanned<HealthFile>, key: &str) -> Result<HealthConfig, Invalid> {
         timeout: h.value.timeout.get(),
         healthy: h.value.healthy,
         unhealthy: h.value.unhealthy,
+    })
+}
+
+/// The cluster's protocol, checked against its endpoints' schemes: `h2c` needs `http://`
+/// endpoints, `h2` needs `https://` ones.
+fn protocol(c: &ClusterFile, key: &str) -> Result<Protocol, Invalid> {
+    let Some(p) = &c.protocol else {
+        return Ok(Protocol::default());
+    };
+    let need = match p.value {
+        Protocol::H2c => Some((
+            "http",
+            "h2c is HTTP/2 over plain TCP: endpoints must be http://",
+        )),
+        Protocol::H2 => Some((
+            "https",
+            "h2 is HTTP/2 over TLS (ALPN): endpoints must be https://; use h2c for plain TCP",
+        )),
+        Protocol::Http1 | Protocol::Auto => None,
+    };
+    if let Some((scheme, why)) = need
+        && let Some(e) = c
+            .endpoints
+            .iter()
+            .find(|e| !e.value.starts_with(&format!("{scheme}://")))
+    {
+        return Err(Invalid::at(
+            Some(&p.referenced),
+            key,
+            format!("{why} (not {:?})", e.value),
+        ));
+    }
+    Ok(p.value)
+}
+
+/// HTTP/2 settings; windows between 64 KiB - 1 and 2 GiB - 1 (what HTTP/2 allows).
+fn http2(h: &Http2File, key: &str) -> Result<Http2Config, Invalid> {
+    let window = |s: &Spanned<Size>, name: &str| {
+        let n = s.value.bytes();
+        if (65_535..=0x7fff_ffff).contains(&n) {
+            Ok(n)
+        } else {
+            Err(Invalid::at(
+                Some(&s.referenced),
+                &format!("{key}.{name}"),
+                "must be between 65535 bytes and 2GiB - 1",
+            ))
+        }
+    };
+    if h.keep_alive_timeout.value.get().is_zero() {
+        return Err(Invalid::at(
+            Some(&h.keep_alive_timeout.referenced),
+            &format!("{key}.keep_alive_timeout"),
+            "must be more than zero",
+        ));
+    }
+    Ok(Http2Config {
+        keep_alive_interval: h.keep_alive_interval.value.get(),
+        keep_alive_timeout: h.keep_alive_timeout.value.get(),
+        initial_connection_window: window(
+            &h.initial_connection_window,
+            "initial_connection_window",
+        )?,
+        initial_stream_window: window(&h.initial_stream_window, "initial_stream_window")?,
     })
 }
 
@@ -276,6 +345,7 @@ fn route(r: &RouteFile, key: &str) -> Result<RouteConfig, Invalid> {
             path_prefix: r.match_.path_prefix.value.clone(),
             host: r.match_.host.as_ref().map(|h| h.value.clone()),
             methods,
+            grpc: r.match_.grpc,
         },
         primary: r.primary.value.clone(),
         shadows,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::units::{Dur, Pct, Size};
-use super::{CompareBody, ForwardedMode, HostMode, SampleKey};
+use super::{CompareBody, ForwardedMode, HostMode, Protocol, SampleKey};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +143,13 @@ pub(super) struct ClusterFile {
     /// resolved by the connector on each new connection.
     #[serde(default)]
     pub(super) resolve: Option<Spanned<Dur>>,
+    /// `http1` (default), `h2c` (HTTP/2 prior knowledge, `http://`), `h2` (ALPN over
+    /// TLS, `https://`) or `auto` (ALPN over TLS, HTTP/1.1 over TCP).
+    #[serde(default)]
+    pub(super) protocol: Option<Spanned<Protocol>>,
+    /// HTTP/2 connection settings.
+    #[serde(default)]
+    pub(super) http2: Http2File,
     /// TLS to the `https://` endpoints: a private CA, a server name, a client certificate.
     #[serde(default)]
     pub(super) tls: Option<Spanned<ClusterTlsFile>>,
@@ -167,6 +174,44 @@ pub(super) struct ClusterTlsFile {
     /// Skip verifying the upstream's certificate (logged as a warning).
     #[serde(default)]
     pub(super) insecure_skip_verify: bool,
+}
+
+/// A cluster's HTTP/2 connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Http2File {
+    #[serde(default = "default_h2_keep_alive_interval")]
+    pub(super) keep_alive_interval: Spanned<Dur>,
+    #[serde(default = "default_h2_keep_alive_timeout")]
+    pub(super) keep_alive_timeout: Spanned<Dur>,
+    #[serde(default = "default_h2_connection_window")]
+    pub(super) initial_connection_window: Spanned<Size>,
+    #[serde(default = "default_h2_stream_window")]
+    pub(super) initial_stream_window: Spanned<Size>,
+}
+
+impl Default for Http2File {
+    fn default() -> Self {
+        Http2File {
+            keep_alive_interval: default_h2_keep_alive_interval(),
+            keep_alive_timeout: default_h2_keep_alive_timeout(),
+            initial_connection_window: default_h2_connection_window(),
+            initial_stream_window: default_h2_stream_window(),
+        }
+    }
+}
+
+fn default_h2_keep_alive_interval() -> Spanned<Dur> {
+    unspanned(Dur::secs(30))
+}
+fn default_h2_keep_alive_timeout() -> Spanned<Dur> {
+    unspanned(Dur::secs(10))
+}
+fn default_h2_connection_window() -> Spanned<Size> {
+    unspanned(Size::mib(4))
+}
+fn default_h2_stream_window() -> Spanned<Size> {
+    unspanned(Size::mib(1))
 }
 
 /// A cluster's active health checks.
@@ -480,6 +525,9 @@ pub(super) struct MatchFile {
     /// Methods; absent: any method.
     #[serde(default)]
     pub(super) methods: Option<Vec<Spanned<String>>>,
+    /// Only gRPC calls (`content-type: application/grpc*`) when true.
+    #[serde(default)]
+    pub(super) grpc: bool,
 }
 
 impl Default for MatchFile {
@@ -488,6 +536,7 @@ impl Default for MatchFile {
             path_prefix: default_prefix(),
             host: None,
             methods: None,
+            grpc: false,
         }
     }
 }

@@ -109,6 +109,40 @@ pub struct AdminConfig {
     pub metrics_address: Option<SocketAddr>,
 }
 
+/// The HTTP version spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 (over TLS, ALPN offers `http/1.1` only).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over plain TCP (`http://` endpoints only).
+    H2c,
+    /// HTTP/2 over TLS, ALPN `h2` (`https://` endpoints only).
+    H2,
+    /// Over TLS, ALPN decides (`h2`, then `http/1.1`); over plain TCP, HTTP/1.1.
+    Auto,
+}
+
+/// A cluster's HTTP/2 connections (with `protocol` `h2c`, `h2`, or `auto` when ALPN picks
+/// `h2`). The server's `SETTINGS_MAX_CONCURRENT_STREAMS` is honoured: requests past it wait
+/// for a stream on the endpoint's one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Http2Config {
+    /// A PING this often on every connection, busy or idle.
+    #[serde(serialize_with = "units::duration")]
+    pub keep_alive_interval: Duration,
+    /// A connection whose PING is not answered within this is closed.
+    #[serde(serialize_with = "units::duration")]
+    pub keep_alive_timeout: Duration,
+    /// The connection-level flow-control window.
+    #[serde(serialize_with = "units::size")]
+    pub initial_connection_window: u64,
+    /// The per-stream flow-control window.
+    #[serde(serialize_with = "units::size")]
+    pub initial_stream_window: u64,
+}
+
 /// Which `Host` an upstream receives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,6 +198,10 @@ pub struct ClusterConfig {
     /// resolved by the connector on each new connection.
     #[serde(serialize_with = "opt_duration")]
     pub resolve: Option<Duration>,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: Protocol,
+    /// HTTP/2 connection settings.
+    pub http2: Http2Config,
     /// TLS to the `https://` endpoints; `None`: verified against the built-in roots,
     /// with the endpoint's host as the name, and no client certificate.
     pub tls: Option<ClusterTls>,
@@ -264,6 +302,8 @@ pub struct MatchConfig {
     /// `None`: any method.
     #[serde(serialize_with = "opt_method_list")]
     pub methods: Option<Vec<Method>>,
+    /// Only gRPC calls (`content-type: application/grpc*`) when true.
+    pub grpc: bool,
 }
 
 /// One shadow policy of a route.

@@ -744,3 +744,76 @@ fn verdict_and_baseline_errors_name_their_key() {
     let e = err(&format!("{MINIMAL}    verdict: {{ slower_by: lots }}\n"));
     assert!(e.contains("percentage"), "{e}");
 }
+
+#[test]
+fn cluster_protocols_and_http2_settings() {
+    let c = Config::from_yaml(MINIMAL).unwrap();
+    let p = &c.clusters["primary"];
+    assert_eq!(p.protocol, Protocol::Http1, "HTTP/1.1 unless asked");
+    assert_eq!(p.http2.keep_alive_interval, Duration::from_secs(30));
+    assert_eq!(p.http2.keep_alive_timeout, Duration::from_secs(10));
+    assert_eq!(p.http2.initial_connection_window, 4 * 1024 * 1024);
+    assert_eq!(p.http2.initial_stream_window, 1024 * 1024);
+    assert!(!c.routes[0].match_.grpc);
+
+    let with =
+        |cluster: &str| MINIMAL.replace(r#"{ endpoints: ["http://127.0.0.1:9000"] }"#, cluster);
+    let c = Config::from_yaml(&with(
+        r#"{ endpoints: ["http://127.0.0.1:9000"], protocol: h2c, http2: { keep_alive_interval: 0s, initial_stream_window: 64KiB } }"#,
+    ))
+    .unwrap();
+    let p = &c.clusters["primary"];
+    assert_eq!(p.protocol, Protocol::H2c);
+    assert_eq!(p.http2.keep_alive_interval, Duration::ZERO, "0s: no pings");
+    assert_eq!(p.http2.initial_stream_window, 64 * 1024);
+    for (protocol, url) in [
+        ("h2", "https://a.example"),
+        ("auto", "https://a.example"),
+        ("auto", "http://a"),
+    ] {
+        let c = Config::from_yaml(&with(&format!(
+            r#"{{ endpoints: ["{url}"], protocol: {protocol} }}"#
+        )));
+        assert!(c.is_ok(), "{protocol} {url}: {c:?}");
+    }
+
+    let e = err(&with(
+        r#"{ endpoints: ["https://a.example"], protocol: h2c }"#,
+    ));
+    assert!(
+        e.contains("clusters.primary.protocol") && e.contains("http://"),
+        "{e}"
+    );
+    let e = err(&with(
+        r#"{ endpoints: ["http://a.example"], protocol: h2 }"#,
+    ));
+    assert!(
+        e.contains("clusters.primary.protocol") && e.contains("use h2c"),
+        "{e}"
+    );
+    let e = err(&with(r#"{ endpoints: ["http://a"], protocol: h3 }"#));
+    assert!(e.contains("h3"), "{e}");
+    let e = err(&with(
+        r#"{ endpoints: ["http://a"], http2: { initial_connection_window: 1KiB } }"#,
+    ));
+    assert!(
+        e.contains("clusters.primary.http2.initial_connection_window"),
+        "{e}"
+    );
+    let e = err(&with(
+        r#"{ endpoints: ["http://a"], http2: { keep_alive_timeout: 0s } }"#,
+    ));
+    assert!(
+        e.contains("clusters.primary.http2.keep_alive_timeout"),
+        "{e}"
+    );
+    let e = err(&with(r#"{ endpoints: ["http://a"], http2: { pings: 1 } }"#));
+    assert!(e.contains("pings"), "{e}");
+
+    let c = Config::from_yaml(&MINIMAL.replace(
+        "    primary: primary",
+        "    match: { grpc: true }\n    primary: primary",
+    ))
+    .unwrap();
+    assert!(c.routes[0].match_.grpc);
+}

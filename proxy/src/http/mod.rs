@@ -3,6 +3,7 @@
 //! shadows.
 
 pub(crate) mod checks;
+pub(crate) mod grpc;
 pub(crate) mod headers;
 pub(crate) mod host;
 pub(crate) mod tracecontext;

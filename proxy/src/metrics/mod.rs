@@ -13,12 +13,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+mod grpc;
 mod health;
 mod labels;
 mod series;
 mod text;
 mod tls;
 
+pub(crate) use grpc::GrpcStatusCounter;
 pub(crate) use health::{EndpointGauge, HealthFamilies, HealthResult};
 pub(crate) use labels::*;
 use series::LazyCounter;
@@ -58,6 +60,8 @@ pub(crate) struct Metrics {
     admin_denied: Family<AdminDenialLabels, Counter>,
     record_lines: Family<RouteShadowLabels, Counter>,
     record_dropped: Family<RecordDropLabels, Counter>,
+    /// gRPC calls by leg and status code.
+    grpc_status: grpc::GrpcStatusFamily,
     /// Tasks alive on the runtime, set when `/metrics` is read.
     pub(crate) runtime_tasks: Gauge,
     /// One counter per `RejectReason`, created up front so every reason shows at 0.
@@ -113,6 +117,7 @@ impl Metrics {
             compare_skipped: Family::default(),
             health: Arc::default(),
             tls: Arc::default(),
+            grpc_status: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
         r.register(
@@ -129,6 +134,11 @@ impl Metrics {
             m.shadow_offered.clone(),
         );
         r.register("shadow_sent", "Shadow copies sent", m.shadow_sent.clone());
+        r.register(
+            "grpc_status",
+            "gRPC calls per route, leg and cluster by the grpc-status answered (from the trailers, or the headers of a trailers-only answer; teeproxy's own answers to gRPC calls whose primary failed count on the primary leg)",
+            m.grpc_status.clone(),
+        );
         r.register(
             "path_latency_seconds",
             "Latency per route and path template for each leg (primary, shadow), from the moment the leg's request is sent to its response head; classic buckets 1 ms to 60 s, and native buckets (schema 5) in the protobuf exposition",
@@ -298,6 +308,11 @@ impl Metrics {
         Arc::new(m)
     }
 
+    /// Counts the gRPC statuses of `leg` on `route` answered by `cluster`.
+    pub(crate) fn grpc_status(&self, route: &str, leg: Leg, cluster: &str) -> GrpcStatusCounter {
+        GrpcStatusCounter::new(&self.grpc_status, route, leg, cluster)
+    }
+
     pub(crate) fn route(&self, route: &str) -> RouteMetrics {
         let by_class = StatusClass::ALL.map(|status_class| {
             self.requests.get_or_create_owned(&RouteStatusLabels {
@@ -411,6 +426,7 @@ impl Metrics {
             shadow: shadow.to_string(),
         };
         ShadowPolicyMetrics {
+            grpc: self.grpc_status(route, Leg::shadow, shadow),
             offered: self.shadow_offered.get_or_create_owned(&rs),
             sent: self.shadow_sent.get_or_create_owned(&rs),
             dropped: DropReason::ALL.map(|reason| {
@@ -582,6 +598,8 @@ pub(crate) struct RecordMetrics {
 /// Cached handles for one (route, shadow) policy.
 #[derive(Clone)]
 pub(crate) struct ShadowPolicyMetrics {
+    /// The shadow's answers to gRPC calls, by status.
+    pub(crate) grpc: GrpcStatusCounter,
     pub(crate) offered: Counter,
     pub(crate) sent: Counter,
     dropped: [Counter; DropReason::ALL.len()],

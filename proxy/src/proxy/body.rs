@@ -58,6 +58,29 @@ impl RequestBody for http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
     }
 }
 
+/// A gRPC call's primary answer: its status counted, its trailers handed to the shadows'
+/// comparison, at the end of the body.
+pub(crate) struct GrpcEnd {
+    pub(crate) counter: crate::metrics::GrpcStatusCounter,
+    /// The status in the response head (a trailers-only answer).
+    pub(crate) head_status: Option<u8>,
+    pub(crate) trailers: Option<watch::Sender<Option<Arc<http::HeaderMap>>>>,
+}
+
+impl GrpcEnd {
+    fn finish(self, trailers: Option<&http::HeaderMap>) {
+        if let Some(code) = trailers
+            .and_then(|t| crate::http::grpc::status(&http::HeaderMap::new(), Some(t)))
+            .or(self.head_status)
+        {
+            self.counter.count(code);
+        }
+        if let Some(tx) = self.trailers {
+            tx.send_replace(Some(Arc::new(trailers.cloned().unwrap_or_default())));
+        }
+    }
+}
+
 struct Keep {
     sink: watch::Sender<Option<Arc<BodySide>>>,
     chunks: Vec<Bytes>,
@@ -93,6 +116,8 @@ pin_project! {
         log: Option<Box<AccessLine>>,
         // The body has ended (or broken off).
         done: bool,
+        // A gRPC call's end, when it is one.
+        grpc: Option<GrpcEnd>,
     }
 
     impl<B> PinnedDrop for ResponseTee<B> {
@@ -131,6 +156,7 @@ impl<B: Body<Data = Bytes>> ResponseTee<B> {
             keep,
             log: None,
             done: false,
+            grpc: None,
         };
         if tee.inner.is_end_stream() {
             tee.done = true;
@@ -142,6 +168,15 @@ impl<B: Body<Data = Bytes>> ResponseTee<B> {
             }
         }
         tee
+    }
+
+    /// Counts a gRPC call's status and hands its trailers over at the end of the body.
+    pub(crate) fn grpc_at_end(&mut self, end: GrpcEnd) {
+        if self.done {
+            end.finish(None);
+        } else {
+            self.grpc = Some(end);
+        }
     }
 
     /// Writes `line` at the end of the body (now, if it has ended already).
@@ -168,6 +203,11 @@ impl<B: Body<Data = Bytes>> Body for ResponseTee<B> {
             Some(Ok(f)) => {
                 if let (Some(line), Some(d)) = (this.log.as_mut(), f.data_ref()) {
                     line.bytes_sent += d.len() as u64;
+                }
+                if let (Some(g), Some(t)) =
+                    (this.grpc.take_if(|_| f.is_trailers()), f.trailers_ref())
+                {
+                    g.finish(Some(t));
                 }
                 if let (Some(k), Some(d)) = (this.keep.as_mut(), f.data_ref()) {
                     k.len += d.len();
@@ -203,6 +243,9 @@ impl<B: Body<Data = Bytes>> Body for ResponseTee<B> {
             }
             if let Some(k) = this.keep.take() {
                 k.finish(true);
+            }
+            if let Some(g) = this.grpc.take() {
+                g.finish(None);
             }
         }
         Poll::Ready(frame)

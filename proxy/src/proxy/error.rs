@@ -58,6 +58,42 @@ impl ProxyError {
 
     /// The client-facing response. Upstream details stay in the logs; the client learns
     /// only the class of failure. Malformed requests close the connection.
+    /// The answer to a gRPC call whose upstream failed: trailers-only, HTTP 200, with the
+    /// gRPC status the failure means (`DEADLINE_EXCEEDED` for a timeout, `UNAVAILABLE`
+    /// for a connect or protocol error, `INTERNAL` for a broken request body), so a gRPC
+    /// client sees a status, not an HTTP error; `None` for other errors.
+    pub(crate) fn to_grpc_response(&self) -> Option<(u8, Response<ProxyBody>)> {
+        use crate::http::grpc;
+        let ProxyError::Upstream(e) = self else {
+            return None;
+        };
+        let code = match e {
+            UpstreamError::Timeout { .. } => grpc::DEADLINE_EXCEEDED,
+            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => grpc::UNAVAILABLE,
+            UpstreamError::ClientBody { .. } => grpc::INTERNAL,
+        };
+        let message = format!("teeproxy: {}", self.to_response_text());
+        Some((
+            code,
+            grpc::trailers_only(
+                code,
+                message.trim_end(),
+                Either::Right(Full::new(Bytes::new())),
+            ),
+        ))
+    }
+
+    fn to_response_text(&self) -> String {
+        match self {
+            ProxyError::Upstream(UpstreamError::Timeout { .. }) => "upstream timed out".into(),
+            ProxyError::Upstream(UpstreamError::Connect { .. }) => "upstream connect error".into(),
+            ProxyError::Upstream(UpstreamError::Protocol { .. }) => {
+                "upstream protocol error".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn to_response(&self) -> Response<ProxyBody> {
         let status = self.status();
         let text = match self {

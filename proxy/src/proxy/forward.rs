@@ -16,7 +16,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::body::{ClientBody, PrimaryBody, ResponseTee};
+use super::body::{ClientBody, GrpcEnd, PrimaryBody, ResponseTee};
 use super::conn::ConnInfo;
 use super::error::ProxyError;
 use super::snapshot::{RouteState, Snapshot};
@@ -75,6 +75,11 @@ pub(crate) async fn forward(
         trace,
     } = out;
     let cluster = &route.primary;
+    let grpc = crate::http::grpc::is_grpc(req.headers());
+    // A gRPC call's deadline bounds the wait for the primary when it is the shorter.
+    let deadline = grpc
+        .then(|| crate::http::grpc::timeout(req.headers()))
+        .flatten();
     let mut ep = cluster.pick();
     let path = route.paths.entry(req.uri().path());
     let client_upgrade =
@@ -95,14 +100,23 @@ pub(crate) async fn forward(
     let resend =
         (attempts > 1 && upstream_req.body().is_end_stream()).then(|| head_of(&upstream_req));
     let sent = Instant::now();
-    let mut result = cluster.send(&ep, upstream_req, body_sent).await;
+    let mut result = cluster
+        .send_by(&ep, upstream_req, body_sent, deadline)
+        .await;
     if let Some(head) = resend {
         let mut tried = 1;
         while tried < attempts && matches!(result, Err(UpstreamError::Connect { .. })) {
             ep = cluster.pick();
             tracing::debug!(request_id = ?request_id, endpoint = %ep.label, "connection refused; resending to the next endpoint");
             let req = resend_to(&head, &ep, cluster.host_mode);
-            result = cluster.send(&ep, req, None).await;
+            result = cluster
+                .send_by(
+                    &ep,
+                    req,
+                    None,
+                    deadline.map(|d| d.saturating_sub(sent.elapsed())),
+                )
+                .await;
             tried += 1;
         }
     }
@@ -140,6 +154,13 @@ pub(crate) async fn forward(
         Ok(r) => path.primary_head(r.status(), elapsed),
         Err(_) => path.primary_failed(),
     }
+    let (trailers_tx, trailers_rx) = match (grpc && report.0.is_some(), &result) {
+        (true, Ok(_)) => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
     if report.0.is_some() {
         report.done(PrimaryOutcome {
             status: result.as_ref().ok().map(|r| r.status()),
@@ -151,12 +172,24 @@ pub(crate) async fn forward(
             to_headers: result.is_ok().then_some(elapsed),
             head_at: result.is_ok().then(|| sent + elapsed),
             paired: None,
+            trailers: trailers_rx,
         });
     }
     PrimaryAnswer {
         upstream: result.is_ok().then_some(elapsed),
         result: result
-            .map(|resp| resp.map(|b| ResponseTee::new(b, sent, path, sink)))
+            .map(|resp| {
+                let head_status = crate::http::grpc::status(resp.headers(), None);
+                let mut resp = resp.map(|b| ResponseTee::new(b, sent, path, sink));
+                if grpc {
+                    resp.body_mut().grpc_at_end(GrpcEnd {
+                        counter: route.grpc.clone(),
+                        head_status,
+                        trailers: trailers_tx,
+                    });
+                }
+                resp
+            })
             .map_err(ProxyError::from),
         endpoint: ep.label.clone(),
         tunnel,
@@ -209,6 +242,7 @@ impl Drop for PrimaryReport {
             to_headers: None,
             head_at: None,
             paired: None,
+            trailers: None,
         });
     }
 }

@@ -90,6 +90,7 @@ impl Proxy {
             .then(|| AccessLine::new(&req, &request_id, conn.peer.ip(), start));
         let upgrade = Upgrade::of(&req);
         let version = req.version();
+        let grpc = crate::http::grpc::is_grpc(req.headers());
 
         // Route.
         let routed = checked.and_then(|()| route(&snap, &req, &upgrade));
@@ -118,7 +119,12 @@ impl Proxy {
         // Respond.
         let route_name = route.map_or(NO_ROUTE, |r| r.name.as_str());
         let upstream = answer.as_ref().ok().and_then(|a| a.upstream);
-        let (mut resp, endpoint, tunnel) = self.respond(answer, route_name, &request_id);
+        let (mut resp, endpoint, tunnel) = self.respond(
+            answer,
+            route_name,
+            &request_id,
+            grpc.then_some(route).flatten(),
+        );
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         match tunnel {
@@ -167,6 +173,7 @@ impl Proxy {
         answer: Result<PrimaryAnswer, ProxyError>,
         route_name: &str,
         request_id: &HeaderValue,
+        grpc_route: Option<&RouteState>,
     ) -> (Response<ProxyBody>, Option<Arc<str>>, Option<HeaderValue>) {
         let (result, endpoint, tunnel) = match answer {
             Ok(a) => (a.result, Some(a.endpoint), a.tunnel),
@@ -193,6 +200,13 @@ impl Proxy {
                     }
                 }
                 let endpoint = endpoint.filter(|_| matches!(e, ProxyError::Upstream(_)));
+                // A gRPC call gets a gRPC status (counted on the primary leg).
+                if let Some(route) = grpc_route
+                    && let Some((code, resp)) = e.to_grpc_response()
+                {
+                    route.grpc.count(code);
+                    return (resp, endpoint, None);
+                }
                 (e.to_response(), endpoint, None)
             }
         }
@@ -207,7 +221,12 @@ fn route<'s, B>(
     upgrade: &Upgrade,
 ) -> Result<&'s RouteState, ProxyError> {
     let route = snap
-        .route(req.method(), request_host(req), req.uri().path())
+        .route(
+            req.method(),
+            request_host(req),
+            req.uri().path(),
+            crate::http::grpc::is_grpc(req.headers()),
+        )
         .ok_or(ProxyError::NoRoute)?;
     if matches!(upgrade, Upgrade::WebSocket(_)) && !route.websocket {
         return Err(ProxyError::UpgradeRefused);

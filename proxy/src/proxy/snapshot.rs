@@ -13,7 +13,7 @@ use http::Method;
 use super::body::PrimaryBody;
 use crate::config::{Config, ForwardedMode, RouteConfig};
 use crate::http::checks::RequestLimits;
-use crate::metrics::{Leg, Metrics, RouteMetrics};
+use crate::metrics::{GrpcStatusCounter, Leg, Metrics, RouteMetrics};
 use crate::route::RouteTable;
 use crate::shadow::capture::Recorder;
 use crate::shadow::compare::Comparator;
@@ -69,6 +69,8 @@ pub(crate) struct RouteState {
     pub(crate) paths: Arc<PathRegistry>,
     paths_key: String,
     pub(crate) metrics: RouteMetrics,
+    /// The primary's answers to gRPC calls, by status.
+    pub(crate) grpc: GrpcStatusCounter,
     /// WebSocket upgrades are relayed (else refused with 501).
     pub(crate) websocket: bool,
 }
@@ -203,6 +205,7 @@ impl Snapshot {
                     paths,
                     paths_key: key,
                     metrics: metrics.route(&r.name),
+                    grpc: metrics.grpc_status(&r.name, Leg::primary, &r.primary),
                     websocket: r.websocket,
                 };
                 Some((r.clone(), state))
@@ -227,9 +230,10 @@ impl Snapshot {
         method: &Method,
         host: Option<&str>,
         raw_path: &str,
+        grpc: bool,
     ) -> Option<&RouteState> {
         self.table
-            .find(method, host, raw_path)
+            .find(method, host, raw_path, grpc)
             .and_then(|i| self.routes.get(i))
     }
 }
@@ -292,10 +296,10 @@ mod tests {
             "  - { name: one, match: { path_prefix: /one }, primary: a, shadows: [{ cluster: b }] }\n  - { name: two, primary: b, shadows: [{ cluster: b }, { cluster: a }] }\n",
         );
         assert_eq!(dispatchers.len(), 2, "b and a, once each");
-        let one = s.route(&Method::GET, None, "/one/x").unwrap();
+        let one = s.route(&Method::GET, None, "/one/x", false).unwrap();
         assert_eq!((one.name.as_str(), one.primary.name.as_str()), ("one", "a"));
         assert_eq!(one.shadows.len(), 1);
-        let two = s.route(&Method::GET, None, "/two").unwrap();
+        let two = s.route(&Method::GET, None, "/two", false).unwrap();
         assert_eq!(two.primary.name, "b");
         let names: Vec<&str> = two.shadows.iter().map(|p| p.spec.shadow.as_str()).collect();
         assert_eq!(names, ["b", "a"]);

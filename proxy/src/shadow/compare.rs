@@ -16,9 +16,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::decode::{self, Decoded};
+
+mod grpc;
 use crate::config::{CompareBody, CompareConfig};
 use crate::http::tracecontext::{TRACEPARENT, TRACESTATE};
 use crate::metrics::{CompareResult, SkipReason};
+pub(crate) use grpc::GrpcStatus;
 
 /// A body as the comparison sees it.
 #[derive(Debug, Clone)]

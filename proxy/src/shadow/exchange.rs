@@ -17,12 +17,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::capture::line as capture;
-use super::compare::{BodySide, Comparator, Edits, Verdict};
+use super::compare::{BodySide, Comparator, Edits, GrpcStatus, Verdict};
 use super::queue::{Circuit, ShadowJob};
 use super::queue::{PrimaryBodyWatch, PrimaryOutcome};
 use super::record::{self, Answer, CopySpec, Subject, Unrecorded};
 use super::verdict::pair::{Half, PairSlot, Pairing};
 use crate::config::ShadowHost;
+use crate::http::grpc;
 use crate::http::host::strip_port;
 use crate::metrics::{CompareResult, GaugeGuard, ShadowOutcome, SkipReason};
 use crate::stats::PathEntry;
@@ -167,10 +168,16 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
     let sent = spec.compare.edited_part(req.headers());
     // Bodies are read only when they are compared or this copy is recorded.
     let keep = (spec.compare.compares_body() || taken.is_some()).then_some(spec.compare.max_body);
+    let grpc = grpc::is_grpc(req.headers());
+    // A gRPC call's own deadline, when shorter, bounds the shadow's wait too.
+    let timeout = grpc
+        .then(|| grpc::timeout(req.headers()))
+        .flatten()
+        .map_or(spec.timeout, |t| t.min(spec.timeout));
     let started = Instant::now();
     let mut paired_head = None;
-    let deadline = tokio::time::Instant::now() + spec.timeout;
-    let answer = match ex.upstream.send_within(&ep, req, spec.timeout).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let answer = match ex.upstream.send_within(&ep, req, timeout).await {
         Err(e) => {
             tracing::debug!(shadow = %ex.name, request_id = ?request_id, error = %e, "shadow request failed");
             Answer::failed(match e {
@@ -190,17 +197,24 @@ pub(crate) async fn send(ex: Arc<Exchanger>, job: ShadowJob, permit: OwnedSemaph
             paired_head =
                 head_at.checked_duration_since(ended.get().map_or(started, |e| started.max(*e)));
             let (parts, body) = resp.into_parts();
-            let (outcome, body, to_end) =
+            let (outcome, (body, trailers), to_end) =
                 match tokio::time::timeout_at(deadline, read_body(body, keep)).await {
                     Ok(Ok(kept)) => (ShadowOutcome::ok, kept, Some(started.elapsed())),
-                    Ok(Err(())) => (ShadowOutcome::body_error, None, None),
-                    Err(_) => (ShadowOutcome::timeout, None, None),
+                    Ok(Err(())) => (ShadowOutcome::body_error, (None, None), None),
+                    Err(_) => (ShadowOutcome::timeout, (None, None), None),
                 };
+            if grpc
+                && outcome == ShadowOutcome::ok
+                && let Some(code) = grpc::status(&parts.headers, trailers.as_ref())
+            {
+                spec.metrics.grpc.count(code);
+            }
             Answer {
                 outcome,
                 status: Some(parts.status),
                 headers: parts.headers,
                 body,
+                trailers,
                 to_headers: Some(to_headers),
                 to_end,
             }
@@ -334,6 +348,17 @@ pub(crate) async fn judge(
     else {
         return Verdict::of(CompareResult::ShadowError);
     };
+    // A gRPC call's status is in its trailers: compared first (the HTTP parts of two
+    // answers can be the same bytes while their grpc-status differs).
+    let mut edits = Some(edits);
+    let mut worked_out = None;
+    if primary.trailers.is_some() {
+        let e = edits.take().map_or_else(Edits::default, |f| f());
+        if let Some(v) = judge_grpc(cmp, primary, answer, &e, wait).await {
+            return v;
+        }
+        worked_out = Some(e);
+    }
     let s_body = answer.body.as_ref().unwrap_or(&BodySide::Incomplete);
     // The common case first: the same status, listed headers and body bytes.
     let mut p_body = None;
@@ -347,7 +372,7 @@ pub(crate) async fn judge(
         }
         p_body = Some(body);
     }
-    let edits = edits();
+    let edits = worked_out.unwrap_or_else(|| edits.take().map_or_else(Edits::default, |f| f()));
     if let Some(v) = cmp.compare_head(
         (p_status, &primary.headers),
         (s_status, &answer.headers),
@@ -385,28 +410,62 @@ async fn primary_side(
     }
 }
 
-/// Reads a shadow response body. With `keep`, returns it when it is at most `keep` bytes
-/// (else `TooLarge`, and reading stops); without, reads up to `RESPONSE_READ_CAP` so the
-/// connection can be reused. `Err` when the body fails.
-async fn read_body(
-    mut body: hyper::body::Incoming,
-    keep: Option<usize>,
-) -> Result<Option<BodySide>, ()> {
+/// For a gRPC call (the primary's trailers are awaited): the legs' `grpc-status` and
+/// `grpc-message` compared as the status, waiting off the primary path for the primary's
+/// trailers up to `wait`. `None`: not a gRPC call, or the statuses agree (or are unknown).
+async fn judge_grpc(
+    cmp: &Comparator,
+    primary: &PrimaryOutcome,
+    answer: &Answer,
+    edits: &Edits,
+    wait: Duration,
+) -> Option<Verdict> {
+    let mut rx = primary.trailers.clone()?;
+    let p_trailers = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+        Ok(Ok(t)) => t.as_ref().cloned(),
+        // The primary's body broke off or did not end in time: its status is unknown.
+        _ => None,
+    };
+    let p_trailers = p_trailers.as_deref();
+    let p = GrpcStatus {
+        code: p_trailers.and_then(|t| grpc::status(&primary.headers, Some(t))),
+        message: grpc::message(&primary.headers, p_trailers),
+    };
+    let s = GrpcStatus {
+        code: grpc::status(&answer.headers, answer.trailers.as_ref()),
+        message: grpc::message(&answer.headers, answer.trailers.as_ref()),
+    };
+    cmp.compare_grpc(p, s, edits)
+}
+
+/// A shadow's response body as read: the body kept (see `read_body`) and the trailers.
+type ReadBody = (Option<BodySide>, Option<HeaderMap>);
+
+/// Reads a shadow response body and its trailers. With `keep`, returns it when it is at
+/// most `keep` bytes (else `TooLarge`, and reading stops); without, reads up to
+/// `RESPONSE_READ_CAP` so the connection can be reused (a longer answer, such as a long
+/// gRPC server stream, is abandoned there, its trailers unknown). `Err` when the body
+/// fails.
+async fn read_body(mut body: hyper::body::Incoming, keep: Option<usize>) -> Result<ReadBody, ()> {
     let mut kept = BytesMut::new();
     let mut read = 0usize;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ())?;
         if let Some(d) = frame.data_ref() {
             read += d.len();
             match keep {
-                Some(max) if read > max => return Ok(Some(BodySide::TooLarge)),
+                Some(max) if read > max => return Ok((Some(BodySide::TooLarge), None)),
                 Some(_) => kept.extend_from_slice(d),
-                None if read > RESPONSE_READ_CAP => return Ok(None),
+                None if read > RESPONSE_READ_CAP => return Ok((None, None)),
                 None => {}
             }
         }
+        if let Ok(t) = frame.into_trailers() {
+            trailers = Some(t);
+        }
     }
-    Ok(keep.map(|_| BodySide::Complete(kept.freeze())))
+    Ok((keep.map(|_| BodySide::Complete(kept.freeze())), trailers))
 }
 
 #[cfg(test)]

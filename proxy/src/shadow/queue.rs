@@ -37,7 +37,13 @@ pub(crate) struct PrimaryOutcome {
     pub(crate) head_at: Option<std::time::Instant>,
     /// From the whole request sent to the response head (set when the job is built).
     pub(crate) paired: Option<Duration>,
+    /// For a gRPC call: the primary's trailers once its body ended (empty when it had
+    /// none); the sender is dropped when the body broke off.
+    pub(crate) trailers: Option<PrimaryTrailers>,
 }
+
+/// Where a gRPC primary's trailers arrive: `None` until its body ended.
+pub(crate) type PrimaryTrailers = watch::Receiver<Option<Arc<HeaderMap>>>;
 
 impl PrimaryOutcome {
     /// No response, or a server error: a failure for the paired error counts.

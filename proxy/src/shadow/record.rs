@@ -58,6 +58,8 @@ pub(crate) struct Answer {
     pub(crate) headers: HeaderMap,
     /// The body, when the comparison wants it.
     pub(crate) body: Option<BodySide>,
+    /// The trailers, when the body was read to its end and had them.
+    pub(crate) trailers: Option<HeaderMap>,
     pub(crate) to_headers: Option<Duration>,
     pub(crate) to_end: Option<Duration>,
 }
@@ -69,6 +71,7 @@ impl Answer {
             status: None,
             headers: HeaderMap::new(),
             body: None,
+            trailers: None,
             to_headers: None,
             to_end: None,
         }

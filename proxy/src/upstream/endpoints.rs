@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::tls::{Alpn, Connector, TlsClient};
-use crate::config::{ClusterConfig, Endpoint};
+use crate::config::{ClusterConfig, Endpoint, Http2Config, Protocol};
 use crate::metrics::EndpointGauge;
 
 /// One endpoint: as configured (`endpoint`: its scheme and its name, which `Host` and TLS
@@ -138,6 +138,8 @@ pub(super) struct ClientSettings {
     pub(super) max_idle: usize,
     /// The cluster's TLS client (its CA, client certificate, server name).
     pub(super) tls: TlsClient,
+    pub(super) protocol: Protocol,
+    pub(super) http2: Http2Config,
 }
 
 impl ClientSettings {
@@ -147,18 +149,46 @@ impl ClientSettings {
             idle_timeout: c.idle_timeout,
             max_idle: c.max_idle_per_endpoint,
             tls: TlsClient::new(cluster, c.tls.as_ref()),
+            protocol: c.protocol,
+            http2: c.http2,
         }
     }
 
     /// A connector for `endpoint`; with `addr`, the URI names that address and TLS checks
-    /// the endpoint's host name (unless the cluster's `tls.server_name` says another).
+    /// the endpoint's host name (unless the cluster's `tls.server_name` says another). The
+    /// one place ALPN is chosen: `http1` offers none (HTTP/1.1), `h2` offers `h2`, `auto`
+    /// offers both (the server picks); `h2c` is plain TCP (no TLS; validated in the config).
     fn connector(&self, endpoint: &Endpoint, addr: Option<SocketAddr>) -> Connector {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.connect_timeout));
         http.enforce_http(false);
         let host = addr.map(|_| endpoint.authority.host());
-        self.tls.connector(http, host, Alpn::Http1)
+        let alpn = match self.protocol {
+            Protocol::Http1 | Protocol::H2c => Alpn::Http1,
+            Protocol::H2 => Alpn::H2,
+            Protocol::Auto => Alpn::Http1AndH2,
+        };
+        self.tls.connector(http, host, alpn)
+    }
+
+    /// A client builder for this cluster's protocol: HTTP/2 only for `h2c` and `h2`
+    /// (prior knowledge), else HTTP/1.1 unless ALPN chose `h2`; HTTP/2 connections with
+    /// the cluster's keep-alive pings and flow-control windows.
+    fn builder(&self) -> hyper_util::client::legacy::Builder {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .http2_only(matches!(self.protocol, Protocol::H2c | Protocol::H2))
+            .http2_initial_connection_window_size(window(self.http2.initial_connection_window))
+            .http2_initial_stream_window_size(window(self.http2.initial_stream_window))
+            .http2_keep_alive_timeout(self.http2.keep_alive_timeout)
+            .http2_keep_alive_while_idle(true);
+        if !self.http2.keep_alive_interval.is_zero() {
+            b.http2_keep_alive_interval(self.http2.keep_alive_interval);
+        }
+        b
     }
 
     pub(super) fn member<B>(
@@ -173,18 +203,11 @@ impl ClientSettings {
         B::Data: Send,
     {
         let connector = self.connector(&endpoint, addr);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(self.idle_timeout)
+        let client = self
+            .builder()
             .pool_max_idle_per_host(self.max_idle)
             .build(connector.clone());
-        let probe = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(self.idle_timeout)
-            .pool_max_idle_per_host(1)
-            .build(connector);
+        let probe = self.builder().pool_max_idle_per_host(1).build(connector);
         Member {
             state: EndpointState::with_addr(endpoint, addr, gauge),
             client,
@@ -238,6 +261,11 @@ impl<B> EndpointSet<B> {
             .unwrap_or_else(|| at(0))
             .clone()
     }
+}
+
+/// A flow-control window for hyper (validated to fit in the config).
+fn window(bytes: u64) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX >> 1)
 }
 
 #[cfg(test)]

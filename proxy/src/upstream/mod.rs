@@ -162,6 +162,30 @@ where
         self.exchange(ep, req, self.timeout, body_sent).await
     }
 
+    /// `send`, and with `deadline` (a gRPC call's `grpc-timeout`), the whole wait from now
+    /// to the response head is bounded by it too.
+    pub(crate) async fn send_by(
+        &self,
+        ep: &Member<B>,
+        req: Request<B>,
+        body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+        deadline: Option<Duration>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let Some(limit) = deadline else {
+            return self.send(ep, req, body_sent).await;
+        };
+        match tokio::time::timeout(limit, self.send(ep, req, body_sent)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics.error(UpstreamErrorKind::timeout);
+                Err(UpstreamError::Timeout {
+                    endpoint: ep.label.to_string(),
+                    timeout: limit,
+                })
+            }
+        }
+    }
+
     /// Sends a request to `ep` and waits for the response head, up to `timeout`.
     pub(crate) async fn send_within(
         &self,
