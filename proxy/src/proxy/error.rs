@@ -60,7 +60,7 @@ impl ProxyError {
     /// only the class of failure. Malformed requests close the connection.
     /// The answer to a gRPC call whose upstream failed: trailers-only, HTTP 200, with the
     /// gRPC status the failure means (`DEADLINE_EXCEEDED` for a timeout, `UNAVAILABLE`
-    /// for a connect or protocol error, `INTERNAL` for a broken request body), so a gRPC
+    /// for a connect, TLS or protocol error, `INTERNAL` for a broken request body), so a gRPC
     /// client sees a status, not an HTTP error; `None` for other errors.
     pub(crate) fn to_grpc_response(&self) -> Option<(u8, Response<ProxyBody>)> {
         use crate::http::grpc;
@@ -69,7 +69,9 @@ impl ProxyError {
         };
         let code = match e {
             UpstreamError::Timeout { .. } => grpc::DEADLINE_EXCEEDED,
-            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => grpc::UNAVAILABLE,
+            UpstreamError::Connect { .. }
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Protocol { .. } => grpc::UNAVAILABLE,
             UpstreamError::ClientBody { .. } => grpc::INTERNAL,
         };
         let message = format!("teeproxy: {}", self.to_response_text());

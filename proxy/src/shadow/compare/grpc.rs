@@ -31,10 +31,12 @@ impl Comparator {
         };
         let mut found = Found::new(edits);
         if pc != sc {
-            found.push("grpc-status", "status", pc.to_string(), sc.to_string());
+            found.push("grpc-status", "status", || (pc.to_string(), sc.to_string()));
         } else if p.message != s.message {
             let show = |m: Option<&str>| m.unwrap_or("").to_string();
-            found.push("grpc-message", "status", show(p.message), show(s.message));
+            found.push("grpc-message", "status", || {
+                (show(p.message), show(s.message))
+            });
         } else {
             return None;
         }
