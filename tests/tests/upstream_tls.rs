@@ -86,13 +86,20 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
-/// What an HTTPS upstream saw: each request's path and the client certificate's subject.
+/// What an HTTPS upstream saw: each request's path and the client certificate's subject
+/// (and, apart, each request's HTTP version).
 #[derive(Default)]
-struct Seen(Mutex<Vec<(String, Option<String>)>>);
+struct Seen(
+    Mutex<Vec<(String, Option<String>)>>,
+    Mutex<Vec<http::Version>>,
+);
 
 impl Seen {
     fn all(&self) -> Vec<(String, Option<String>)> {
         self.0.lock().unwrap().clone()
+    }
+    fn versions(&self) -> Vec<http::Version> {
+        self.1.lock().unwrap().clone()
     }
 }
 
@@ -136,7 +143,8 @@ impl TlsUpstream {
                 .expect("server chain");
         let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).expect("server key");
         let mut config = builder.with_single_cert(chain, key).expect("server config");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 when the client offers it by ALPN (`protocol: h2` or `auto`), else 1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -165,11 +173,14 @@ impl TlsUpstream {
                             .lock()
                             .unwrap()
                             .push((req.uri().path().to_string(), subject.clone()));
+                        record.1.lock().unwrap().push(req.version());
                         async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -212,6 +223,42 @@ async fn a_private_ca_and_server_name_reach_the_https_upstream() {
     assert_eq!(body, "hello over tls");
     assert_eq!(up.seen.all(), [("/over/tls".to_string(), None)]);
     assert_eq!(proxy.metric(TLS_KIND).await, 0.0);
+}
+
+#[tokio::test]
+async fn http2_over_tls_by_alpn_with_protocol_h2_or_auto() {
+    let d = dir("h2-over-tls");
+    let ca = Ca::new("Test CA");
+    let up = TlsUpstream::start(
+        &ca.issue("upstream.test", &["upstream.test"], false),
+        None,
+        "hello over h2",
+    )
+    .await;
+    let ca_file = write(&d, "ca.pem", &ca.pem());
+    for (protocol, want) in [
+        ("h2", http::Version::HTTP_2),
+        ("auto", http::Version::HTTP_2),
+        ("http1", http::Version::HTTP_11),
+    ] {
+        let proxy = TestProxy::start(&simple_yaml(
+            &[up.url()],
+            &format!(
+                "protocol: {protocol}, tls: {{ ca: \"{ca_file}\", server_name: upstream.test }}"
+            ),
+        ))
+        .await;
+        let (status, _, body) = get(&proxy.url(&format!("/{protocol}"))).await;
+        assert_eq!(status, StatusCode::OK, "{protocol}");
+        assert_eq!(body, "hello over h2", "{protocol}");
+        assert_eq!(
+            up.seen.versions().last(),
+            Some(&want),
+            "protocol {protocol}: the upstream saw {want:?}"
+        );
+        assert_eq!(proxy.metric(TLS_KIND).await, 0.0);
+    }
+    assert_eq!(up.seen.versions().len(), 3);
 }
 
 #[tokio::test]
