@@ -203,7 +203,7 @@ const TLS_KIND: &str =
     "teeproxy_upstream_errors_total{cluster=\"primary\",leg=\"primary\",kind=\"tls\"}";
 
 #[tokio::test]
-async fn a_private_ca_and_server_name_reach_the_https_upstream() {
+async fn a_private_ca_and_server_name_reach_the_https_upstream_over_http1_and_http2() {
     let d = dir("private-ca");
     let ca = Ca::new("Test CA");
     let up = TlsUpstream::start(
@@ -223,19 +223,7 @@ async fn a_private_ca_and_server_name_reach_the_https_upstream() {
     assert_eq!(body, "hello over tls");
     assert_eq!(up.seen.all(), [("/over/tls".to_string(), None)]);
     assert_eq!(proxy.metric(TLS_KIND).await, 0.0);
-}
-
-#[tokio::test]
-async fn http2_over_tls_by_alpn_with_protocol_h2_or_auto() {
-    let d = dir("h2-over-tls");
-    let ca = Ca::new("Test CA");
-    let up = TlsUpstream::start(
-        &ca.issue("upstream.test", &["upstream.test"], false),
-        None,
-        "hello over h2",
-    )
-    .await;
-    let ca_file = write(&d, "ca.pem", &ca.pem());
+    // HTTP/2 by ALPN with `protocol: h2` or `auto`, HTTP/1.1 with `http1`.
     for (protocol, want) in [
         ("h2", http::Version::HTTP_2),
         ("auto", http::Version::HTTP_2),
@@ -250,7 +238,7 @@ async fn http2_over_tls_by_alpn_with_protocol_h2_or_auto() {
         .await;
         let (status, _, body) = get(&proxy.url(&format!("/{protocol}"))).await;
         assert_eq!(status, StatusCode::OK, "{protocol}");
-        assert_eq!(body, "hello over h2", "{protocol}");
+        assert_eq!(body, "hello over tls", "{protocol}");
         assert_eq!(
             up.seen.versions().last(),
             Some(&want),
@@ -258,7 +246,11 @@ async fn http2_over_tls_by_alpn_with_protocol_h2_or_auto() {
         );
         assert_eq!(proxy.metric(TLS_KIND).await, 0.0);
     }
-    assert_eq!(up.seen.versions().len(), 3);
+    assert_eq!(
+        up.seen.versions().len(),
+        4,
+        "one request, then one per protocol"
+    );
 }
 
 #[tokio::test]
