@@ -17,12 +17,14 @@ mod health;
 mod labels;
 mod series;
 mod text;
+mod tls;
 
 pub(crate) use health::{EndpointGauge, HealthFamilies, HealthResult};
 pub(crate) use labels::*;
 use series::LazyCounter;
 pub(crate) use series::latency_histogram;
 pub(crate) use text::{Format, encode_as, exposition};
+pub(crate) use tls::{HandshakeFailure, TlsFamilies};
 
 /// All metric families.
 pub(crate) struct Metrics {
@@ -65,6 +67,8 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     /// Endpoint health gauges and health-check counters.
     pub(crate) health: Arc<HealthFamilies>,
+    /// TLS listeners: handshakes, failures, certificate reloads and expiry.
+    pub(crate) tls: Arc<TlsFamilies>,
 }
 
 impl Metrics {
@@ -108,6 +112,7 @@ impl Metrics {
             compare_results: Family::default(),
             compare_skipped: Family::default(),
             health: Arc::default(),
+            tls: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("teeproxy");
         r.register(
@@ -284,6 +289,7 @@ impl Metrics {
             rejected,
         );
         m.health.register(r);
+        m.tls.register(r);
         r.register(
             "requests_in_flight",
             "Requests being handled",
