@@ -305,3 +305,36 @@ async fn a_broken_certificate_file_keeps_the_running_one_and_is_counted() {
     .await;
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_closed_at_the_timeout_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let dir = temp_dir("timeout");
+    let ca = TestCa::new("test CA");
+    let (cert, key) = ca.issue("proxy.test", &["proxy.test"]).write(&dir, "proxy");
+    let primary = FakeUpstream::start().await;
+    let tls = format!(
+        "{{ cert: \"{}\", key: \"{}\", handshake_timeout: 200ms }}",
+        cert.display(),
+        key.display()
+    );
+    let proxy = TestProxy::start(&with_tls(&simple_yaml(&[primary.url()], ""), &tls)).await;
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eventually!(
+        proxy
+            .metric("teeproxy_tls_handshake_failures_total{listener=\"public\",reason=\"timeout\"}")
+            .await
+            == 1.0
+    );
+    assert_eventually!(
+        proxy
+            .metric("teeproxy_open_connections{listener=\"public\"}")
+            .await
+            == 0.0
+    );
+}

@@ -36,9 +36,6 @@ impl ConfigFile {
                 ));
             }
             check_addr(&l.address, &format!("{key}.address"))?;
-            if let Some(tls) = &l.tls {
-                super::tls::listener_tls(tls, &format!("{key}.tls"))?;
-            }
         }
         check_addr(&self.admin.address, "admin.address")?;
         if let Some(a) = &self.admin.metrics_address {

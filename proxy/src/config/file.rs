@@ -14,7 +14,8 @@ use super::{CompareBody, ForwardedMode, HostMode, SampleKey};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConfigFile {
-    /// Where clients connect: one or more plain TCP listeners (HTTP/1.1 and h2c on each).
+    /// Where clients connect: one or more TCP listeners (HTTP/1.1 and HTTP/2 on each: h2c,
+    /// or over TLS with `tls`).
     pub(super) listeners: Vec<ListenerFile>,
     /// The admin listener (metrics, health).
     #[serde(default)]

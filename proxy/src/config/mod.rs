@@ -51,7 +51,7 @@ pub enum ConfigError {
 /// The whole configuration, checked and typed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    /// Where clients connect (HTTP/1.1 and h2c on each).
+    /// Where clients connect (HTTP/1.1 and HTTP/2 on each: h2c, or over TLS with `tls`).
     pub listeners: Vec<ListenerConfig>,
     pub admin: AdminConfig,
     /// Upstream clusters by name.

@@ -1,6 +1,8 @@
 //! A TLS listener's keys, checked and typed: one `cert`/`key` pair or a list of
 //! `certificates` chosen by SNI with a `default`, `client_ca` and `client_auth`, the
-//! handshake limit. The files themselves are read by the runtime (and `teeproxy check`).
+//! handshake limit. The checks run with the conversion (`build`), so each error names its
+//! key and place like the others. The files themselves are read by the runtime (and
+//! `teeproxy check`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
