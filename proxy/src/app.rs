@@ -24,7 +24,9 @@ use crate::reload::{Reload, Reloader};
 use crate::server::Server;
 use crate::shadow::dispatch::Dispatchers;
 use crate::shutdown::Stop;
+use crate::tls::TlsListener;
 use crate::upstream::{Resolve, SystemResolver};
+use crate::watch::watch_files;
 
 /// A listener that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,8 @@ pub struct App {
     server: Arc<Server>,
     reloader: Arc<Reloader>,
     dispatchers: Arc<Dispatchers>,
+    /// TLS listeners' certificates, by listener name.
+    tls: Vec<Arc<TlsListener>>,
     /// Tells connections served by `serve_stream` to drain.
     stop: Stop,
 }
@@ -158,11 +162,22 @@ impl App {
             &config.limits,
             config.listeners.len(),
         ));
+        let tls: Vec<Arc<TlsListener>> = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                l.tls.as_ref().map(|t| {
+                    TlsListener::new(&l.name, format!("listeners[{i}]"), t, metrics.tls.clone())
+                })
+            })
+            .collect();
         let reloader = Arc::new(Reloader::new(
             shared,
             snapshots,
             running.clone(),
             config.clone(),
+            tls.clone(),
         ));
         App {
             config,
@@ -171,6 +186,7 @@ impl App {
             server,
             reloader,
             dispatchers: running,
+            tls,
             stop: Stop::new(),
         }
     }
@@ -193,7 +209,7 @@ impl App {
             .map_or("memory", |l| l.name.as_str());
         let lm = self.metrics.listener(name);
         self.server
-            .serve_stream(stream, peer, &lm, self.stop.subscribe())
+            .serve_stream(stream, peer, &lm, self.stop.subscribe(), None)
             .await;
     }
 
@@ -255,12 +271,36 @@ impl App {
                 tracing::info!(listener = %name, %addr, "listening");
             }
             let lm = self.metrics.listener(&name);
+            let tls = self.tls.iter().find(|t| t.name() == name).cloned();
             loops.spawn(
                 self.server
                     .clone()
-                    .accept_loop(listener, lm, stop.subscribe()),
+                    .accept_loop(listener, tls, lm, stop.subscribe()),
             );
         }
+        // Certificates and keys are re-read when their files change (and on SIGHUP, with
+        // the config); the watches end when this returns.
+        let _cert_watches: Vec<_> = self
+            .tls
+            .iter()
+            .filter_map(|t| {
+                let files = t.files();
+                let on_change = {
+                    let t = t.clone();
+                    move || {
+                        tracing::info!(listener = %t.name(), "TLS files changed: reloading them");
+                        t.reload();
+                    }
+                };
+                match watch_files(&files, on_change) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(listener = %t.name(), error = %e, "cannot watch the TLS files: reload them with SIGHUP");
+                        None
+                    }
+                }
+            })
+            .collect();
         admin_state.ready.store(true, Ordering::Relaxed);
         // Reloads apply until the connections are drained (a SIGHUP during the drain still
         // counts).

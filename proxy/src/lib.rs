@@ -24,6 +24,7 @@ mod server;
 mod shadow;
 mod shutdown;
 mod stats;
+pub mod tls;
 mod upstream;
 mod watch;
 

@@ -123,10 +123,16 @@ fn load_config(path: Option<&std::path::Path>, missing: &str) -> Result<Config, 
         eprintln!("{missing}");
         return Err(ExitCode::from(EXIT_CONFIG));
     };
-    Config::load(path).map_err(|e| {
+    let config = Config::load(path).map_err(|e| {
         eprintln!("teeproxy: {e}");
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    // TLS listeners' certificates and keys must load (and match) before anything starts.
+    teeproxy::tls::inspect(&config).map_err(|e| {
+        eprintln!("teeproxy: {}: {e}", path.display());
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    Ok(config)
 }
 
 fn check(path: Option<PathBuf>, json: bool) -> ExitCode {
@@ -157,8 +163,69 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: ok", path.display());
     let _ = writeln!(out, "listeners:");
+    let certs = teeproxy::tls::inspect(config).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     for l in &config.listeners {
-        let _ = writeln!(out, "  {:<12} {}", l.name, l.address);
+        let Some(tls) = &l.tls else {
+            let _ = writeln!(out, "  {:<12} {}", l.name, l.address);
+            continue;
+        };
+        let client = match &tls.client_ca {
+            None => String::new(),
+            Some(ca) => format!(
+                ", client certificates {} (CA {})",
+                if tls.client_auth == teeproxy::config::ClientAuth::Required {
+                    "required"
+                } else {
+                    "optional"
+                },
+                ca.display()
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} {} TLS 1.2/1.3, ALPN h2 http/1.1, handshake timeout {}ms{}",
+            l.name,
+            l.address,
+            tls.handshake_timeout.as_millis(),
+            client
+        );
+        let Some(found) = certs.iter().find(|c| c.listener == l.name) else {
+            continue;
+        };
+        for (i, ((info, names), paths)) in
+            found.certificates.iter().zip(&tls.certificates).enumerate()
+        {
+            let days = (info.not_after - now) as f64 / 86_400.0;
+            let _ = writeln!(
+                out,
+                "  {:<12}   certificate {}{} {}",
+                "",
+                paths.cert.display(),
+                if i == found.default { " (default)" } else { "" },
+                if names.is_empty() {
+                    String::new()
+                } else {
+                    format!("for {}", names.join(","))
+                },
+            );
+            let _ = writeln!(out, "  {:<12}     subject {}", "", info.subject);
+            let _ = writeln!(out, "  {:<12}     SANs {}", "", info.sans.join(", "));
+            let _ = writeln!(
+                out,
+                "  {:<12}     expires {} (unix {}, {})",
+                "",
+                teeproxy::config::x509::format_time(info.not_after),
+                info.not_after,
+                if days < 0.0 {
+                    format!("EXPIRED {:.0} days ago", -days)
+                } else {
+                    format!("in {days:.0} days")
+                }
+            );
+        }
     }
     let a = &config.admin;
     let _ = writeln!(

@@ -1,7 +1,8 @@
 //! Applying a new config to a running process: a new snapshot is built and swapped in for
 //! the next request (requests in progress finish on theirs), its shadow dispatchers start,
 //! and the old snapshot's queues close by themselves once nothing holds them. What only a
-//! restart can change (listeners, connection-level limits, drain times) is logged.
+//! restart can change (listeners, connection-level limits, drain times) is logged. TLS
+//! listeners re-read their certificates, keys and client CAs on every reload.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -12,6 +13,7 @@ use crate::proxy::Snapshots;
 use crate::proxy::snapshot::{Shared, Snapshot};
 use crate::shadow::dispatch::Dispatchers;
 use crate::shutdown::stopped;
+use crate::tls::TlsListener;
 
 /// A config reload, as the caller read it (for example on SIGHUP).
 pub enum Reload {
@@ -38,6 +40,9 @@ pub(crate) struct Reloader {
     pub(crate) snapshots: Snapshots,
     pub(crate) dispatchers: Arc<Dispatchers>,
     running: Mutex<Arc<Config>>,
+    /// TLS listeners: their files are re-read on every reload (SIGHUP), whatever the config
+    /// file holds.
+    tls: Vec<Arc<TlsListener>>,
 }
 
 impl Reloader {
@@ -46,17 +51,22 @@ impl Reloader {
         snapshots: Snapshots,
         dispatchers: Arc<Dispatchers>,
         running: Arc<Config>,
+        tls: Vec<Arc<TlsListener>>,
     ) -> Self {
         Reloader {
             shared,
             snapshots,
             dispatchers,
             running: Mutex::new(running),
+            tls,
         }
     }
 
     /// Applies one reload.
     pub(crate) fn apply(&self, reload: Reload) {
+        for t in &self.tls {
+            t.reload();
+        }
         match reload {
             Reload::Failed(reason) => {
                 self.shared.metrics.config_reload(false);

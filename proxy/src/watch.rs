@@ -3,6 +3,7 @@
 //! update, which swaps a `..data` symlink, both replace the file rather than write it);
 //! events are debounced, and a reload is sent only when the file's bytes changed. A file
 //! that does not parse is reported as a failed reload: the running config stays.
+//! `watch_files` does the same for a TLS listener's certificate and key files.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,6 +47,57 @@ pub fn watch_config(path: &Path, reloads: mpsc::Sender<Reload>) -> notify::Resul
     }
     let seen = std::fs::read(&path).ok();
     let task = tokio::spawn(follow(path, seen, rx, reloads));
+    Ok(ConfigWatch {
+        _watcher: watcher,
+        task,
+    })
+}
+
+/// Watches `paths` (a TLS listener's certificates and keys) the same way, and calls
+/// `on_change` once the directories are quiet and some file's bytes changed (a certificate
+/// and its key replaced one after the other are one change when written within `SETTLE`).
+pub(crate) fn watch_files(
+    paths: &[PathBuf],
+    on_change: impl Fn() + Send + 'static,
+) -> notify::Result<ConfigWatch> {
+    let names: Vec<PathBuf> = paths.iter().flat_map(|p| names(p)).collect();
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| relevant(&e, &names)) {
+            let _ = tx.try_send(());
+        }
+    })?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        for d in directories(p) {
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    let paths = paths.to_vec();
+    let read =
+        move || -> Vec<Option<Vec<u8>>> { paths.iter().map(|p| std::fs::read(p).ok()).collect() };
+    let mut seen = read();
+    let task = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            loop {
+                match tokio::time::timeout(SETTLE, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let now = read();
+            if now != seen {
+                seen = now;
+                on_change();
+            }
+        }
+    });
     Ok(ConfigWatch {
         _watcher: watcher,
         task,

@@ -6,7 +6,10 @@ use std::process::Command;
 
 mod common;
 
-use common::{Running, bin, check_json_text, config_dir, tool, write_temp, yaml_files};
+use common::{
+    Running, bin, check_json_text, config_dir, tool, with_test_tls_files, write_self_signed,
+    write_temp, yaml_files,
+};
 
 /// A listener that accepts connections and closes them at once, without an answer: an
 /// upstream that fails every request, for as long as the returned listener lives (a
@@ -75,9 +78,18 @@ fn check_accepts_every_shipped_config() {
     );
     files.push(config_dir().join("../deploy/kubernetes/tee.yaml"));
     for file in files {
+        // TLS examples name files under /etc/teeproxy/tls/: made here, in a temporary
+        // folder, so check can read them.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let checked = if text.contains("/etc/teeproxy/tls/") {
+            write_temp(&name, &with_test_tls_files(&text, &name))
+        } else {
+            file.clone()
+        };
         let out = bin()
             .args(["check", "--config"])
-            .arg(&file)
+            .arg(&checked)
             .output()
             .expect("run teeproxy check");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -820,5 +832,72 @@ fn the_ulimit_warning_shows_only_when_the_lowered_cap_matters() {
         assert!(!logs.contains("WARN"), "{logs}");
     } else {
         eprintln!("SKIPPED (half): the hard open-files limit is below 20000");
+    }
+}
+
+#[test]
+fn check_reports_tls_certificates_and_exits_64_naming_the_file_and_key_of_a_bad_pair() {
+    let dir = std::env::temp_dir().join(format!(
+        "teeproxy-bin-tests-{}/tls-check",
+        std::process::id()
+    ));
+    let (a_cert, a_key) = write_self_signed(&dir, "a", &["a.test", "www.a.test"]);
+    let (_, b_key) = write_self_signed(&dir, "b", &["b.test"]);
+    let config = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "listeners:\n  - name: secure\n    address: \"127.0.0.1:0\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\nclusters:\n  p: {{ endpoints: [\"http://127.0.0.1:1\"] }}\nroutes: [{{ name: r, primary: p }}]\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let ok = write_temp("tls-ok.yaml", &config(&a_cert, &a_key));
+    let out = bin().args(["check", "--config"]).arg(&ok).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "TLS 1.2/1.3, ALPN h2 http/1.1",
+        "subject CN=a.test",
+        "SANs DNS:a.test, DNS:www.a.test",
+        "expires ",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+
+    let missing = dir.join("missing.key");
+    let cases = [
+        (
+            config(&a_cert, &missing),
+            "listeners[0].tls.key",
+            missing.display().to_string(),
+            "cannot read",
+        ),
+        (
+            config(&a_cert, &b_key),
+            "listeners[0].tls.key",
+            b_key.display().to_string(),
+            "does not match the certificate",
+        ),
+        (
+            config(&a_key, &a_key),
+            "listeners[0].tls.cert",
+            a_key.display().to_string(),
+            "BEGIN CERTIFICATE",
+        ),
+    ];
+    for (i, (yaml, key, file, what)) in cases.into_iter().enumerate() {
+        let path = write_temp(&format!("tls-bad-{i}.yaml"), &yaml);
+        for args in [vec!["check", "--config"], vec!["--config"]] {
+            let out = bin().args(&args).arg(&path).output().expect("run teeproxy");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+            assert!(
+                err.contains(key) && err.contains(&file) && err.contains(what),
+                "{args:?}: {err}"
+            );
+        }
     }
 }

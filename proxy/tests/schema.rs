@@ -9,7 +9,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{check_json_text, tool, write_temp, yaml_files};
+use common::{check_json_text, tool, write_self_signed, write_temp, yaml_files};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -257,6 +257,29 @@ fn the_schema_knows_every_key_the_binary_knows_with_its_default() {
         "tls.yaml",
     );
     walk(&schema, &schema, &tls, "$", false, &mut problems);
+    // TLS listeners: every key, then the defaults of a one-pair listener.
+    let dir = std::env::temp_dir().join(format!("teeproxy-schema-{}", std::process::id()));
+    let (cert, key) = write_self_signed(&dir, "a", &["a.test"]);
+    let (ca, _) = write_self_signed(&dir, "clients-ca", &["clients"]);
+    let (c, k, ca) = (cert.display(), key.display(), ca.display());
+    let tls = check_json(
+        &format!(
+            "listeners: [{{ name: a, address: \"127.0.0.1:1\", tls: {{ certificates: [{{ cert: \"{c}\", key: \"{k}\", server_names: [a.test] }}], default: a.test, client_ca: \"{ca}\", client_auth: optional, handshake_timeout: 3s }} }}]\nclusters:\n  p: {{ endpoints: [\"http://127.0.0.1:2\"] }}\nroutes:\n  - {{ name: r, primary: p }}\n"
+        ),
+        "tls.yaml",
+    );
+    walk(&schema, &schema, &tls, "$", false, &mut problems);
+    let tls_defaults = check_json(
+        &format!(
+            "listeners: [{{ name: a, address: \"127.0.0.1:1\", tls: {{ cert: \"{c}\", key: \"{k}\" }} }}]\nclusters:\n  p: {{ endpoints: [\"http://127.0.0.1:2\"] }}\nroutes:\n  - {{ name: r, primary: p }}\n"
+        ),
+        "tls-defaults.yaml",
+    );
+    assert_eq!(
+        tls_defaults["listeners"][0]["tls"]["certificates"][0]["cert"],
+        c.to_string()
+    );
+    walk(&schema, &schema, &tls_defaults, "$", true, &mut problems);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
     // The walk itself notices a key the schema lacks.

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod h1;
 pub mod h2;
 pub mod process;
+pub mod tls;
 pub mod upstream;
 
 pub use h1::{raw, read_until_close, status as raw_status};

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -15,70 +15,13 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use teeproxy::config::Config;
+use teeproxy_tests::tls::{CLIENT_NOT_AFTER, Issued, TestCa, temp_dir};
 use teeproxy_tests::*;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-
-/// `notAfter` of the client certificates the tests make (2040-01-01T00:00:00Z).
-const CLIENT_NOT_AFTER: i64 = 2_208_988_800;
-
-/// A CA that signs certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().expect("key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("self-signed CA"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A certificate and its key, PEM: for `names` (server) or with `cn` (client).
-    fn issue(&self, cn: &str, names: &[&str], client: bool) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        if client {
-            params.not_after = rcgen::date_time_ymd(2040, 1, 1);
-        }
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &*self.issuer).expect("signed");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A folder of this test's files.
-fn dir(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("teeproxy-uptls-{}-{test}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -118,7 +61,7 @@ impl Drop for TlsUpstream {
 }
 
 impl TlsUpstream {
-    async fn start(server: &(String, String), client_ca: Option<&Ca>, body: &'static str) -> Self {
+    async fn start(server: &Issued, client_ca: Option<&TestCa>, body: &'static str) -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -126,7 +69,7 @@ impl TlsUpstream {
         let builder = match client_ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.issuer.der().clone()).expect("client CA root");
+                roots.add(ca.der()).expect("client CA root");
                 let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider,
@@ -138,10 +81,10 @@ impl TlsUpstream {
             None => builder.with_no_client_auth(),
         };
         let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(server.0.as_bytes())
+            CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
                 .expect("server chain");
-        let key = PrivateKeyDer::from_pem_slice(server.1.as_bytes()).expect("server key");
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("server key");
         let mut config = builder.with_single_cert(chain, key).expect("server config");
         // HTTP/2 when the client offers it by ALPN (`protocol: h2` or `auto`), else 1.1.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -204,10 +147,10 @@ const TLS_KIND: &str =
 
 #[tokio::test]
 async fn a_private_ca_and_server_name_reach_the_https_upstream_over_http1_and_http2() {
-    let d = dir("private-ca");
-    let ca = Ca::new("Test CA");
+    let d = temp_dir("up-private-ca");
+    let ca = TestCa::new("Test CA");
     let up = TlsUpstream::start(
-        &ca.issue("upstream.test", &["upstream.test"], false),
+        &ca.issue("upstream.test", &["upstream.test"]),
         None,
         "hello over tls",
     )
@@ -255,11 +198,11 @@ async fn a_private_ca_and_server_name_reach_the_https_upstream_over_http1_and_ht
 
 #[tokio::test]
 async fn a_wrong_ca_or_a_wrong_name_is_refused_with_502_and_counted() {
-    let d = dir("refused");
-    let ca = Ca::new("Test CA");
-    let other = Ca::new("Other CA");
+    let d = temp_dir("up-refused");
+    let ca = TestCa::new("Test CA");
+    let other = TestCa::new("Other CA");
     let up = TlsUpstream::start(
-        &ca.issue("upstream.test", &["upstream.test"], false),
+        &ca.issue("upstream.test", &["upstream.test"]),
         None,
         "hello",
     )
@@ -315,11 +258,11 @@ async fn a_wrong_ca_or_a_wrong_name_is_refused_with_502_and_counted() {
 
 #[tokio::test]
 async fn mtls_an_upstream_requiring_a_client_certificate() {
-    let d = dir("mtls");
-    let ca = Ca::new("Test CA");
-    let clients = Ca::new("Client CA");
+    let d = temp_dir("up-mtls");
+    let ca = TestCa::new("Test CA");
+    let clients = TestCa::new("Client CA");
     let up = TlsUpstream::start(
-        &ca.issue("upstream.test", &["upstream.test"], false),
+        &ca.issue("upstream.test", &["upstream.test"]),
         Some(&clients),
         "hello client",
     )
@@ -336,7 +279,8 @@ async fn mtls_an_upstream_requiring_a_client_certificate() {
     assert_eq!(proxy.metric(&tls_errors("client_cert_refused")).await, 1.0);
     assert_eq!(proxy.metric(TLS_KIND).await, 1.0);
     // With one: served, and the upstream saw who called.
-    let (cert, key) = clients.issue("teeproxy-client", &[], true);
+    let client = clients.issue_client("teeproxy-client");
+    let (cert, key) = (client.cert_pem, client.key_pem);
     let cert_file = write(&d, "client.pem", &cert);
     let key_file = write(&d, "client-key.pem", &key);
     let proxy = TestProxy::start(&simple_yaml(
@@ -361,18 +305,19 @@ async fn mtls_an_upstream_requiring_a_client_certificate() {
 
 #[tokio::test]
 async fn a_rotated_ca_and_client_certificate_are_used_after_a_reload() {
-    let d = dir("rotate");
-    let old_ca = Ca::new("Old CA");
-    let new_ca = Ca::new("New CA");
-    let clients = Ca::new("Client CA");
+    let d = temp_dir("up-rotate");
+    let old_ca = TestCa::new("Old CA");
+    let new_ca = TestCa::new("New CA");
+    let clients = TestCa::new("Client CA");
     let up = TlsUpstream::start(
-        &new_ca.issue("upstream.test", &["upstream.test"], false),
+        &new_ca.issue("upstream.test", &["upstream.test"]),
         Some(&clients),
         "rotated",
     )
     .await;
     let ca_file = write(&d, "ca.pem", &old_ca.pem());
-    let (cert, key) = clients.issue("client-2026", &[], true);
+    let client = clients.issue_client("client-2026");
+    let (cert, key) = (client.cert_pem, client.key_pem);
     let cert_file = write(&d, "client.pem", &cert);
     let key_file = write(&d, "client-key.pem", &key);
     let yaml = simple_yaml(
@@ -391,7 +336,8 @@ async fn a_rotated_ca_and_client_certificate_are_used_after_a_reload() {
     assert_eq!(proxy.metric(&tls_errors("unknown_ca")).await, 1.0);
     // The files change on disk; the same config is reloaded.
     write(&d, "ca.pem", &new_ca.pem());
-    let (cert, key) = clients.issue("client-2027", &[], true);
+    let client = clients.issue_client("client-2027");
+    let (cert, key) = (client.cert_pem, client.key_pem);
     write(&d, "client.pem", &cert);
     write(&d, "client-key.pem", &key);
     proxy.reload(&yaml).await;
@@ -418,12 +364,12 @@ async fn a_rotated_ca_and_client_certificate_are_used_after_a_reload() {
 
 #[tokio::test]
 async fn a_tls_shadow_gets_its_copy_and_a_bad_ca_shadow_only_counts() {
-    let d = dir("shadow");
-    let ca = Ca::new("Shadow CA");
-    let other = Ca::new("Other CA");
+    let d = temp_dir("up-shadow");
+    let ca = TestCa::new("Shadow CA");
+    let other = TestCa::new("Other CA");
     let primary = FakeUpstream::start().await;
     let shadow = TlsUpstream::start(
-        &ca.issue("shadow.test", &["shadow.test"], false),
+        &ca.issue("shadow.test", &["shadow.test"]),
         None,
         "from shadow",
     )
@@ -492,10 +438,11 @@ fn load_error(endpoint: &str, tls: &str) -> String {
 
 #[test]
 fn tls_files_that_are_missing_unreadable_or_mismatched_fail_the_load_naming_file_and_key() {
-    let d = dir("config");
-    let ca = Ca::new("Test CA");
-    let (cert, key) = ca.issue("client", &[], true);
-    let (_, other_key) = ca.issue("other", &[], true);
+    let d = temp_dir("up-config");
+    let ca = TestCa::new("Test CA");
+    let client = ca.issue_client("client");
+    let (cert, key) = (client.cert_pem, client.key_pem);
+    let other_key = ca.issue_client("other").key_pem;
     let ca_file = write(&d, "ca.pem", &ca.pem());
     let cert_file = write(&d, "client.pem", &cert);
     let key_file = write(&d, "client-key.pem", &key);

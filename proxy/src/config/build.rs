@@ -110,6 +110,11 @@ impl TryFrom<ConfigFile> for Config {
             listeners.push(ListenerConfig {
                 name: l.name.value.clone(),
                 address: addr(&l.address, &format!("listeners[{i}].address"))?,
+                tls: l
+                    .tls
+                    .as_ref()
+                    .map(|t| super::listener_tls::listener_tls(t, &format!("listeners[{i}].tls")))
+                    .transpose()?,
             });
         }
         let admin = AdminConfig {

@@ -14,7 +14,8 @@ use super::{CompareBody, ForwardedMode, HostMode, Protocol, SampleKey};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ConfigFile {
-    /// Where clients connect: one or more plain TCP listeners (HTTP/1.1 and h2c on each).
+    /// Where clients connect: one or more TCP listeners (HTTP/1.1 and HTTP/2 on each: h2c,
+    /// or over TLS with `tls`).
     pub(super) listeners: Vec<ListenerFile>,
     /// The admin listener (metrics, health).
     #[serde(default)]
@@ -73,6 +74,57 @@ pub(super) struct TraceContextFile {
 pub(super) struct ListenerFile {
     pub(super) name: Spanned<String>,
     pub(super) address: Spanned<String>,
+    /// TLS termination: without it the listener speaks plain HTTP/1.1 and h2c.
+    #[serde(default)]
+    pub(super) tls: Option<ListenerTlsFile>,
+}
+
+/// A TLS listener: one certificate (`cert`, `key`) or several chosen by SNI
+/// (`certificates`, `default`), optional client certificates, the handshake limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerTlsFile {
+    #[serde(default)]
+    pub(super) cert: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) certificates: Option<Spanned<Vec<CertificateFile>>>,
+    /// The certificate for a client that sends no SNI or an unknown name: an index into
+    /// `certificates` or one of its server names. Default: the first.
+    #[serde(default)]
+    pub(super) default: Option<Spanned<DefaultCertificate>>,
+    /// PEM file of the CAs that client certificates must chain to.
+    #[serde(default)]
+    pub(super) client_ca: Option<Spanned<String>>,
+    /// `required` (default when `client_ca` is set) or `optional`.
+    #[serde(default)]
+    pub(super) client_auth: Option<Spanned<super::ClientAuth>>,
+    #[serde(default = "default_handshake_timeout")]
+    pub(super) handshake_timeout: Spanned<Dur>,
+}
+
+fn default_handshake_timeout() -> Spanned<Dur> {
+    unspanned(Dur::secs(10))
+}
+
+/// One certificate of a TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertificateFile {
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
+    /// SNI names it serves (`example.com`, `*.example.com`); none: only as the default.
+    #[serde(default)]
+    pub(super) server_names: Vec<Spanned<String>>,
+}
+
+/// `default:` as an index or a server name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum DefaultCertificate {
+    Index(usize),
+    Name(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]

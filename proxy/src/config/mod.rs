@@ -7,6 +7,7 @@
 mod build;
 mod check;
 mod file;
+mod listener_tls;
 mod tls;
 mod units;
 pub mod x509;
@@ -54,7 +55,7 @@ pub enum ConfigError {
 /// The whole configuration, checked and typed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    /// Where clients connect (HTTP/1.1 and h2c on each).
+    /// Where clients connect (HTTP/1.1 and HTTP/2 on each: h2c, or over TLS with `tls`).
     pub listeners: Vec<ListenerConfig>,
     pub admin: AdminConfig,
     /// Upstream clusters by name.
@@ -96,6 +97,47 @@ pub struct TraceContextConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub address: SocketAddr,
+    /// TLS termination; `None`: plain HTTP/1.1 and h2c.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// A TLS listener's files and settings (the files are read by the runtime, at start, on
+/// SIGHUP and when they change; `teeproxy check` reads them too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerTls {
+    /// At least one; `cert`/`key` written directly is the one entry.
+    pub certificates: Vec<CertificatePaths>,
+    /// Index into `certificates` served without SNI or for an unknown name.
+    pub default: usize,
+    /// CAs for client certificates; `None`: none asked for.
+    pub client_ca: Option<std::path::PathBuf>,
+    pub client_auth: ClientAuth,
+    /// From the accepted TCP connection to the finished handshake.
+    #[serde(serialize_with = "units::duration")]
+    pub handshake_timeout: Duration,
+}
+
+/// One certificate chain and its key (PEM files), with the SNI names it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertificatePaths {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub server_names: Vec<String>,
+    /// The config key that names the pair (`listeners[0].tls.certificates[1]`), for errors.
+    #[serde(skip)]
+    pub key_path: String,
+}
+
+/// Whether a TLS listener with `client_ca` requires a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Handshakes without a valid client certificate fail.
+    #[default]
+    Required,
+    /// A client may send none; one it sends must be valid.
+    Optional,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

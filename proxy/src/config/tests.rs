@@ -817,3 +817,117 @@ fn cluster_protocols_and_http2_settings() {
     .unwrap();
     assert!(c.routes[0].match_.grpc);
 }
+
+fn with_listener_tls(tls: &str) -> String {
+    MINIMAL.replace(
+        "address: \"127.0.0.1:8080\" }",
+        &format!("address: \"127.0.0.1:8080\", tls: {tls} }}"),
+    )
+}
+
+#[test]
+fn tls_listeners_parse_in_both_forms_with_defaults() {
+    let c = Config::from_yaml(&with_listener_tls("{ cert: a.crt, key: a.key }")).unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(t.certificates.len(), 1);
+    assert_eq!(t.certificates[0].cert, std::path::PathBuf::from("a.crt"));
+    assert_eq!(t.certificates[0].key_path, "listeners[0].tls");
+    assert_eq!((t.default, t.client_ca.is_none()), (0, true));
+    assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+    let c = Config::from_yaml(&with_listener_tls(
+        "{ certificates: [{ cert: a.crt, key: a.key, server_names: [A.test] }, { cert: b.crt, key: b.key, server_names: [\"*.b.test\", b.test] }], default: b.test, client_ca: ca.crt, client_auth: optional, handshake_timeout: 3s }",
+    ))
+    .unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(t.certificates[0].server_names, ["a.test"]);
+    assert_eq!(
+        t.certificates[1].key_path,
+        "listeners[0].tls.certificates[1]"
+    );
+    assert_eq!(t.default, 1);
+    assert_eq!(t.client_auth, ClientAuth::Optional);
+    assert_eq!(t.handshake_timeout, Duration::from_secs(3));
+    let c = Config::from_yaml(&with_listener_tls(
+        "{ certificates: [{ cert: a.crt, key: a.key }, { cert: b.crt, key: b.key }], default: 1 }",
+    ))
+    .unwrap();
+    assert_eq!(c.listeners[0].tls.as_ref().unwrap().default, 1);
+    assert!(
+        Config::from_yaml(MINIMAL).unwrap().listeners[0]
+            .tls
+            .is_none()
+    );
+}
+
+#[test]
+fn tls_listener_errors_name_their_key() {
+    let two = "certificates: [{ cert: a.crt, key: a.key, server_names: [a.test] }, { cert: b.crt, key: b.key, server_names: [b.test] }]";
+    let table = [
+        ("{ cert: a.crt }", "listeners[0].tls.key", "needs its `key`"),
+        (
+            "{ key: a.key }",
+            "listeners[0].tls.cert",
+            "needs its `cert`",
+        ),
+        ("{ }", "listeners[0].tls", "needs `cert` and `key`"),
+        (
+            "{ cert: a.crt, key: a.key, certificates: [{ cert: b.crt, key: b.key }] }",
+            "listeners[0].tls",
+            "not both",
+        ),
+        (
+            "{ certificates: [] }",
+            "listeners[0].tls.certificates",
+            "at least one",
+        ),
+        (
+            &format!("{{ {two}, default: c.test }}"),
+            "listeners[0].tls.default",
+            "names no certificate",
+        ),
+        (
+            &format!("{{ {two}, default: 2 }}"),
+            "listeners[0].tls.default",
+            "names no certificate",
+        ),
+        (
+            "{ certificates: [{ cert: a.crt, key: a.key, server_names: [\"a b\"] }] }",
+            "listeners[0].tls.certificates[0].server_names[0]",
+            "not a DNS name",
+        ),
+        (
+            "{ certificates: [{ cert: a.crt, key: a.key, server_names: [\"a.*.test\"] }] }",
+            "listeners[0].tls.certificates[0].server_names[0]",
+            "not a DNS name",
+        ),
+        (
+            "{ certificates: [{ cert: a.crt, key: a.key, server_names: [a.test] }, { cert: b.crt, key: b.key, server_names: [A.test] }] }",
+            "listeners[0].tls.certificates[1].server_names[0]",
+            "earlier certificate",
+        ),
+        (
+            "{ cert: a.crt, key: a.key, client_auth: optional }",
+            "listeners[0].tls.client_auth",
+            "needs `client_ca`",
+        ),
+        (
+            "{ cert: \" \", key: a.key }",
+            "listeners[0].tls.cert",
+            "empty path",
+        ),
+        (
+            "{ cert: a.crt, key: a.key, handshake_timeout: 0s }",
+            "listeners[0].tls.handshake_timeout",
+            "above zero",
+        ),
+    ];
+    for (tls, key, msg) in table {
+        let e = err(&with_listener_tls(tls));
+        assert!(e.contains(&format!(": {key}: ")), "want key {key} in {e}");
+        assert!(e.contains(msg), "want {msg:?} in {e}");
+    }
+    let e = err(&with_listener_tls(
+        "{ cert: a.crt, key: a.key, client_auth: sometimes }",
+    ));
+    assert!(e.contains("sometimes") || e.contains("client_auth"), "{e}");
+}

@@ -1,5 +1,6 @@
-//! Just enough of an X.509 certificate (DER) to report it: the subject as `CN=..., O=...`
-//! and the end of its validity (`notAfter`) as a Unix time. Pure: bytes in, values out;
+//! Just enough of an X.509 certificate (DER) to report it: the subject as `CN=..., O=...`,
+//! the DNS names and IP addresses it is for (subjectAltName), and its validity as Unix
+//! times. Pure: bytes in, values out;
 //! anything unexpected gives `None` (the certificate itself is checked by rustls/webpki).
 
 /// What `teeproxy check` and the expiry gauge say about a certificate.
@@ -7,8 +8,22 @@
 pub struct CertInfo {
     /// The subject's attributes, most significant first: `CN=client, O=Example`.
     pub subject: String,
+    /// The subjectAltName's DNS names and IP addresses (`DNS:example.com`, `IP:127.0.0.1`).
+    pub sans: Vec<String>,
+    /// `notBefore`, in seconds since 1970-01-01T00:00:00Z.
+    pub not_before: i64,
     /// `notAfter`, in seconds since 1970-01-01T00:00:00Z.
     pub not_after: i64,
+}
+
+impl CertInfo {
+    /// A short name for the certificate: its first SAN's name, else its subject.
+    pub fn label(&self) -> String {
+        self.sans
+            .first()
+            .map(|s| s.split_once(':').map_or(s.as_str(), |(_, n)| n).to_string())
+            .unwrap_or_else(|| self.subject.clone())
+    }
 }
 
 /// Reads the subject and `notAfter` of a DER certificate.
@@ -41,19 +56,82 @@ pub fn describe(der: &[u8]) -> Option<CertInfo> {
     if tag != SEQUENCE {
         return None;
     }
-    let (_, _not_before, after) = tlv(validity)?;
-    let (time_tag, not_after, _) = tlv(after)?;
+    let (before_tag, not_before, after) = tlv(validity)?;
+    let (after_tag, not_after, _) = tlv(after)?;
     let (tag, subject) = next()?;
     if tag != SEQUENCE {
         return None;
     }
+    // subjectPublicKeyInfo, then optional unique ids ([1], [2]) and extensions ([3]).
+    let _key = next()?;
+    let mut sans = Vec::new();
+    while let Some((tag, value)) = next() {
+        if tag == EXTENSIONS {
+            sans = alt_names(value)?;
+        }
+    }
     Some(CertInfo {
         subject: name(subject)?,
-        not_after: time(time_tag, not_after)?,
+        sans,
+        not_before: time(before_tag, not_before)?,
+        not_after: time(after_tag, not_after)?,
     })
 }
 
+/// The DNS names and IP addresses of the subjectAltName extension, if any, from
+/// `[3] EXPLICIT Extensions`.
+fn alt_names(explicit: &[u8]) -> Option<Vec<String>> {
+    let (tag, mut extensions, _) = tlv(explicit)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut out = Vec::new();
+    while !extensions.is_empty() {
+        let (tag, extension, rest) = tlv(extensions)?;
+        extensions = rest;
+        if tag != SEQUENCE {
+            return None;
+        }
+        let (tag, oid, mut fields) = tlv(extension)?;
+        if tag != OID || oid != SUBJECT_ALT_NAME {
+            continue;
+        }
+        // extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING
+        let (mut tag, mut value, rest) = tlv(fields)?;
+        if tag == BOOLEAN {
+            fields = rest;
+            (tag, value, _) = tlv(fields)?;
+        }
+        if tag != OCTET_STRING {
+            return None;
+        }
+        let (tag, mut names, _) = tlv(value)?;
+        if tag != SEQUENCE {
+            return None;
+        }
+        while !names.is_empty() {
+            let (tag, value, rest) = tlv(names)?;
+            names = rest;
+            match tag {
+                DNS_NAME => out.push(format!("DNS:{}", String::from_utf8_lossy(value))),
+                IP_ADDRESS => {
+                    let ip = match value.len() {
+                        4 => <[u8; 4]>::try_from(value).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(value).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    out.extend(ip.map(|ip| format!("IP:{ip}")));
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(out)
+}
+
+const BOOLEAN: u8 = 0x01;
 const INTEGER: u8 = 0x02;
+const OCTET_STRING: u8 = 0x04;
 const OID: u8 = 0x06;
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
@@ -61,6 +139,13 @@ const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
 /// `[0] EXPLICIT Version` in a `TBSCertificate`.
 const VERSION: u8 = 0xa0;
+/// `[3] EXPLICIT Extensions` in a `TBSCertificate`.
+const EXTENSIONS: u8 = 0xa3;
+/// id-ce-subjectAltName, 2.5.29.17.
+const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+/// `GeneralName`'s `[2] dNSName` and `[7] iPAddress` (implicit, primitive).
+const DNS_NAME: u8 = 0x82;
+const IP_ADDRESS: u8 = 0x87;
 
 /// One DER element: (tag, contents, what follows). Single-byte tags only (all X.509 uses).
 fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -230,6 +315,31 @@ mod tests {
             attribute(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01]),
             "1.2.840.113549.1.9.1"
         );
+    }
+
+    #[test]
+    fn subject_names_and_validity_of_a_real_certificate() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["a.test".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        // Most significant first, as CAs write them.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "a.test");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2051, 3, 4);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let info = describe(cert.der()).unwrap();
+        assert_eq!(info.subject, "CN=a.test, O=Example");
+        assert_eq!(info.sans, ["DNS:a.test", "IP:127.0.0.1"]);
+        assert_eq!(format_time(info.not_before), "2020-01-02T00:00:00Z");
+        assert_eq!(format_time(info.not_after), "2051-03-04T00:00:00Z");
+        assert_eq!(info.label(), "a.test");
     }
 
     #[test]

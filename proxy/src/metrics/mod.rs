@@ -26,7 +26,7 @@ pub(crate) use labels::*;
 use series::LazyCounter;
 pub(crate) use series::latency_histogram;
 pub(crate) use text::{Format, encode_as, exposition};
-pub(crate) use tls::{TlsErrorLabels, TlsFailure, TlsFamilies};
+pub(crate) use tls::{HandshakeFailure, TlsErrorLabels, TlsFailure, TlsFamilies};
 
 /// All metric families.
 pub(crate) struct Metrics {
@@ -71,7 +71,8 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     /// Endpoint health gauges and health-check counters.
     pub(crate) health: Arc<HealthFamilies>,
-    /// Certificate expiry gauges and upstream TLS failures.
+    /// TLS: listeners' handshakes, failures and certificate reloads, certificate expiry
+    /// (listeners and clusters) and upstream TLS failures.
     pub(crate) tls: Arc<TlsFamilies>,
 }
 

@@ -1,11 +1,14 @@
-//! TLS metrics: `teeproxy_tls_certificate_expiry_seconds{scope,name,subject}`, the
-//! `notAfter` of every certificate teeproxy holds as a Unix time (scope `cluster`: a
-//! cluster's client certificate; scope `listener`: a listener's certificates), and
-//! `teeproxy_upstream_tls_errors_total{cluster,leg,reason}`, TLS failures to upstreams by
-//! a fixed set of reasons. Certificates are set per (scope, name) whenever a config is
-//! loaded: the series of certificates no longer configured are removed.
+//! TLS metrics.
+//! - `teeproxy_tls_certificate_expiry_seconds{scope,name,subject}`: the `notAfter` of every
+//!   certificate teeproxy holds, as a Unix time (the Prometheus convention for a point in
+//!   time, like blackbox_exporter's `probe_ssl_earliest_cert_expiry`; alert on
+//!   `... - time() < 14 * 86400`). Scope `listener`: the certificates a TLS listener serves
+//!   (`name` is the listener); scope `cluster`: a cluster's client certificate. The series
+//!   of certificates no longer held are removed.
+//! - `teeproxy_upstream_tls_errors_total{cluster,leg,reason}`: TLS failures to upstreams.
+//! - TLS listeners: handshakes, handshake failures by reason, certificate reloads by result.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -51,6 +54,53 @@ pub(crate) struct TlsErrorLabels {
     pub(crate) reason: TlsFailure,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HandshakeFailureLabels {
+    pub(crate) listener: String,
+    pub(crate) reason: HandshakeFailure,
+}
+
+/// Why a TLS handshake failed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum HandshakeFailure {
+    /// Not finished within `handshake_timeout`.
+    timeout,
+    /// Not TLS, or a malformed or unexpected message.
+    protocol,
+    /// No protocol version, cipher suite or group in common (SSLv3, TLS 1.0/1.1, weak suites).
+    no_common_parameters,
+    /// Client certificate required but none sent.
+    client_cert_missing,
+    /// Client certificate sent but not valid (unknown CA, expired, bad signature...).
+    client_cert_invalid,
+    /// The client refused the proxy's certificate (an alert from the client).
+    client_alert,
+    /// No certificate could be loaded for the listener.
+    no_certificate,
+    /// The connection closed or failed during the handshake.
+    io,
+}
+
+impl HandshakeFailure {
+    pub(crate) const ALL: [HandshakeFailure; 8] = [
+        HandshakeFailure::timeout,
+        HandshakeFailure::protocol,
+        HandshakeFailure::no_common_parameters,
+        HandshakeFailure::client_cert_missing,
+        HandshakeFailure::client_cert_invalid,
+        HandshakeFailure::client_alert,
+        HandshakeFailure::no_certificate,
+        HandshakeFailure::io,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CertReloadLabels {
+    pub(crate) listener: String,
+    pub(crate) result: &'static str,
+}
+
 /// The TLS families.
 #[derive(Default)]
 pub(crate) struct TlsFamilies {
@@ -58,6 +108,9 @@ pub(crate) struct TlsFamilies {
     /// The series set, per scope, so a reload removes those that went away.
     current: Mutex<HashSet<CertificateLabels>>,
     pub(crate) upstream_errors: Family<TlsErrorLabels, Counter>,
+    pub(crate) handshake_failures: Family<HandshakeFailureLabels, Counter>,
+    pub(crate) handshakes: Family<super::labels::ListenerLabels, Counter>,
+    pub(crate) reloads: Family<CertReloadLabels, Counter>,
 }
 
 impl TlsFamilies {
@@ -65,8 +118,23 @@ impl TlsFamilies {
     pub(crate) fn register(&self, r: &mut Registry) {
         r.register(
             "tls_certificate_expiry_seconds",
-            "When a certificate teeproxy holds expires (notAfter, Unix time): scope cluster for a cluster's client certificate, listener for a listener's",
+            "When a certificate teeproxy holds expires (notAfter, Unix time): scope listener for the certificates a TLS listener serves, cluster for a cluster's client certificate",
             self.expiry.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes completed, by listener",
+            self.handshakes.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by listener and reason (timeout, protocol, no_common_parameters, client_cert_missing, client_cert_invalid, client_alert, no_certificate, io)",
+            self.handshake_failures.clone(),
+        );
+        r.register(
+            "tls_certificate_reloads",
+            "Re-reads of a TLS listener's certificates and keys (SIGHUP, file change), by result; on error the running certificates stay",
+            self.reloads.clone(),
         );
         r.register(
             "upstream_tls_errors",
@@ -75,29 +143,85 @@ impl TlsFamilies {
         );
     }
 
-    /// The certificates of `scope` are now `certs` (name, subject, notAfter): their
-    /// gauges are set, and those of certificates of `scope` not among them removed.
-    pub(crate) fn set_certificates(&self, scope: &'static str, certs: &[(String, String, i64)]) {
+    /// The certificates of `scope` are now `certs` (name, subject, notAfter): their gauges
+    /// are set, and those of certificates of `scope` not among them removed. With `only`,
+    /// just the series of that name are replaced (one listener's, on its own reload). Two
+    /// certificates with one subject under one name show the earlier `notAfter`.
+    pub(crate) fn set_certificates(
+        &self,
+        scope: &'static str,
+        only: Option<&str>,
+        certs: &[(String, String, i64)],
+    ) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let now: HashSet<CertificateLabels> = certs
-            .iter()
-            .map(|(name, subject, not_after)| {
-                let labels = CertificateLabels {
-                    scope,
-                    name: name.clone(),
-                    subject: subject.clone(),
-                };
-                self.expiry.get_or_create(&labels).set(*not_after);
-                labels
-            })
-            .collect();
+        let mut now: HashMap<CertificateLabels, i64> = HashMap::new();
+        for (name, subject, not_after) in certs {
+            let labels = CertificateLabels {
+                scope,
+                name: name.clone(),
+                subject: subject.clone(),
+            };
+            now.entry(labels)
+                .and_modify(|t| *t = (*t).min(*not_after))
+                .or_insert(*not_after);
+        }
+        for (labels, not_after) in &now {
+            self.expiry.get_or_create(labels).set(*not_after);
+        }
         current.retain(|l| {
-            let keep = l.scope != scope || now.contains(l);
+            let mine = l.scope == scope && only.is_none_or(|n| n == l.name);
+            let keep = !mine || now.contains_key(l);
             if !keep {
                 self.expiry.remove(l);
             }
             keep
         });
-        current.extend(now);
+        current.extend(now.into_keys());
+    }
+
+    /// Creates a TLS listener's series up front, so every reason shows at 0.
+    pub(crate) fn listener(&self, listener: &str) {
+        self.handshakes
+            .get_or_create(&super::labels::ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .get();
+        for reason in HandshakeFailure::ALL {
+            self.failure(listener, reason, 0);
+        }
+        for result in ["ok", "error"] {
+            self.reloads
+                .get_or_create(&CertReloadLabels {
+                    listener: listener.to_string(),
+                    result,
+                })
+                .inc_by(0);
+        }
+    }
+
+    pub(crate) fn failure(&self, listener: &str, reason: HandshakeFailure, n: u64) {
+        self.handshake_failures
+            .get_or_create(&HandshakeFailureLabels {
+                listener: listener.to_string(),
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    pub(crate) fn handshake(&self, listener: &str) {
+        self.handshakes
+            .get_or_create(&super::labels::ListenerLabels {
+                listener: listener.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn reload(&self, listener: &str, ok: bool) {
+        self.reloads
+            .get_or_create(&CertReloadLabels {
+                listener: listener.to_string(),
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
     }
 }

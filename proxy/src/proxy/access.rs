@@ -13,7 +13,8 @@
 //! `method_filtered`, `queue_full`, ...), or `undecided` (its body or primary answer was
 //! still missing; the metrics count the outcome later). Whether a queued copy got its
 //! answer is in the metrics and the comparison records, not here: the line does not wait
-//! for the shadow.
+//! for the shadow. `scheme` is `https` on TLS listeners, and `client_subject` the verified
+//! client certificate's subject (`-` without one).
 //!
 //! Nothing here exists when the access log is off: the handler builds no `AccessLine` and
 //! no `Trace`, and the body wrappers only test an empty `Option`.
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Version};
 
+use super::conn::ConnInfo;
 use crate::http::host::request_host;
 use crate::shadow::trace::Trace;
 
@@ -48,6 +50,10 @@ pub(crate) struct AccessLine {
     pub(crate) trace: Option<Arc<Trace>>,
     /// Response body bytes sent to the client.
     pub(crate) bytes_sent: u64,
+    /// `https` or `http`, and the verified client certificate's subject (TLS listeners
+    /// with `client_ca`).
+    scheme: &'static str,
+    client_subject: Option<Arc<str>>,
 }
 
 impl AccessLine {
@@ -73,7 +79,16 @@ impl AccessLine {
             upstream: None,
             trace: None,
             bytes_sent: 0,
+            scheme: "http",
+            client_subject: None,
         })
+    }
+
+    /// Takes the connection's scheme and client certificate subject.
+    pub(crate) fn client_cert(mut self: Box<Self>, conn: &ConnInfo) -> Box<Self> {
+        self.scheme = conn.proto;
+        self.client_subject = conn.client_subject.clone();
+        self
     }
 
     /// The answer's side, known when the response head is ready.
@@ -110,6 +125,8 @@ impl AccessLine {
             duration_ms = ms(self.start.elapsed()),
             endpoint = self.endpoint.as_deref().unwrap_or("-"),
             client = %self.client,
+            scheme = self.scheme,
+            client_subject = self.client_subject.as_deref().unwrap_or("-"),
             shadow = %self.trace.as_deref().map_or_else(|| "-".to_string(), Trace::to_string),
             complete,
         );

@@ -1,6 +1,7 @@
 //! What the handler knows about the client connection a request came on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::tunnel::Tunnels;
@@ -17,6 +18,8 @@ pub struct ConnInfo {
     pub tunnels: Tunnels,
     /// Idle limit for a tunnel (no byte either way).
     pub tunnel_idle: Duration,
+    /// On a TLS listener with client certificates: the verified client's subject.
+    pub client_subject: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -27,6 +30,15 @@ impl ConnInfo {
             proto: "http",
             tunnels: Tunnels::default(),
             tunnel_idle,
+            client_subject: None,
         }
+    }
+
+    /// The same, over TLS (`X-Forwarded-Proto: https`), with the client certificate's
+    /// subject when one was verified.
+    pub fn with_tls(mut self, client_subject: Option<Arc<str>>) -> Self {
+        self.proto = "https";
+        self.client_subject = client_subject;
+        self
     }
 }

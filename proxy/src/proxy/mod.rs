@@ -87,7 +87,7 @@ impl Proxy {
         let request_id = self.ids.ensure(req.headers_mut());
         let mut log = snap
             .access_log
-            .then(|| AccessLine::new(&req, &request_id, conn.peer.ip(), start));
+            .then(|| AccessLine::new(&req, &request_id, conn.peer.ip(), start).client_cert(&conn));
         let upgrade = Upgrade::of(&req);
         let version = req.version();
         let grpc = crate::http::grpc::is_grpc(req.headers());

@@ -105,7 +105,7 @@ impl Snapshot {
                 Some((name.clone(), info.subject, info.not_after))
             })
             .collect();
-        metrics.tls.set_certificates("cluster", &certificates);
+        metrics.tls.set_certificates("cluster", None, &certificates);
         // Only clusters some route serves from get a primary leg (and its checker).
         let primaries: HashMap<&str, Arc<Cluster<PrimaryBody>>> = config
             .clusters

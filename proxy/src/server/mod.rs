@@ -1,7 +1,8 @@
 //! Client-facing listeners: accept loop, protocol detection under the head time limit,
 //! HTTP/1.1 and h2c on the same port, per-connection time limits (head, idle, write),
-//! the rapid-reset guard, graceful drain. TLS will slot in at `serve_stream` (accept the
-//! handshake under the same time limit, then hand the stream on).
+//! the rapid-reset guard, graceful drain. On a TLS listener the handshake runs first, in
+//! the connection's task (under the connection cap, with its own time limit), and the
+//! decrypted stream is served the same way.
 
 pub(crate) mod clock;
 pub(crate) mod guard;
@@ -26,6 +27,7 @@ use crate::metrics::{CloseReason, GaugeGuard, ListenerMetrics};
 use crate::proxy::Proxy;
 use crate::proxy::conn::ConnInfo;
 use crate::shutdown::stopped;
+use crate::tls::{Session, TlsListener};
 use clock::{ClockLimits, ConnClock, Expiry, Tracked};
 use guard::{GuardedIo, H1Tracker};
 
@@ -90,6 +92,7 @@ impl Server {
     pub(crate) async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<Arc<TlsListener>>,
         metrics: ListenerMetrics,
         mut shutdown: watch::Receiver<bool>,
     ) -> JoinSet<()> {
@@ -117,10 +120,20 @@ impl Server {
                     let server = self.clone();
                     let m = metrics.clone();
                     let stop = shutdown.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
                         let _open = open;
                         let _slot = slot;
-                        server.serve_stream(stream, peer, &m, stop).await;
+                        match tls {
+                            None => server.serve_stream(stream, peer, &m, stop, None).await,
+                            Some(tls) => {
+                                if let Some((stream, session)) = tls.accept(stream, peer).await {
+                                    server
+                                        .serve_stream(stream, peer, &m, stop, Some(session))
+                                        .await;
+                                }
+                            }
+                        }
                     });
                 }
                 Err(e) => {
@@ -147,6 +160,7 @@ impl Server {
         peer: SocketAddr,
         metrics: &ListenerMetrics,
         mut stop: watch::Receiver<bool>,
+        tls: Option<Session>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -175,7 +189,10 @@ impl Server {
             Some(clock.clone()),
         ));
         let proxy = self.proxy.clone();
-        let info = ConnInfo::new(peer, self.idle_timeout);
+        let mut info = ConnInfo::new(peer, self.idle_timeout);
+        if let Some(session) = tls {
+            info = info.with_tls(session.client_subject);
+        }
         let tunnels = info.tunnels.clone();
         let svc_clock = clock.clone();
         let svc = service_fn(move |req| {

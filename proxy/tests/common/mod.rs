@@ -93,3 +93,58 @@ pub fn tool(name: &str, candidates: &[PathBuf], install: &str) -> Option<PathBuf
     eprintln!("SKIPPED: {name} not found ({install})");
     None
 }
+
+/// Test certificates made with rcgen: a self-signed certificate for `names` (`CN=<first>`),
+/// written as `<dir>/<stem>.crt` and `<dir>/<stem>.key`.
+pub fn write_self_signed(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or(stem),
+    );
+    if stem.ends_with("ca") {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("certificate");
+    std::fs::create_dir_all(dir).expect("dir");
+    let (c, k) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&c, cert.pem()).expect("write cert");
+    std::fs::write(&k, key.serialize_pem()).expect("write key");
+    (c, k)
+}
+
+/// A shipped config's text with its `/etc/teeproxy/tls/` files made (self-signed, by
+/// rcgen) in a temporary folder and the paths pointing there, so `teeproxy check` can read
+/// them.
+pub fn with_test_tls_files(text: &str, name: &str) -> String {
+    const DIR: &str = "/etc/teeproxy/tls/";
+    if !text.contains(DIR) {
+        return text.to_string();
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "teeproxy-bin-tests-{}/tls-{name}",
+        std::process::id()
+    ));
+    let mut rest = text;
+    while let Some(at) = rest.find(DIR) {
+        let file: String = rest[at + DIR.len()..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !matches!(c, '"' | ',' | '}' | ']'))
+            .collect();
+        if let Some(stem) = file
+            .strip_suffix(".crt")
+            .or_else(|| file.strip_suffix(".key"))
+            && !dir.join(format!("{stem}.crt")).exists()
+        {
+            write_self_signed(&dir, stem, &[stem]);
+        }
+        rest = &rest[at + DIR.len()..];
+    }
+    text.replace(DIR, &format!("{}/", dir.display()))
+}

@@ -1,0 +1,284 @@
+//! TLS listeners: a listener's rustls server config (ring provider, TLS 1.2 and 1.3 only,
+//! the provider's AEAD suites, ALPN `h2` and `http/1.1`, certificates chosen by SNI,
+//! optional client certificates), swapped whole when its files are re-read (SIGHUP, a file
+//! change): new connections get the new certificates, open ones keep theirs. A file that
+//! does not load keeps the running config (logged, counted). The handshake runs under its
+//! own time limit and each failure is counted by reason.
+
+mod certs;
+mod resolve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+pub use certs::{CertInfo, TlsError};
+
+use crate::config::{ClientAuth, Config, ListenerTls};
+use crate::metrics::{HandshakeFailure, TlsFamilies};
+use resolve::SniResolver;
+
+/// The crypto provider of every TLS config teeproxy builds (ring; never aws-lc-rs).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of one TLS listener, as `teeproxy check` reports them.
+#[derive(Debug, Clone)]
+pub struct ListenerCerts {
+    pub listener: String,
+    /// In config order, with the server names each serves.
+    pub certificates: Vec<(CertInfo, Vec<String>)>,
+    pub default: usize,
+}
+
+/// Reads every TLS listener's files as the proxy would at start (certificates, keys and
+/// whether they match, client CAs); the first problem names the file and the config key.
+pub fn inspect(config: &Config) -> Result<Vec<ListenerCerts>, TlsError> {
+    let provider = provider();
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            let built = build(
+                tls,
+                &provider,
+                &format!("listeners[{}]", index(config, &l.name)),
+            )?;
+            out.push(ListenerCerts {
+                listener: l.name.clone(),
+                certificates: built
+                    .infos
+                    .into_iter()
+                    .zip(tls.certificates.iter().map(|c| c.server_names.clone()))
+                    .collect(),
+                default: tls.default,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn index(config: &Config, name: &str) -> usize {
+    config
+        .listeners
+        .iter()
+        .position(|l| l.name == name)
+        .unwrap_or(0)
+}
+
+struct Built {
+    config: Arc<ServerConfig>,
+    infos: Vec<CertInfo>,
+}
+
+/// Reads a listener's files and builds its server config.
+fn build(tls: &ListenerTls, provider: &Arc<CryptoProvider>, key: &str) -> Result<Built, TlsError> {
+    let mut certs = Vec::new();
+    let mut infos = Vec::new();
+    for c in &tls.certificates {
+        let loaded = certs::load_pair(c, provider)?;
+        infos.push(loaded.info);
+        certs.push((loaded.key, c.server_names.clone()));
+    }
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Invalid {
+            key: format!("{key}.tls"),
+            file: String::new(),
+            message: e.to_string(),
+        })?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let ca_key = format!("{key}.tls.client_ca");
+            let roots = certs::load_roots(path, &ca_key)?;
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            if tls.client_auth == ClientAuth::Optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().map_err(|e| TlsError::Invalid {
+                key: ca_key,
+                file: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(certs, tls.default)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order of suites (ring's: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305,
+    // ECDHE only), not the client's: every suite offered is strong either way, but TLS
+    // audits (testssl.sh) flag a server without an order of its own.
+    config.ignore_client_order = true;
+    Ok(Built {
+        config: Arc::new(config),
+        infos,
+    })
+}
+
+/// What a TLS connection tells the handler about its client.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Session {
+    /// The verified client certificate's subject.
+    pub(crate) client_subject: Option<Arc<str>>,
+}
+
+/// One TLS listener's running state.
+pub(crate) struct TlsListener {
+    name: String,
+    /// `listeners[i]`, for errors.
+    key: String,
+    settings: ListenerTls,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwapOption<ServerConfig>,
+    metrics: Arc<TlsFamilies>,
+}
+
+impl TlsListener {
+    /// Reads the listener's files; when they do not load (they were checked at start, so
+    /// they changed since), the error is logged and counted and handshakes fail until a
+    /// reload succeeds.
+    pub(crate) fn new(
+        name: &str,
+        key: String,
+        settings: &ListenerTls,
+        metrics: Arc<TlsFamilies>,
+    ) -> Arc<Self> {
+        metrics.listener(name);
+        let l = Arc::new(TlsListener {
+            name: name.to_string(),
+            key,
+            settings: settings.clone(),
+            provider: provider(),
+            current: ArcSwapOption::empty(),
+            metrics,
+        });
+        l.reload();
+        l
+    }
+
+    /// The files to watch.
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .settings
+            .certificates
+            .iter()
+            .flat_map(|c| [c.cert.clone(), c.key.clone()])
+            .collect();
+        files.extend(self.settings.client_ca.clone());
+        files
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Re-reads the certificates, keys and client CAs; on success new connections use
+    /// them; on failure the running ones stay (logged, counted). Returns whether it loaded.
+    pub(crate) fn reload(&self) -> bool {
+        match build(&self.settings, &self.provider, &self.key) {
+            Ok(built) => {
+                let expiry: Vec<(String, String, i64)> = built
+                    .infos
+                    .iter()
+                    .map(|i| (self.name.clone(), i.subject.clone(), i.not_after))
+                    .collect();
+                self.metrics
+                    .set_certificates("listener", Some(&self.name), &expiry);
+                self.current.store(Some(built.config));
+                self.metrics.reload(&self.name, true);
+                for info in &built.infos {
+                    tracing::info!(
+                        listener = %self.name,
+                        subject = %info.subject,
+                        sans = %info.sans.join(","),
+                        not_after = info.not_after,
+                        "TLS certificate loaded"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                self.metrics.reload(&self.name, false);
+                let running = self.current.load().is_some();
+                tracing::error!(
+                    listener = %self.name,
+                    error = %e,
+                    "TLS certificates not loaded; {}",
+                    if running { "the running ones stay" } else { "handshakes fail until they load" }
+                );
+                false
+            }
+        }
+    }
+
+    /// Runs the handshake within the listener's time limit; a failure is counted by reason
+    /// and logged at debug.
+    pub(crate) async fn accept<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+    ) -> Option<(TlsStream<S>, Session)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(config) = self.current.load_full() else {
+            self.fail(
+                HandshakeFailure::no_certificate,
+                peer,
+                "no certificate loaded",
+            );
+            return None;
+        };
+        let accept = TlsAcceptor::from(config).accept(stream);
+        let stream = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
+            Err(_) => {
+                self.fail(HandshakeFailure::timeout, peer, "handshake timed out");
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.fail(reason(&e), peer, &e.to_string());
+                return None;
+            }
+            Ok(Ok(s)) => s,
+        };
+        self.metrics.handshake(&self.name);
+        let client_subject = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(certs::subject)
+            .map(Arc::from);
+        Some((stream, Session { client_subject }))
+    }
+
+    fn fail(&self, reason: HandshakeFailure, peer: SocketAddr, error: &str) {
+        self.metrics.failure(&self.name, reason, 1);
+        tracing::debug!(listener = %self.name, %peer, ?reason, error, "TLS handshake failed");
+    }
+}
+
+/// The reason a handshake error is counted under.
+fn reason(e: &std::io::Error) -> HandshakeFailure {
+    use rustls::Error as E;
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) else {
+        return HandshakeFailure::io;
+    };
+    match tls {
+        E::NoCertificatesPresented => HandshakeFailure::client_cert_missing,
+        E::InvalidCertificate(_) => HandshakeFailure::client_cert_invalid,
+        E::PeerIncompatible(_) => HandshakeFailure::no_common_parameters,
+        E::AlertReceived(_) => HandshakeFailure::client_alert,
+        _ => HandshakeFailure::protocol,
+    }
+}
