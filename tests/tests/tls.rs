@@ -338,3 +338,53 @@ async fn a_client_that_never_finishes_the_handshake_is_closed_at_the_timeout_and
             == 0.0
     );
 }
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_session_also_after_a_certificate_rotation() {
+    let dir = temp_dir("resume");
+    let ca = TestCa::new("test CA");
+    let old = ca.issue("old", &["proxy.test"]);
+    let new = ca.issue("new", &["proxy.test"]);
+    let (cert, key) = old.write(&dir, "proxy");
+    let primary = FakeUpstream::start().await;
+    let proxy = TestProxy::start(&with_tls(
+        &simple_yaml(&[primary.url()], ""),
+        &pair(&cert, &key),
+    ))
+    .await;
+    // One client config: rustls keeps the tickets it was given for the next connection.
+    let client = client_config(&[ca.der()], H1, None);
+    let visit = |client| async move {
+        let stream = connect(proxy.addr, "proxy.test", client)
+            .await
+            .expect("handshake");
+        let kind = stream.get_ref().1.handshake_kind();
+        // A request and its answer: TLS 1.3 tickets arrive after the handshake.
+        let resp = Sender::new(stream).await.get("proxy.test", "/").await;
+        assert_eq!(resp.status(), 200);
+        kind
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(visit(client.clone()).await, Some(Full));
+    assert_eq!(visit(client.clone()).await, Some(Resumed));
+    let resumed = "teeproxy_tls_sessions_resumed_total{listener=\"public\"}";
+    assert_eq!(proxy.metric(resumed).await, 1.0);
+    assert_eq!(
+        proxy
+            .metric("teeproxy_tls_handshakes_total{listener=\"public\"}")
+            .await,
+        2.0
+    );
+
+    new.write(&dir, "proxy");
+    assert_eventually!(
+        serves(proxy.addr, &ca, &new).await,
+        "the new certificate is served"
+    );
+    assert_eq!(
+        visit(client.clone()).await,
+        Some(Resumed),
+        "the session cache outlives the rotation"
+    );
+    assert_eq!(proxy.metric(resumed).await, 2.0);
+}

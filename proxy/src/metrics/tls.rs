@@ -110,6 +110,7 @@ pub(crate) struct TlsFamilies {
     pub(crate) upstream_errors: Family<TlsErrorLabels, Counter>,
     pub(crate) handshake_failures: Family<HandshakeFailureLabels, Counter>,
     pub(crate) handshakes: Family<super::labels::ListenerLabels, Counter>,
+    pub(crate) resumed: Family<super::labels::ListenerLabels, Counter>,
     pub(crate) reloads: Family<CertReloadLabels, Counter>,
 }
 
@@ -125,6 +126,11 @@ impl TlsFamilies {
             "tls_handshakes",
             "TLS handshakes completed, by listener",
             self.handshakes.clone(),
+        );
+        r.register(
+            "tls_sessions_resumed",
+            "TLS handshakes that resumed a session (a ticket or session id), by listener; also counted in teeproxy_tls_handshakes_total",
+            self.resumed.clone(),
         );
         r.register(
             "tls_handshake_failures",
@@ -181,11 +187,11 @@ impl TlsFamilies {
 
     /// Creates a TLS listener's series up front, so every reason shows at 0.
     pub(crate) fn listener(&self, listener: &str) {
-        self.handshakes
-            .get_or_create(&super::labels::ListenerLabels {
-                listener: listener.to_string(),
-            })
-            .get();
+        let labels = super::labels::ListenerLabels {
+            listener: listener.to_string(),
+        };
+        self.handshakes.get_or_create(&labels).get();
+        self.resumed.get_or_create(&labels).get();
         for reason in HandshakeFailure::ALL {
             self.failure(listener, reason, 0);
         }
@@ -208,12 +214,15 @@ impl TlsFamilies {
             .inc_by(n);
     }
 
-    pub(crate) fn handshake(&self, listener: &str) {
-        self.handshakes
-            .get_or_create(&super::labels::ListenerLabels {
-                listener: listener.to_string(),
-            })
-            .inc();
+    /// A finished handshake; `resumed`: it resumed a session.
+    pub(crate) fn handshake(&self, listener: &str, resumed: bool) {
+        let labels = super::labels::ListenerLabels {
+            listener: listener.to_string(),
+        };
+        self.handshakes.get_or_create(&labels).inc();
+        if resumed {
+            self.resumed.get_or_create(&labels).inc();
+        }
     }
 
     pub(crate) fn reload(&self, listener: &str, ok: bool) {
