@@ -13,6 +13,14 @@
 #                                   three rounds each, interleaved (10 s each): what
 #                                   comparing and the verdict's pairing cost in requests per
 #                                   CPU-second
+#   loadgen/bench/run.sh --tls      HTTPS side by side: teeproxy, nginx and Envoy terminating
+#                                   TLS with one certificate (ECDSA P-256, made by openssl),
+#                                   plain and mirroring to a fast shadow, HTTP/1.1 (h2load
+#                                   --h1, 32 connections) and HTTP/2 (h2load, 10 connections
+#                                   x 10 streams); new handshakes per second, full and
+#                                   resumed (openssl s_time -new / -reuse, 4 clients, one
+#                                   request per connection); 3 interleaved rounds of 8 s
+#                                   (installs nghttp2-client for h2load; ~12 min)
 #   loadgen/bench/run.sh --h2c      teeproxy only: a fast shadow spoken to over HTTP/1.1
 #                                   (`protocol: http1`) and over h2c (`protocol: h2c`), 3
 #                                   interleaved rounds of 10 s each, GET and POST 64 KiB;
@@ -28,11 +36,15 @@ SMOKE=0
 AMPLIFY_ONLY=0
 COMPARE_ONLY=0
 H2C_ONLY=0
+TLS_ONLY=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 [ "${1:-}" = "--amplify" ] && AMPLIFY_ONLY=1
 [ "${1:-}" = "--compare" ] && COMPARE_ONLY=1 && AMPLIFY_ONLY=1
 # The h2c comparison is a teeproxy-only run like --amplify (no peers, no direct row).
 [ "${1:-}" = "--h2c" ] && AMPLIFY_ONLY=1 && H2C_ONLY=1
+[ "${1:-}" = "--tls" ] && TLS_ONLY=1
+# TLS on the proxies' listener (the --tls rounds): the certificate and key files.
+TLS=0
 # Options of the shadow cluster in teeproxy's config (the --h2c rounds set `protocol`).
 SHADOW_CLUSTER=""
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -69,6 +81,10 @@ if [ "$SMOKE" = 0 ] && [ "$AMPLIFY_ONLY" = 0 ]; then
   fi
   ENVOY="$VENV/bin/envoy"
   PROXIES="teeproxy nginx envoy"
+fi
+if [ "$TLS_ONLY" = 1 ] && ! command -v h2load >/dev/null 2>&1; then
+  echo "== installing nghttp2-client (h2load)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client openssl >/dev/null
 fi
 
 start() { # start CMD...: run in the background, remember the PID
@@ -116,8 +132,10 @@ served() { # served PORT: requests a demo upstream served so far
 write_teeproxy() { # write_teeproxy SHADOW_PORT [SHADOW_OPTIONS]
   local shadows=""
   [ -n "$1" ] && shadows=", shadows: [{ cluster: shadow, methods: any${2:+, $2} }]"
+  local tls=""
+  [ "$TLS" = 1 ] && tls=", tls: { cert: \"$WORK/cert.pem\", key: \"$WORK/key.pem\" }"
   cat >"$WORK/tee.yaml" <<EOF
-listeners: [{ name: public, address: "127.0.0.1:$PROXY" }]
+listeners: [{ name: public, address: "127.0.0.1:$PROXY"$tls }]
 admin: { address: "127.0.0.1:$ADMIN" }
 clusters:
   primary: { endpoints: ["http://127.0.0.1:$UP"] }
@@ -132,6 +150,16 @@ EOF
 write_nginx() { # write_nginx SHADOW_PORT
   local mirror=""
   [ -n "$1" ] && mirror="mirror /__mirror; mirror_request_body on;"
+  # HTTPS: Mozilla's intermediate settings (a shared session cache, TLS 1.2 and 1.3).
+  local tls=";"
+  [ "$TLS" = 1 ] && tls=" ssl http2;
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 1d;
+    # h2load does not reconnect after nginx's GOAWAY at the default 1000 requests.
+    keepalive_requests 1000000;"
   cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -145,7 +173,7 @@ http {
   upstream primary { server 127.0.0.1:$UP; keepalive 64; }
   upstream shadow { server 127.0.0.1:${1:-$CLOSED}; keepalive 64; }
   server {
-    listen 127.0.0.1:$PROXY;
+    listen 127.0.0.1:$PROXY$tls
     location / {
       $mirror
       proxy_http_version 1.1;
@@ -166,6 +194,15 @@ EOF
 write_envoy() { # write_envoy SHADOW_PORT
   local mirror=""
   [ -n "$1" ] && mirror="request_mirror_policies: [{ cluster: shadow }]"
+  local tls=""
+  [ "$TLS" = 1 ] && tls="transport_socket:
+            name: envoy.transport_sockets.tls
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+              common_tls_context:
+                alpn_protocols: [h2, http/1.1]
+                tls_certificates: [{ certificate_chain: { filename: \"$WORK/cert.pem\" }, private_key: { filename: \"$WORK/key.pem\" } }]
+          "
   cat >"$WORK/envoy.yaml" <<EOF
 admin: { address: { socket_address: { address: 127.0.0.1, port_value: 19902 } } }
 static_resources:
@@ -173,12 +210,17 @@ static_resources:
     - name: public
       address: { socket_address: { address: 127.0.0.1, port_value: $PROXY } }
       filter_chains:
-        - filters:
+        - ${tls}filters:
             - name: envoy.filters.network.http_connection_manager
               typed_config:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: public
                 codec_type: AUTO
+                # openssl s_time (the --tls handshake rounds) speaks HTTP/1.0 without a Host
+                # and waits for the close; Envoy would answer 426, and then hold the
+                # connection for its 1 s delayed close.
+                http_protocol_options: { accept_http_10: true, default_host_for_http_10: bench.test }
+                delayed_close_timeout: 0s
                 route_config:
                   virtual_hosts:
                     - name: all
@@ -318,6 +360,123 @@ if [ "$COMPARE_ONLY" = 1 ]; then
   done
 elif [ "$H2C_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; h2c_cases
 elif [ "$AMPLIFY_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; amplify_cases; fi
+# HTTPS: one round is every scenario for every proxy; rounds interleave so that the shared
+# machine's noise falls on all alike. h2load and openssl s_time are the clients (third-party
+# and the same for all three); CPU is the proxy's own, from /proc.
+TLS_ROWS="$WORK/tls.tsv"
+run_tls_case() { # run_tls_case SCENARIO KIND SHADOW LOAD(h1|h2|new|reuse) ROUND
+  local scenario=$1 kind=$2 shadow=$3 load=$4 round=$5
+  local sport; sport=$(shadow_port "$shadow")
+  start_proxy "$kind" "$sport"
+  local url="https://127.0.0.1:$PROXY/bench" secs=${DUR%s}
+  local h2load=(h2load -t 1 "$url")
+  case "$load" in
+    h1) h2load+=(--h1 -c 32) ;;
+    h2) h2load+=(-c 10 -m 10) ;;
+  esac
+  local s_time=(openssl s_time -connect "127.0.0.1:$PROXY" -www /bench -time "$secs")
+  case "$load" in
+    h1|h2) $LOAD_CPU "${h2load[@]}" -D 1 >/dev/null 2>&1 ;;
+    new|reuse) $LOAD_CPU "${s_time[@]}" -new -time 1 >/dev/null 2>&1 ;;
+  esac
+  local got_before=0 primary_before; primary_before=$(served $UP)
+  [ "$shadow" = fast ] && got_before=$(served "$sport")
+  local t0 w0 w1 t1; t0=$(cpu_ticks $PROXY_PID); w0=$(date +%s.%N)
+  case "$load" in
+    h1|h2) $LOAD_CPU "${h2load[@]}" -D "$secs" >"$WORK/load.out" 2>&1 || true ;;
+    new|reuse)
+      local clients=()
+      for i in 1 2 3 4; do
+        $LOAD_CPU "${s_time[@]}" "-$load" >"$WORK/load.$i.out" 2>&1 &
+        clients+=($!)
+      done
+      for c in "${clients[@]}"; do wait "$c" || true; done
+      cat "$WORK"/load.?.out >"$WORK/load.out"
+      rm -f "$WORK"/load.?.out ;;
+  esac
+  w1=$(date +%s.%N); t1=$(cpu_ticks $PROXY_PID)
+  local got="-" primary; primary=$(( $(served $UP) - primary_before ))
+  [ "$shadow" = fast ] && got=$(( $(served "$sport") - got_before ))
+  stop $PROXY_PID
+  python3 - "$WORK/load.out" "$scenario" "$kind" "$round" "$load" "$t0" "$t1" "$(getconf CLK_TCK)" "$w0" "$w1" "$primary" "$got" >>"$TLS_ROWS" <<'PY'
+import re, sys
+out = open(sys.argv[1]).read()
+scenario, kind, rnd, load = sys.argv[2:6]
+t0, t1, tck, w0, w1 = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), float(sys.argv[9]), float(sys.argv[10])
+primary, got = sys.argv[11], sys.argv[12]
+cpu = (t1 - t0) / tck
+mean_ms, resumed = "-", "-"
+if load in ("h1", "h2"):
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    done, errors = (int(m.group(1)), sum(int(g) for g in m.groups()[1:])) if m else (0, -1)
+    secs = float(re.search(r"finished in ([\d.]+)s", out).group(1)) if "finished in" in out else w1 - w0
+    lat = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if lat:
+        v = lat.group(1)
+        mean_ms = f"{float(v[:-2]) / 1000:.2f}" if v.endswith("us") else f"{float(v[:-2]):.2f}" if v.endswith("ms") else v
+else:
+    done = sum(int(n) for n in re.findall(r"(\d+) connections in [\d.]+ real seconds", out))
+    # s_time prints one character per connection: `*` a full handshake, `r` a resumed one.
+    marks = "".join(l for l in out.splitlines() if l and set(l) <= set("*r"))
+    resumed = f"{100 * marks.count('r') / len(marks):.0f}%" if marks else "-"
+    errors = "-"  # s_time does not count failures: compare with `primary got`
+    secs = w1 - w0
+per_cpu = done / cpu if cpu > 0 else 0
+print("\t".join(str(x) for x in [scenario, kind, rnd, round(done / secs), mean_ms, errors, round(cpu, 2), round(per_cpu), resumed, primary, got]))
+PY
+  tail -n 1 "$TLS_ROWS" | tr '\t' ' ' >&2
+}
+tls_cases() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 2>/dev/null
+  TLS=1; DUR=${TLS_SECONDS:-8}s
+  : >"$TLS_ROWS"
+  for round in $(seq 1 "${TLS_ROUNDS:-3}"); do
+    for kind in $PROXIES; do
+      run_tls_case https-h1-plain "$kind" none h1 "$round"
+      run_tls_case https-h1-fast-shadow "$kind" fast h1 "$round"
+      run_tls_case https-h2-plain "$kind" none h2 "$round"
+      run_tls_case https-h2-fast-shadow "$kind" fast h2 "$round"
+      run_tls_case handshakes-new "$kind" none new "$round"
+      run_tls_case handshakes-resumed "$kind" none reuse "$round"
+    done
+  done
+  TLS=0
+  python3 - "$TLS_ROWS" <<'PY'
+import sys
+from statistics import mean
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print("| scenario | proxy | round | req or handshakes /s | mean ms | errors | proxy CPU s | per CPU-s | resumed | primary got | shadow got |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+by = {}
+for r in rows:
+    by.setdefault((r[0], r[1]), []).append((float(r[3]), float(r[7])))
+scenarios = list(dict.fromkeys(r[0] for r in rows))
+peers = [p for p in dict.fromkeys(r[1] for r in rows) if p != "teeproxy"]
+print()
+print("| scenario (mean of rounds) | " + " | ".join(f"{p} per CPU-s" for p in ["teeproxy"] + peers) + " | " + " | ".join(f"teeproxy/{p} per CPU-s | teeproxy/{p} per s" for p in peers) + " |")
+print("|---|" + "---:|" * (1 + len(peers)) + "---:|---:|" * len(peers))
+for s in scenarios:
+    t = by.get((s, "teeproxy"))
+    if not t:
+        continue
+    tr, tc = mean(x[0] for x in t), mean(x[1] for x in t)
+    cells = [f"{tc:.0f}"]
+    ratios = []
+    for p in peers:
+        o = by.get((s, p))
+        if not o:
+            cells.append("-"); ratios += ["-", "-"]; continue
+        orr, oc = mean(x[0] for x in o), mean(x[1] for x in o)
+        cells.append(f"{oc:.0f}")
+        ratios += [f"{tc / oc:.2f}" if oc else "-", f"{tr / orr:.2f}" if orr else "-"]
+    print(f"| {s} | " + " | ".join(cells + ratios) + " |")
+PY
+}
+if [ "$TLS_ONLY" = 1 ]; then tls_cases; exit 0; fi
 [ "$AMPLIFY_ONLY" = 1 ] || run_case direct direct none GET 0
 for kind in $PROXIES; do
   run_case plain "$kind" none GET 0
