@@ -1,5 +1,5 @@
 //! Route matching, and nothing else: ordered rules (path prefix, optional exact host,
-//! optional methods), first match wins, answered with the route's position. What a route
+//! optional methods, gRPC only, a client certificate's subject), first match wins, answered with the route's position. What a route
 //! does (its primary, shadows, statistics) is built beside the table in `proxy::snapshot`.
 
 use http::Method;
@@ -16,6 +16,8 @@ struct Rule {
     methods: Option<Vec<Method>>,
     /// gRPC calls only.
     grpc: bool,
+    /// The verified client certificate's subject, exact.
+    client_subject: Option<String>,
 }
 
 /// The ordered route table.
@@ -37,19 +39,22 @@ impl RouteTable {
                     .map(|h| strip_port(h).to_ascii_lowercase()),
                 methods: r.match_.methods.clone(),
                 grpc: r.match_.grpc,
+                client_subject: r.match_.client_subject.clone(),
             })
             .collect();
         RouteTable { rules }
     }
 
     /// The position of the first route matching the request, if any. `host` is the host
-    /// the client asked for (port allowed); `grpc`: the request is a gRPC call.
+    /// the client asked for (port allowed); `grpc`: the request is a gRPC call;
+    /// `client_subject`: the connection's verified client certificate's subject.
     pub(crate) fn find(
         &self,
         method: &Method,
         host: Option<&str>,
         raw_path: &str,
         grpc: bool,
+        client_subject: Option<&str>,
     ) -> Option<usize> {
         let host = host.map(strip_port);
         self.rules.iter().position(|r| {
@@ -59,6 +64,9 @@ impl RouteTable {
                     .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)))
                 && r.methods.as_ref().is_none_or(|ms| ms.contains(method))
                 && (grpc || !r.grpc)
+                && r.client_subject
+                    .as_deref()
+                    .is_none_or(|want| client_subject == Some(want))
         })
     }
 }
@@ -103,7 +111,8 @@ mod tests {
         ];
         for (m, host, path, want) in cases {
             assert_eq!(
-                t.find(&m, host, path, false).map(|i| names[i].as_str()),
+                t.find(&m, host, path, false, None)
+                    .map(|i| names[i].as_str()),
                 want,
                 "{m} {host:?} {path}"
             );
@@ -116,20 +125,20 @@ mod tests {
             "  - { name: only, match: { path_prefix: /only, host: h.example, methods: [GET] }, primary: a }\n",
         );
         assert!(
-            t.find(&Method::GET, Some("other.example"), "/only", false)
+            t.find(&Method::GET, Some("other.example"), "/only", false, None)
                 .is_none()
         );
         assert!(
-            t.find(&Method::POST, Some("h.example"), "/only", false)
+            t.find(&Method::POST, Some("h.example"), "/only", false, None)
                 .is_none()
         );
         assert!(
-            t.find(&Method::GET, Some("h.example"), "/else", false)
+            t.find(&Method::GET, Some("h.example"), "/else", false, None)
                 .is_none()
         );
-        assert!(t.find(&Method::GET, None, "/only", false).is_none());
+        assert!(t.find(&Method::GET, None, "/only", false, None).is_none());
         assert!(
-            t.find(&Method::GET, Some("h.example"), "/only/x", false)
+            t.find(&Method::GET, Some("h.example"), "/only/x", false, None)
                 .is_some()
         );
     }
@@ -140,10 +149,24 @@ mod tests {
             "  - { name: grpc, match: { path_prefix: /, grpc: true }, primary: a }\n  - { name: rest, primary: b }\n",
         );
         let name = |grpc| {
-            t.find(&Method::POST, None, "/pkg.Svc/Call", grpc)
+            t.find(&Method::POST, None, "/pkg.Svc/Call", grpc, None)
                 .map(|i| names[i].as_str())
         };
         assert_eq!(name(true), Some("grpc"));
         assert_eq!(name(false), Some("rest"));
+    }
+
+    #[test]
+    fn client_subject_routes_take_only_that_verified_client() {
+        let yaml = "listeners: [{ name: l, address: \"127.0.0.1:1\", tls: { cert: a.crt, key: a.key, client_ca: ca.crt, client_auth: optional } }]\nclusters:\n  a: { endpoints: [\"http://127.0.0.1:2\"] }\nroutes:\n  - { name: alice, match: { client_subject: \"CN=alice, O=Example\" }, primary: a }\n  - { name: rest, primary: a }\n";
+        let config = Config::from_yaml(yaml).unwrap();
+        let t = RouteTable::new(&config.routes);
+        let name = |subject| {
+            t.find(&Method::GET, None, "/", false, subject)
+                .map(|i| config.routes[i].name.as_str())
+        };
+        assert_eq!(name(Some("CN=alice, O=Example")), Some("alice"));
+        assert_eq!(name(Some("CN=alice")), Some("rest"), "exact, not a prefix");
+        assert_eq!(name(None), Some("rest"), "no certificate");
     }
 }

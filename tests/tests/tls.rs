@@ -388,3 +388,48 @@ async fn a_returning_client_resumes_its_session_also_after_a_certificate_rotatio
     );
     assert_eq!(proxy.metric(resumed).await, 2.0);
 }
+
+#[tokio::test]
+async fn a_route_for_one_client_certificate_subject_takes_only_that_client() {
+    let dir = temp_dir("subject-route");
+    let ca = TestCa::new("server CA");
+    let clients = TestCa::new("client CA");
+    let (cert, key) = ca.issue("proxy.test", &["proxy.test"]).write(&dir, "proxy");
+    let client_ca = clients.write(&dir, "clients.crt");
+    let alice = clients.issue("alice", &["alice.clients.test"]);
+    let bob = clients.issue("bob", &["bob.clients.test"]);
+    let partners = FakeUpstream::start().await;
+    let public = FakeUpstream::start().await;
+    let yaml = format!(
+        "listeners: [{{ name: public, address: \"127.0.0.1:0\", tls: {{ cert: \"{}\", key: \"{}\", client_ca: \"{}\", client_auth: optional }} }}]\nadmin: {{ address: \"127.0.0.1:0\" }}\nclusters:\n  partners: {{ endpoints: [\"{}\"] }}\n  public: {{ endpoints: [\"{}\"] }}\nroutes:\n  - {{ name: alice, match: {{ client_subject: \"CN=alice\" }}, primary: partners }}\n  - {{ name: rest, primary: public }}\n",
+        cert.display(),
+        key.display(),
+        client_ca.display(),
+        partners.url(),
+        public.url()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    for (client, path) in [
+        (Some(&alice), "/alice"),
+        (Some(&bob), "/bob"),
+        (None, "/anonymous"),
+    ] {
+        let stream = connect(
+            proxy.addr,
+            "proxy.test",
+            client_config(&[ca.der()], H2, client),
+        )
+        .await
+        .expect("handshake");
+        let resp = Sender::new(stream).await.get("proxy.test", path).await;
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let paths = |u: &FakeUpstream| -> Vec<String> {
+        u.received()
+            .iter()
+            .map(|r| r.uri.path().to_string())
+            .collect()
+    };
+    assert_eq!(paths(&partners), ["/alice"]);
+    assert_eq!(paths(&public), ["/bob", "/anonymous"]);
+}

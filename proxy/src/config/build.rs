@@ -173,6 +173,23 @@ impl TryFrom<ConfigFile> for Config {
         for (i, r) in f.routes.iter().enumerate() {
             routes.push(route(r, &format!("routes[{i}]"))?);
         }
+        // A route for one client certificate needs a listener that asks for them.
+        let verifies = listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_ca.is_some()));
+        if let Some((i, s)) = f.routes.iter().enumerate().find_map(|(i, r)| {
+            r.match_
+                .client_subject
+                .as_ref()
+                .filter(|_| !verifies)
+                .map(|s| (i, s))
+        }) {
+            return Err(Invalid::at(
+                Some(&s.referenced),
+                &format!("routes[{i}].match.client_subject"),
+                "no listener verifies client certificates (`tls.client_ca`), so it would never match",
+            ));
+        }
         let shadow_header = (!f.shadow_header.value.is_empty())
             .then(|| header_name(&f.shadow_header, "shadow_header"))
             .transpose()?;
@@ -351,6 +368,17 @@ fn route(r: &RouteFile, key: &str) -> Result<RouteConfig, Invalid> {
             host: r.match_.host.as_ref().map(|h| h.value.clone()),
             methods,
             grpc: r.match_.grpc,
+            client_subject: match &r.match_.client_subject {
+                None => None,
+                Some(s) if s.value.trim().is_empty() => {
+                    return Err(Invalid::at(
+                        Some(&s.referenced),
+                        &format!("{key}.match.client_subject"),
+                        "an empty subject (write it as the access log does: `CN=alice, O=Example`)",
+                    ));
+                }
+                Some(s) => Some(s.value.clone()),
+            },
         },
         primary: r.primary.value.clone(),
         shadows,

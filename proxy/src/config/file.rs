@@ -580,6 +580,10 @@ pub(super) struct MatchFile {
     /// Only gRPC calls (`content-type: application/grpc*`) when true.
     #[serde(default)]
     pub(super) grpc: bool,
+    /// Only requests on a TLS connection whose verified client certificate has this
+    /// subject (as the access log writes it: `CN=alice, O=Example`).
+    #[serde(default)]
+    pub(super) client_subject: Option<Spanned<String>>,
 }
 
 impl Default for MatchFile {
@@ -589,6 +593,7 @@ impl Default for MatchFile {
             host: None,
             methods: None,
             grpc: false,
+            client_subject: None,
         }
     }
 }

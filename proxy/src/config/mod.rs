@@ -346,6 +346,10 @@ pub struct MatchConfig {
     pub methods: Option<Vec<Method>>,
     /// Only gRPC calls (`content-type: application/grpc*`) when true.
     pub grpc: bool,
+    /// Only requests whose connection presented a verified client certificate with this
+    /// subject (exact, as the access log writes it); `None`: any client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_subject: Option<String>,
 }
 
 /// One shadow policy of a route.

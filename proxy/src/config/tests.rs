@@ -931,3 +931,30 @@ fn tls_listener_errors_name_their_key() {
     ));
     assert!(e.contains("sometimes") || e.contains("client_auth"), "{e}");
 }
+
+#[test]
+fn a_client_subject_route_needs_a_listener_that_verifies_client_certificates() {
+    let route = "    match: { client_subject: \"CN=alice\" }\n";
+    let e = err(&format!("{MINIMAL}{route}"));
+    assert!(
+        e.contains("routes[0].match.client_subject") && e.contains("client_ca"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{}    match: {{ client_subject: \" \" }}\n",
+        with_listener_tls("{ cert: a.crt, key: a.key, client_ca: ca.crt }")
+    ));
+    assert!(
+        e.contains("routes[0].match.client_subject") && e.contains("empty"),
+        "{e}"
+    );
+    let c = Config::from_yaml(&format!(
+        "{}{route}",
+        with_listener_tls("{ cert: a.crt, key: a.key, client_ca: ca.crt }")
+    ))
+    .unwrap();
+    assert_eq!(
+        c.routes[0].match_.client_subject.as_deref(),
+        Some("CN=alice")
+    );
+}

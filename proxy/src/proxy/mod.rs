@@ -93,7 +93,7 @@ impl Proxy {
         let grpc = crate::http::grpc::is_grpc(req.headers());
 
         // Route.
-        let routed = checked.and_then(|()| route(&snap, &req, &upgrade));
+        let routed = checked.and_then(|()| route(&snap, &req, &upgrade, &conn));
 
         // Forward.
         let (route, answer) = match routed {
@@ -219,6 +219,7 @@ fn route<'s, B>(
     snap: &'s Snapshot,
     req: &Request<B>,
     upgrade: &Upgrade,
+    conn: &ConnInfo,
 ) -> Result<&'s RouteState, ProxyError> {
     let route = snap
         .route(
@@ -226,6 +227,7 @@ fn route<'s, B>(
             request_host(req),
             req.uri().path(),
             crate::http::grpc::is_grpc(req.headers()),
+            conn.client_subject.as_deref(),
         )
         .ok_or(ProxyError::NoRoute)?;
     if matches!(upgrade, Upgrade::WebSocket(_)) && !route.websocket {

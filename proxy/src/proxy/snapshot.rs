@@ -231,9 +231,10 @@ impl Snapshot {
         host: Option<&str>,
         raw_path: &str,
         grpc: bool,
+        client_subject: Option<&str>,
     ) -> Option<&RouteState> {
         self.table
-            .find(method, host, raw_path, grpc)
+            .find(method, host, raw_path, grpc, client_subject)
             .and_then(|i| self.routes.get(i))
     }
 }
@@ -296,10 +297,10 @@ mod tests {
             "  - { name: one, match: { path_prefix: /one }, primary: a, shadows: [{ cluster: b }] }\n  - { name: two, primary: b, shadows: [{ cluster: b }, { cluster: a }] }\n",
         );
         assert_eq!(dispatchers.len(), 2, "b and a, once each");
-        let one = s.route(&Method::GET, None, "/one/x", false).unwrap();
+        let one = s.route(&Method::GET, None, "/one/x", false, None).unwrap();
         assert_eq!((one.name.as_str(), one.primary.name.as_str()), ("one", "a"));
         assert_eq!(one.shadows.len(), 1);
-        let two = s.route(&Method::GET, None, "/two", false).unwrap();
+        let two = s.route(&Method::GET, None, "/two", false, None).unwrap();
         assert_eq!(two.primary.name, "b");
         let names: Vec<&str> = two.shadows.iter().map(|p| p.spec.shadow.as_str()).collect();
         assert_eq!(names, ["b", "a"]);
