@@ -82,9 +82,14 @@ if [ "$SMOKE" = 0 ] && [ "$AMPLIFY_ONLY" = 0 ]; then
   ENVOY="$VENV/bin/envoy"
   PROXIES="teeproxy nginx envoy"
 fi
-if [ "$TLS_ONLY" = 1 ] && ! command -v h2load >/dev/null 2>&1; then
-  echo "== installing nghttp2-client (h2load)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client openssl >/dev/null
+if [ "$TLS_ONLY" = 1 ]; then
+  tls_missing=()
+  command -v h2load >/dev/null 2>&1 || tls_missing+=(nghttp2-client)
+  command -v openssl >/dev/null 2>&1 || tls_missing+=(openssl)
+  if [ "${#tls_missing[@]}" -gt 0 ]; then
+    echo "== installing ${tls_missing[*]} (h2load, openssl s_time)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tls_missing[@]}" >/dev/null
+  fi
 fi
 
 start() { # start CMD...: run in the background, remember the PID
@@ -102,7 +107,10 @@ wait_port() { # wait_port PORT: up to 10 s
   return 1
 }
 
-stop() { # stop PID: SIGTERM, wait up to 15 s, then SIGKILL
+stop() { # stop PID: SIGTERM, wait up to 15 s, then SIGKILL; forgotten by cleanup
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
   kill "$1" 2>/dev/null || true
   for _ in $(seq 1 150); do kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }; sleep 0.1; done
   kill -9 "$1" 2>/dev/null || true
@@ -194,7 +202,12 @@ EOF
 write_envoy() { # write_envoy SHADOW_PORT
   local mirror=""
   [ -n "$1" ] && mirror="request_mirror_policies: [{ cluster: shadow }]"
-  local tls=""
+  local tls="" http10=""
+  # openssl s_time (the --tls handshake rounds) speaks HTTP/1.0 without a Host and waits
+  # for the close: Envoy would answer 426, then hold the connection for its 1 s delayed
+  # close.
+  [ "$TLS" = 1 ] && http10="http_protocol_options: { accept_http_10: true, default_host_for_http_10: bench.test }
+                delayed_close_timeout: 0s"
   [ "$TLS" = 1 ] && tls="transport_socket:
             name: envoy.transport_sockets.tls
             typed_config:
@@ -216,11 +229,7 @@ static_resources:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: public
                 codec_type: AUTO
-                # openssl s_time (the --tls handshake rounds) speaks HTTP/1.0 without a Host
-                # and waits for the close; Envoy would answer 426, and then hold the
-                # connection for its 1 s delayed close.
-                http_protocol_options: { accept_http_10: true, default_host_for_http_10: bench.test }
-                delayed_close_timeout: 0s
+                $http10
                 route_config:
                   virtual_hosts:
                     - name: all
@@ -376,8 +385,8 @@ run_tls_case() { # run_tls_case SCENARIO KIND SHADOW LOAD(h1|h2|new|reuse) ROUND
   esac
   local s_time=(openssl s_time -connect "127.0.0.1:$PROXY" -www /bench -time "$secs")
   case "$load" in
-    h1|h2) $LOAD_CPU "${h2load[@]}" -D 1 >/dev/null 2>&1 ;;
-    new|reuse) $LOAD_CPU "${s_time[@]}" -new -time 1 >/dev/null 2>&1 ;;
+    h1|h2) $LOAD_CPU "${h2load[@]}" -D 1 >/dev/null 2>&1 || true ;;
+    new|reuse) $LOAD_CPU "${s_time[@]}" -new -time 1 >/dev/null 2>&1 || true ;;
   esac
   local got_before=0 primary_before; primary_before=$(served $UP)
   [ "$shadow" = fast ] && got_before=$(served "$sport")
@@ -395,20 +404,31 @@ run_tls_case() { # run_tls_case SCENARIO KIND SHADOW LOAD(h1|h2|new|reuse) ROUND
       rm -f "$WORK"/load.?.out ;;
   esac
   w1=$(date +%s.%N); t1=$(cpu_ticks $PROXY_PID)
-  local got="-" primary; primary=$(( $(served $UP) - primary_before ))
-  [ "$shadow" = fast ] && got=$(( $(served "$sport") - got_before ))
+  local got="-" drops="-" primary; primary=$(( $(served $UP) - primary_before ))
+  if [ "$shadow" = fast ]; then
+    # Copies still in flight when the load stops: wait (up to 3 s) until teeproxy's
+    # copies are all sent or dropped, so `shadow got` is whole.
+    for _ in $(seq 1 30); do
+      got=$(( $(served "$sport") - got_before ))
+      [ "$kind" = teeproxy ] || break
+      drops=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^teeproxy_shadow_dropped_total/ {s += $NF} END {print s + 0}')
+      [ $((got + drops)) -ge "$primary" ] && break
+      sleep 0.1
+    done
+  fi
   stop $PROXY_PID
-  python3 - "$WORK/load.out" "$scenario" "$kind" "$round" "$load" "$t0" "$t1" "$(getconf CLK_TCK)" "$w0" "$w1" "$primary" "$got" >>"$TLS_ROWS" <<'PY'
+  python3 - "$WORK/load.out" "$scenario" "$kind" "$round" "$load" "$t0" "$t1" "$(getconf CLK_TCK)" "$w0" "$w1" "$primary" "$got" "$drops" >>"$TLS_ROWS" <<'PY'
 import re, sys
 out = open(sys.argv[1]).read()
 scenario, kind, rnd, load = sys.argv[2:6]
 t0, t1, tck, w0, w1 = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), float(sys.argv[9]), float(sys.argv[10])
-primary, got = sys.argv[11], sys.argv[12]
+primary, got, drops = sys.argv[11], sys.argv[12], sys.argv[13]
 cpu = (t1 - t0) / tck
 mean_ms, resumed = "-", "-"
 if load in ("h1", "h2"):
-    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
-    done, errors = (int(m.group(1)), sum(int(g) for g in m.groups()[1:])) if m else (0, -1)
+    # `errored` and `timeout` are kinds of `failed` (h2load's manual).
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    done, errors = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
     secs = float(re.search(r"finished in ([\d.]+)s", out).group(1)) if "finished in" in out else w1 - w0
     lat = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
     if lat:
@@ -422,7 +442,7 @@ else:
     errors = "-"  # s_time does not count failures: compare with `primary got`
     secs = w1 - w0
 per_cpu = done / cpu if cpu > 0 else 0
-print("\t".join(str(x) for x in [scenario, kind, rnd, round(done / secs), mean_ms, errors, round(cpu, 2), round(per_cpu), resumed, primary, got]))
+print("\t".join(str(x) for x in [scenario, kind, rnd, round(done / secs), mean_ms, errors, round(cpu, 2), round(per_cpu), resumed, primary, got, drops]))
 PY
   tail -n 1 "$TLS_ROWS" | tr '\t' ' ' >&2
 }
@@ -447,8 +467,8 @@ tls_cases() {
 import sys
 from statistics import mean
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-print("| scenario | proxy | round | req or handshakes /s | mean ms | errors | proxy CPU s | per CPU-s | resumed | primary got | shadow got |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| scenario | proxy | round | req or handshakes /s | mean ms | errors | proxy CPU s | per CPU-s | resumed | primary got | shadow got | drops |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
 by = {}

@@ -198,7 +198,6 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
         for (i, ((info, names), paths)) in
             found.certificates.iter().zip(&tls.certificates).enumerate()
         {
-            let days = (info.not_after - now) as f64 / 86_400.0;
             let _ = writeln!(
                 out,
                 "  {:<12}   certificate {}{} {}",
@@ -211,6 +210,15 @@ fn summary(path: &std::path::Path, config: &Config) -> String {
                     format!("for {}", names.join(","))
                 },
             );
+            let Some(info) = info else {
+                let _ = writeln!(
+                    out,
+                    "  {:<12}     subject, SANs and expiry not readable here (rustls serves it)",
+                    ""
+                );
+                continue;
+            };
+            let days = (info.not_after - now) as f64 / 86_400.0;
             let _ = writeln!(out, "  {:<12}     subject {}", "", info.subject);
             let _ = writeln!(out, "  {:<12}     SANs {}", "", info.sans.join(", "));
             let _ = writeln!(

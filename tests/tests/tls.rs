@@ -158,24 +158,7 @@ async fn client_certificates_required_refuse_a_client_without_one_and_log_the_su
         format!("teeproxy_tls_handshake_failures_total{{listener=\"public\",reason=\"{reason}\"}}")
     };
 
-    // Without a certificate: TLS 1.3 lets the client finish first, so the refusal shows
-    // at the latest when the request is sent.
-    async fn refused(addr: std::net::SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) {
-        if let Ok(stream) = connect(addr, "proxy.test", config).await {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(io).await {
-                tokio::spawn(conn);
-                let req = http::Request::get("/")
-                    .header("host", "proxy.test")
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap();
-                assert!(
-                    tx.send_request(req).await.is_err(),
-                    "served without a client certificate"
-                );
-            }
-        }
-    }
+    // Without a certificate: refused.
     refused(proxy.addr(), client_config(&[ca.der()], H1, None)).await;
     assert_eventually!(proxy.metric(&failures("client_cert_missing")).await == 1.0);
     refused(
@@ -208,6 +191,24 @@ async fn client_certificates_required_refuse_a_client_without_one_and_log_the_su
     );
 }
 
+/// Asserts that `config` is not served: TLS 1.3 lets the client finish its handshake
+/// first, so the refusal shows at the latest when a request is sent.
+async fn refused(addr: std::net::SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) {
+    if let Ok(stream) = connect(addr, "proxy.test", config).await {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        if let Ok((mut tx, conn)) = hyper::client::conn::http1::handshake(io).await {
+            tokio::spawn(conn);
+            let req = http::Request::get("/")
+                .header("host", "proxy.test")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            assert!(
+                tx.send_request(req).await.is_err(),
+                "served without a client certificate"
+            );
+        }
+    }
+}
 /// Waits until a new connection is presented `want`.
 async fn serves(addr: std::net::SocketAddr, ca: &TestCa, want: &Issued) -> bool {
     match connect(addr, "proxy.test", client_config(&[ca.der()], H1, None)).await {
@@ -432,4 +433,51 @@ async fn a_route_for_one_client_certificate_subject_takes_only_that_client() {
     };
     assert_eq!(paths(&partners), ["/alice"]);
     assert_eq!(paths(&public), ["/bob", "/anonymous"]);
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_refused_once_its_client_ca_is_taken_out() {
+    let dir = temp_dir("resume-mtls");
+    let ca = TestCa::new("server CA");
+    let old_clients = TestCa::new("old client CA");
+    let new_clients = TestCa::new("new client CA");
+    let (cert, key) = ca.issue("proxy.test", &["proxy.test"]).write(&dir, "proxy");
+    let client_ca = old_clients.write(&dir, "clients.crt");
+    let alice = old_clients.issue("alice", &["alice.clients.test"]);
+    let primary = FakeUpstream::start().await;
+    let tls = format!(
+        "{{ cert: \"{}\", key: \"{}\", client_ca: \"{}\" }}",
+        cert.display(),
+        key.display(),
+        client_ca.display()
+    );
+    let proxy = TestProxy::start(&with_tls(&simple_yaml(&[primary.url()], ""), &tls)).await;
+    let client = client_config(&[ca.der()], H1, Some(&alice));
+    use rustls::HandshakeKind::{Full, Resumed};
+    for want in [Full, Resumed] {
+        let stream = connect(proxy.addr, "proxy.test", client.clone())
+            .await
+            .expect("handshake");
+        assert_eq!(stream.get_ref().1.handshake_kind(), Some(want));
+        let resp = Sender::new(stream).await.get("proxy.test", "/").await;
+        assert_eq!(resp.status(), 200, "{want:?}");
+    }
+    let reloads = "teeproxy_tls_certificate_reloads_total{listener=\"public\",result=\"ok\"}";
+    assert_eq!(proxy.metric(reloads).await, 1.0);
+
+    // Alice's CA leaves `client_ca`: her session may still resume at the TLS layer, but
+    // her certificate is checked again and the connection is not served.
+    teeproxy_tests::tls::replace(&client_ca, new_clients.pem().as_bytes());
+    assert_eventually!(
+        proxy.metric(reloads).await == 2.0,
+        "the client CA is re-read"
+    );
+    refused(proxy.addr, client.clone()).await;
+    assert_eventually!(
+        proxy
+            .metric("teeproxy_tls_handshake_failures_total{listener=\"public\",reason=\"client_cert_invalid\"}")
+            .await
+            == 1.0
+    );
+    assert_eq!(primary.count(), 2, "nothing served after the CA left");
 }

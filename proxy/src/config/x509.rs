@@ -1,12 +1,14 @@
-//! Just enough of an X.509 certificate (DER) to report it: the subject as `CN=..., O=...`,
-//! the DNS names and IP addresses it is for (subjectAltName), and its validity as Unix
-//! times. Pure: bytes in, values out;
-//! anything unexpected gives `None` (the certificate itself is checked by rustls/webpki).
+//! Just enough of an X.509 certificate (DER) to report it: the subject as `CN=..., O=...`
+//! (values escaped as in RFC 4514, so one subject has one text and a value cannot pass for
+//! another attribute), the DNS names and IP addresses it is for (subjectAltName), and its
+//! validity as Unix times. Pure: bytes in, values out; anything unexpected gives `None`
+//! (the certificate itself is checked by rustls/webpki), and nothing here panics.
 
 /// What `teeproxy check` and the expiry gauge say about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
-    /// The subject's attributes, most significant first: `CN=client, O=Example`.
+    /// The subject's attributes, most significant first: `CN=client, O=Example`; the
+    /// attributes of one multi-valued RDN are joined by `+`. Empty for an empty subject.
     pub subject: String,
     /// The subjectAltName's DNS names and IP addresses (`DNS:example.com`, `IP:127.0.0.1`).
     pub sans: Vec<String>,
@@ -67,7 +69,8 @@ pub fn describe(der: &[u8]) -> Option<CertInfo> {
     let mut sans = Vec::new();
     while let Some((tag, value)) = next() {
         if tag == EXTENSIONS {
-            sans = alt_names(value)?;
+            // Names are for reports: an extension this reader does not follow leaves none.
+            sans = alt_names(value).unwrap_or_default();
         }
     }
     Some(CertInfo {
@@ -178,6 +181,7 @@ fn name(mut rdns: &[u8]) -> Option<String> {
             return None;
         }
         let mut attrs = set;
+        let mut rdn = Vec::new();
         while !attrs.is_empty() {
             let (tag, attr, rest) = tlv(attrs)?;
             attrs = rest;
@@ -188,16 +192,52 @@ fn name(mut rdns: &[u8]) -> Option<String> {
             if tag != OID {
                 return None;
             }
-            let (_, value, _) = tlv(value)?;
-            parts.push(format!(
-                "{}={}",
-                attribute(oid),
-                String::from_utf8_lossy(value)
-            ));
+            rdn.push(format!("{}={}", attribute(oid), attribute_value(value)?));
         }
+        parts.push(rdn.join("+"));
     }
     parts.reverse();
     Some(parts.join(", "))
+}
+
+/// An attribute's value as RFC 4514 writes it: a string with its special characters
+/// escaped, or `#` and the hex of its DER when it is not a string type or not valid text.
+fn attribute_value(der: &[u8]) -> Option<String> {
+    let (tag, value, _) = tlv(der)?;
+    let text = match tag {
+        // UTF8String, PrintableString, IA5String
+        0x0c | 0x13 | 0x16 => std::str::from_utf8(value).ok().map(str::to_string),
+        // BMPString: UTF-16BE
+        0x1e if value.len() % 2 == 0 => {
+            let units = value
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        _ => None,
+    };
+    let Some(text) = text else {
+        let hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
+        return Some(format!("#{hex}"));
+    };
+    let last = text.chars().count().saturating_sub(1);
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && matches!(c, '#' | ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+            out.push(c);
+        } else if c.is_control() {
+            out.push_str(&format!("\\{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
 }
 
 /// The short name of a common attribute type, else its dotted OID.
@@ -238,6 +278,9 @@ fn attribute(oid: &[u8]) -> String {
 
 /// `UTCTime` (`YYMMDDHHMMSSZ`) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`) as a Unix time.
 fn time(tag: u8, text: &[u8]) -> Option<i64> {
+    if !text.is_ascii() {
+        return None;
+    }
     let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
     let (year, rest) = match tag {
         UTC_TIME if text.len() == 12 => {
@@ -301,6 +344,11 @@ mod tests {
             Some(2_147_483_648)
         );
         assert_eq!(time(UTC_TIME, b"7001010000Z"), None);
+        assert_eq!(
+            time(UTC_TIME, "\u{20ac}000000000Z".as_bytes()),
+            None,
+            "no panic"
+        );
         assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_time(2_147_483_648), "2038-01-19T03:14:08Z");
         assert_eq!(format_time(951_782_400), "2000-02-29T00:00:00Z");
@@ -339,6 +387,48 @@ mod tests {
         assert_eq!(info.sans, ["DNS:a.test", "IP:127.0.0.1"]);
         assert_eq!(format_time(info.not_before), "2020-01-02T00:00:00Z");
         assert_eq!(format_time(info.not_after), "2051-03-04T00:00:00Z");
+        assert_eq!(info.label(), "a.test");
+    }
+
+    #[test]
+    fn subjects_are_escaped_so_one_value_cannot_pass_for_two_attributes() {
+        let subject = |push: &dyn Fn(&mut rcgen::DistinguishedName)| {
+            let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            push(&mut params.distinguished_name);
+            let key = rcgen::KeyPair::generate().unwrap();
+            describe(params.self_signed(&key).unwrap().der())
+                .unwrap()
+                .subject
+        };
+        let two = subject(&|dn| {
+            dn.push(rcgen::DnType::OrganizationName, "Example");
+            dn.push(rcgen::DnType::CommonName, "alice");
+        });
+        let one = subject(&|dn| dn.push(rcgen::DnType::CommonName, "alice, O=Example"));
+        assert_eq!(two, "CN=alice, O=Example");
+        assert_eq!(one, "CN=alice\\, O\\=Example");
+        assert_ne!(one, two);
+        assert_eq!(
+            subject(&|dn| dn.push(rcgen::DnType::CommonName, "#x+y ")),
+            "CN=\\#x\\+y\\ "
+        );
+        assert_eq!(
+            subject(&|dn| dn.push(rcgen::DnType::CommonName, " #a")),
+            "CN=\\ #a",
+            "only a leading # or space is escaped"
+        );
+        // An empty subject (rcgen then marks the subjectAltName critical).
+        assert_eq!(subject(&|_| {}), "");
+    }
+
+    #[test]
+    fn a_critical_subject_alt_name_is_read() {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let info = describe(params.self_signed(&key).unwrap().der()).unwrap();
+        assert_eq!(info.sans, ["DNS:a.test"]);
         assert_eq!(info.label(), "a.test");
     }
 

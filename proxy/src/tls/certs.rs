@@ -45,7 +45,8 @@ pub use crate::config::x509::CertInfo;
 /// A loaded pair: what rustls serves, and what it says.
 pub(crate) struct Loaded {
     pub(crate) key: Arc<CertifiedKey>,
-    pub(crate) info: CertInfo,
+    /// `None`: this reader could not read it (served all the same).
+    pub(crate) info: Option<CertInfo>,
 }
 
 fn read(path: &Path, key: &str) -> Result<Vec<u8>, TlsError> {
@@ -80,7 +81,8 @@ pub(crate) fn load_pair(
     let cert_key = format!("{}.cert", p.key_path);
     let key_key = format!("{}.key", p.key_path);
     let chain = read_certs(&p.cert, &cert_key)?;
-    let info = describe(&chain[0]).map_err(|m| TlsError::invalid(&cert_key, &p.cert, m))?;
+    // What it says is for reports: rustls checks the certificate itself (with the key).
+    let info = describe(&chain[0]);
     let key_bytes = read(&p.key, &key_key)?;
     let der = PrivateKeyDer::from_pem_slice(&key_bytes)
         .map_err(|e| TlsError::invalid(&key_key, &p.key, format!("no PEM private key: {e}")))?;
@@ -122,12 +124,12 @@ pub(crate) fn load_roots(path: &Path, key: &str) -> Result<rustls::RootCertStore
 }
 
 /// Subject, SANs and validity of a DER certificate.
-pub(crate) fn describe(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
+pub(crate) fn describe(der: &CertificateDer<'_>) -> Option<CertInfo> {
     crate::config::x509::describe(der.as_ref())
-        .ok_or_else(|| "not an X.509 certificate teeproxy can read".to_string())
 }
 
-/// The subject of a client's certificate, for the access log.
+/// The subject of a client's certificate, for the access log and routes (`None` when the
+/// subject is empty or unreadable).
 pub(crate) fn subject(der: &CertificateDer<'_>) -> Option<String> {
-    crate::config::x509::describe(der.as_ref()).map(|i| i.subject)
+    describe(der).map(|i| i.subject).filter(|s| !s.is_empty())
 }

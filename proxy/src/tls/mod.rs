@@ -16,7 +16,11 @@ use arc_swap::ArcSwapOption;
 use rustls::HandshakeKind;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier};
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{
+    ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -37,7 +41,8 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 pub struct ListenerCerts {
     pub listener: String,
     /// In config order, with the server names each serves.
-    pub certificates: Vec<(CertInfo, Vec<String>)>,
+    /// What each says (`None`: this reader could not read it; rustls serves it anyway).
+    pub certificates: Vec<(Option<CertInfo>, Vec<String>)>,
     pub default: usize,
 }
 
@@ -77,15 +82,24 @@ fn index(config: &Config, name: &str) -> usize {
 
 struct Built {
     config: ServerConfig,
-    infos: Vec<CertInfo>,
+    /// The client-certificate verifier, on a listener with `client_ca`.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    /// What each certificate says, when this reader could read it.
+    infos: Vec<Option<CertInfo>>,
 }
 
-/// Sessions a TLS listener remembers for resumption (TLS 1.3 tickets that name a cached
-/// session, TLS 1.2 session ids), the oldest out first: a few hundred bytes each (plus the
-/// client's certificate chain with `client_ca`), half the sessions of nginx's
-/// `ssl_session_cache shared:SSL:10m`. rustls's default is 256, which a busy listener
-/// cycles through in a fraction of a second. The cache outlives certificate reloads, as
-/// nginx's does.
+/// What a TLS listener serves now: the server config and its client-certificate verifier
+/// (to check a resumed session's certificate again).
+struct Serving {
+    config: Arc<ServerConfig>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// TLS 1.2 sessions a listener remembers for clients that resume by session id, the
+/// oldest out first: a few hundred bytes each (plus the client's certificate chain with
+/// `client_ca`), half the sessions of nginx's `ssl_session_cache shared:SSL:10m`; rustls's
+/// default is 256. TLS 1.3 (and TLS 1.2 clients that take tickets) resume with stateless
+/// tickets instead, which cost no memory and no lookup.
 const SESSION_CACHE: usize = 20_000;
 
 /// Reads a listener's files and builds its server config.
@@ -104,6 +118,7 @@ fn build(tls: &ListenerTls, provider: &Arc<CryptoProvider>, key: &str) -> Result
             file: String::new(),
             message: e.to_string(),
         })?;
+    let mut client_verifier = None;
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
@@ -119,6 +134,7 @@ fn build(tls: &ListenerTls, provider: &Arc<CryptoProvider>, key: &str) -> Result
                 file: path.display().to_string(),
                 message: e.to_string(),
             })?;
+            client_verifier = Some(verifier.clone());
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -128,7 +144,11 @@ fn build(tls: &ListenerTls, provider: &Arc<CryptoProvider>, key: &str) -> Result
     // ECDHE only), not the client's: every suite offered is strong either way, but TLS
     // audits (testssl.sh) flag a server without an order of its own.
     config.ignore_client_order = true;
-    Ok(Built { config, infos })
+    Ok(Built {
+        config,
+        verifier: client_verifier,
+        infos,
+    })
 }
 
 /// What a TLS connection tells the handler about its client.
@@ -145,9 +165,13 @@ pub(crate) struct TlsListener {
     key: String,
     settings: ListenerTls,
     provider: Arc<CryptoProvider>,
-    current: ArcSwapOption<ServerConfig>,
-    /// Kept across reloads: a rotated certificate does not end resumable sessions.
+    current: ArcSwapOption<Serving>,
+    /// Both kept across reloads: a rotated certificate does not end resumable sessions
+    /// (a resumed client certificate is verified again, see `accept`).
     sessions: Arc<dyn StoresServerSessions>,
+    /// Stateless session tickets (ring's ticketer: ChaCha20-Poly1305, a new random key
+    /// every 6 hours, tickets live 12 hours); `None` if no key could be made.
+    tickets: Option<Arc<dyn ProducesTickets>>,
     metrics: Arc<TlsFamilies>,
 }
 
@@ -162,6 +186,11 @@ impl TlsListener {
         metrics: Arc<TlsFamilies>,
     ) -> Arc<Self> {
         metrics.listener(name);
+        let tickets = rustls::crypto::ring::Ticketer::new()
+            .inspect_err(|e| {
+                tracing::warn!(listener = name, error = %e, "no TLS session tickets: sessions resume by id only");
+            })
+            .ok();
         let l = Arc::new(TlsListener {
             name: name.to_string(),
             key,
@@ -169,6 +198,7 @@ impl TlsListener {
             provider: provider(),
             current: ArcSwapOption::empty(),
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            tickets,
             metrics,
         });
         l.reload();
@@ -199,22 +229,36 @@ impl TlsListener {
                 let expiry: Vec<(String, String, i64)> = built
                     .infos
                     .iter()
+                    .flatten()
                     .map(|i| (self.name.clone(), i.subject.clone(), i.not_after))
                     .collect();
                 self.metrics
                     .set_certificates("listener", Some(&self.name), &expiry);
                 let mut config = built.config;
                 config.session_storage = self.sessions.clone();
-                self.current.store(Some(Arc::new(config)));
+                if let Some(tickets) = &self.tickets {
+                    config.ticketer = tickets.clone();
+                }
+                self.current.store(Some(Arc::new(Serving {
+                    config: Arc::new(config),
+                    verifier: built.verifier,
+                })));
                 self.metrics.reload(&self.name, true);
-                for info in &built.infos {
-                    tracing::info!(
-                        listener = %self.name,
-                        subject = %info.subject,
-                        sans = %info.sans.join(","),
-                        not_after = info.not_after,
-                        "TLS certificate loaded"
-                    );
+                for (info, paths) in built.infos.iter().zip(&self.settings.certificates) {
+                    match info {
+                        Some(info) => tracing::info!(
+                            listener = %self.name,
+                            subject = %info.subject,
+                            sans = %info.sans.join(","),
+                            not_after = info.not_after,
+                            "TLS certificate loaded"
+                        ),
+                        None => tracing::warn!(
+                            listener = %self.name,
+                            cert = %paths.cert.display(),
+                            "TLS certificate loaded; its subject, names and expiry could not be read (no expiry gauge)"
+                        ),
+                    }
                 }
                 true
             }
@@ -242,7 +286,7 @@ impl TlsListener {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(config) = self.current.load_full() else {
+        let Some(serving) = self.current.load_full() else {
             self.fail(
                 HandshakeFailure::no_certificate,
                 peer,
@@ -250,7 +294,7 @@ impl TlsListener {
             );
             return None;
         };
-        let accept = TlsAcceptor::from(config).accept(stream);
+        let accept = TlsAcceptor::from(serving.config.clone()).accept(stream);
         let stream = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
             Err(_) => {
                 self.fail(HandshakeFailure::timeout, peer, "handshake timed out");
@@ -262,11 +306,30 @@ impl TlsListener {
             }
             Ok(Ok(s)) => s,
         };
-        let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+        let connection = stream.get_ref().1;
+        let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
+        // A resumed session carries the client certificate verified when it began: check
+        // it again against today's client CAs and clock, so that a CA taken out of
+        // `client_ca` or an expired certificate ends there and then.
+        if resumed && let Some(verifier) = &serving.verifier {
+            let refused = match connection.peer_certificates() {
+                Some([leaf, intermediates @ ..]) => verifier
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .err()
+                    .map(|e| (HandshakeFailure::client_cert_invalid, e.to_string())),
+                _ if verifier.client_auth_mandatory() => Some((
+                    HandshakeFailure::client_cert_missing,
+                    "resumed without a client certificate".to_string(),
+                )),
+                _ => None,
+            };
+            if let Some((reason, error)) = refused {
+                self.fail(reason, peer, &format!("resumed session refused: {error}"));
+                return None;
+            }
+        }
         self.metrics.handshake(&self.name, resumed);
-        let client_subject = stream
-            .get_ref()
-            .1
+        let client_subject = connection
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(certs::subject)
