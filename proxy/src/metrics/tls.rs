@@ -234,3 +234,48 @@ impl TlsFamilies {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::text::{Format, encode_as};
+
+    fn expiry_lines(r: &Registry) -> Vec<String> {
+        let mut lines: Vec<String> = encode_as(r, Format::Prometheus)
+            .lines()
+            .filter(|l| l.starts_with("teeproxy_tls_certificate_expiry_seconds{"))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn a_listener_reload_replaces_its_own_series_only() {
+        let mut r = Registry::with_prefix("teeproxy");
+        let t = TlsFamilies::default();
+        t.register(&mut r);
+        let cert = |name: &str, subject: &str, at: i64| (name.to_string(), subject.to_string(), at);
+        t.set_certificates("cluster", None, &[cert("p", "CN=client", 100)]);
+        t.set_certificates("listener", Some("a"), &[cert("a", "CN=old", 200)]);
+        t.set_certificates("listener", Some("b"), &[cert("b", "CN=b", 300)]);
+        // Listener a rotates; two certificates share a subject: the earlier shows.
+        t.set_certificates(
+            "listener",
+            Some("a"),
+            &[cert("a", "CN=new", 500), cert("a", "CN=new", 400)],
+        );
+        assert_eq!(
+            expiry_lines(&r),
+            [
+                "teeproxy_tls_certificate_expiry_seconds{scope=\"cluster\",name=\"p\",subject=\"CN=client\"} 100",
+                "teeproxy_tls_certificate_expiry_seconds{scope=\"listener\",name=\"a\",subject=\"CN=new\"} 400",
+                "teeproxy_tls_certificate_expiry_seconds{scope=\"listener\",name=\"b\",subject=\"CN=b\"} 300",
+            ]
+        );
+        // A config without the cluster's client certificate: only that series goes.
+        t.set_certificates("cluster", None, &[]);
+        assert_eq!(expiry_lines(&r).len(), 2);
+        assert!(expiry_lines(&r).iter().all(|l| l.contains("listener")));
+    }
+}
