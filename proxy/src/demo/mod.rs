@@ -153,6 +153,21 @@ async fn answer(
             );
         }
     };
+    // Always a 200 with the count, whatever `status` says: the benchmark reads it.
+    if parts.method == Method::GET && path == "/__stats" {
+        let fixed = DemoUpstream {
+            status: None,
+            ..b.clone()
+        };
+        return json(
+            &fixed,
+            StatusCode::OK,
+            format!(
+                "{{\"requests\":{}}}",
+                stats.requests.load(Ordering::Relaxed)
+            ),
+        );
+    }
     if let Some(fixed) = &b.body {
         return Response::builder()
             .status(b.status.unwrap_or(StatusCode::OK))
@@ -164,14 +179,6 @@ async fn answer(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json(b, StatusCode::OK, "{\"ok\":true}".to_string()),
-        (&Method::GET, ["__stats"]) => json(
-            b,
-            StatusCode::OK,
-            format!(
-                "{{\"requests\":{}}}",
-                stats.requests.load(Ordering::Relaxed)
-            ),
-        ),
         (&Method::GET, ["api", "users", id]) => match id.parse::<u64>() {
             Ok(id) => {
                 let n = stats.users.fetch_add(1, Ordering::Relaxed);
