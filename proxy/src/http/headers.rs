@@ -15,15 +15,16 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Hop-by-hop headers removed in both directions, besides those named in `Connection`.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+/// Hop-by-hop headers removed in both directions, besides those named in `Connection`
+/// (names made once: a `&str` key is parsed into a name at every lookup).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Headers a `Connection` option can never remove: losing them would change who the
@@ -41,7 +42,7 @@ const PROTECTED: [&str; 6] = [
 /// (except the protected ones).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
+    for value in headers.get_all(&header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',') {
             let token = token.trim();
@@ -58,8 +59,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -167,9 +170,16 @@ impl Default for RequestIds {
 impl RequestIds {
     #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let s = format!("{:016x}{:016x}", self.prefix, n);
-        HeaderValue::from_str(&s).expect("hex is a valid header value")
+        let mut id = [0u8; 32];
+        for (i, v) in [self.prefix, n].into_iter().enumerate() {
+            for (j, b) in v.to_be_bytes().into_iter().enumerate() {
+                id[i * 16 + j * 2] = HEX[usize::from(b >> 4)];
+                id[i * 16 + j * 2 + 1] = HEX[usize::from(b & 0xf)];
+            }
+        }
+        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
     }
 
     /// The request id to use: the client's if it is sane (1-200 visible ASCII characters),
@@ -355,6 +365,10 @@ mod tests {
         let b = ids.next();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        // The per-process prefix, then the counter, as 16 lower-case hex digits each.
+        let want = |n: u64| format!("{:016x}{:016x}", ids.prefix, n);
+        assert_eq!(a.to_str().unwrap(), want(1));
+        assert_eq!(b.to_str().unwrap(), want(2));
 
         let mut h = map(&[("x-request-id", "abc-123")]);
         assert_eq!(ids.ensure(&mut h), "abc-123");

@@ -10,6 +10,7 @@
 //! answers 400 and closes the connection. Nothing of that request reaches an upstream.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -222,6 +223,32 @@ impl H1Tracker {
                         (_, _) => State::ChunkData(left),
                     };
                 }
+                State::Head if self.line.is_empty() => {
+                    // A head that starts here: when it also ends within these bytes (the
+                    // common case), it is parsed where it lies, with no copy.
+                    while i < data.len() && (data[i] == b'\r' || data[i] == b'\n') {
+                        i += 1;
+                    }
+                    if i == data.len() {
+                        return;
+                    }
+                    if let Some(c) = &self.clock {
+                        c.head_started();
+                    }
+                    let limit = data.len().min(i + self.max_head + MAX_LINE);
+                    let Some(end) = head_end(&data[i..limit]) else {
+                        self.line.push(data[i]);
+                        i += 1;
+                        continue;
+                    };
+                    let next = parse_head(&data[i..i + end], self.max_headers);
+                    i += end;
+                    if self.head_parsed(next) {
+                        data[i - 1] = 0;
+                        self.refused += 1;
+                        self.off();
+                    }
+                }
                 State::Head => {
                     let b = data[i];
                     i += 1;
@@ -269,51 +296,16 @@ impl H1Tracker {
 
     /// Parses the head in `line`; sets the next state. True when the head must be refused.
     fn head_complete(&mut self) -> bool {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
-        let next = match req.parse(&self.line) {
-            Ok(httparse::Status::Complete(_)) => {
-                let mut cl: Option<Option<u64>> = None;
-                let mut te_chunked = None;
-                // After an upgrade request the stream may carry another protocol: stop
-                // following it (the handler closes the connection unless it upgrades).
-                let mut upgrade = false;
-                for h in req.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("upgrade")
-                        && !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c")
-                    {
-                        upgrade = true;
-                    }
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        cl = Some(
-                            std::str::from_utf8(h.value)
-                                .ok()
-                                .and_then(|v| v.trim().parse().ok()),
-                        );
-                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        te_chunked = Some(
-                            h.value
-                                .trim_ascii()
-                                .to_ascii_lowercase()
-                                .ends_with(b"chunked"),
-                        );
-                    }
-                }
-                if cl.is_some() && te_chunked.is_some() {
-                    return true;
-                }
-                match (req.method, te_chunked, cl) {
-                    _ if upgrade => State::Off,
-                    (Some("CONNECT"), _, _) => State::Off,
-                    (_, Some(true), _) => State::ChunkSize,
-                    (_, Some(false), _) | (_, _, Some(None)) => State::Off,
-                    (_, None, Some(Some(0))) | (_, None, None) => State::Head,
-                    (_, None, Some(Some(n))) => State::Body(n),
-                }
-            }
-            _ => State::Off,
-        };
+        let next = parse_head(&self.line, self.max_headers);
         self.line.clear();
+        self.head_parsed(next)
+    }
+
+    /// Moves on after a head: `None` when it must be refused (true), else its next state.
+    fn head_parsed(&mut self, next: Option<State>) -> bool {
+        let Some(next) = next else {
+            return true;
+        };
         self.state = next;
         if let Some(c) = &self.clock {
             c.head_done();
@@ -348,6 +340,76 @@ impl H1Tracker {
             self.off();
         }
     }
+}
+
+/// Headers parsed on the stack; a larger `max_headers` uses the heap.
+const STACK_HEADERS: usize = 128;
+
+/// Where a head ends in `buf` (just past its empty line), if it does.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = buf[from..].iter().position(|&b| b == b'\n') {
+        let end = from + at + 1;
+        let line = &buf[..end];
+        if line.ends_with(b"\r\n\r\n") || line.ends_with(b"\n\n") {
+            return Some(end);
+        }
+        from = end;
+    }
+    None
+}
+
+/// The state after the head `buf`: `None` when it must be refused (both
+/// `Content-Length` and `Transfer-Encoding`).
+fn parse_head(buf: &[u8], max_headers: usize) -> Option<State> {
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= STACK_HEADERS {
+        &mut stack[..max_headers]
+    } else {
+        heap.resize_with(max_headers, MaybeUninit::uninit);
+        &mut heap
+    };
+    let mut req = httparse::Request::new(&mut []);
+    Some(match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(_)) => {
+            let mut cl: Option<Option<u64>> = None;
+            let mut te_chunked = None;
+            // After an upgrade request the stream may carry another protocol: stop
+            // following it (the handler closes the connection unless it upgrades).
+            let mut upgrade = false;
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("upgrade")
+                    && !h.value.trim_ascii().eq_ignore_ascii_case(b"h2c")
+                {
+                    upgrade = true;
+                }
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    cl = Some(
+                        std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse().ok()),
+                    );
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    let v = h.value.trim_ascii();
+                    te_chunked =
+                        Some(v.len() >= 7 && v[v.len() - 7..].eq_ignore_ascii_case(b"chunked"));
+                }
+            }
+            if cl.is_some() && te_chunked.is_some() {
+                return None;
+            }
+            match (req.method, te_chunked, cl) {
+                _ if upgrade => State::Off,
+                (Some("CONNECT"), _, _) => State::Off,
+                (_, Some(true), _) => State::ChunkSize,
+                (_, Some(false), _) | (_, _, Some(None)) => State::Off,
+                (_, None, Some(Some(0))) | (_, None, None) => State::Head,
+                (_, None, Some(Some(n))) => State::Body(n),
+            }
+        }
+        _ => State::Off,
+    })
 }
 
 #[cfg(test)]
@@ -411,10 +473,40 @@ mod tests {
         }
         let mut with_smuggle = input.clone();
         with_smuggle.extend_from_slice(SMUGGLE);
+        for step in [4, with_smuggle.len()] {
+            assert_eq!(
+                run(&with_smuggle, step).1.refused,
+                1,
+                "a bad head after good ones is still caught (step {step})"
+            );
+        }
+    }
+
+    #[test]
+    fn heads_parse_alike_on_the_stack_and_the_heap_and_chunked_in_any_case() {
+        let input = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, ChUnKeD\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        for max_headers in [100, STACK_HEADERS + 1] {
+            for step in [3, input.len()] {
+                let mut t = H1Tracker::new(64 * 1024, max_headers);
+                let mut out = input.to_vec();
+                for chunk in out.chunks_mut(step) {
+                    t.feed(chunk);
+                }
+                assert_eq!(
+                    (t.state, t.refused),
+                    (State::Head, 0),
+                    "{max_headers} {step}"
+                );
+            }
+        }
+        let too_many = H1Tracker::new(64 * 1024, 1);
+        let mut t = too_many;
+        let mut out = input.to_vec();
+        t.feed(&mut out);
         assert_eq!(
-            run(&with_smuggle, 4).1.refused,
-            1,
-            "a bad head after good ones is still caught"
+            t.state,
+            State::Off,
+            "more headers than allowed: hyper refuses it"
         );
     }
 
