@@ -337,10 +337,15 @@ fn tls_summary(t: &teeproxy::config::ClusterTls) -> String {
     let client = match (&t.cert, &t.loaded.client) {
         (Some(path), Some(c)) => match &c.info {
             Some(i) => format!(
-                ", client certificate {} (subject {}, expires {})",
+                ", client certificate {} (subject {}, expires {}{})",
                 path.display(),
                 i.subject,
-                teeproxy::config::x509::format_time(i.not_after)
+                teeproxy::config::x509::format_time(i.not_after),
+                if i.sans.is_empty() {
+                    String::new()
+                } else {
+                    format!(", SANs {}", i.sans.join(", "))
+                }
             ),
             None => format!(", client certificate {}", path.display()),
         },

@@ -867,6 +867,29 @@ fn check_reports_tls_certificates_and_exits_64_naming_the_file_and_key_of_a_bad_
         assert!(stdout.contains(want), "{want}: {stdout}");
     }
 
+    // A cluster's client certificate: its subject, expiry and SANs too.
+    let upstream = write_temp(
+        "tls-upstream.yaml",
+        &format!(
+            "listeners: [{{ name: l, address: \"127.0.0.1:0\" }}]\nclusters:\n  p: {{ endpoints: [\"https://127.0.0.1:1\"], tls: {{ ca: \"{c}\", cert: \"{c}\", key: \"{k}\" }} }}\nroutes: [{{ name: r, primary: p }}]\n",
+            c = a_cert.display(),
+            k = a_key.display()
+        ),
+    );
+    let out = bin()
+        .args(["check", "--config"])
+        .arg(&upstream)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let want = "(subject CN=a.test, expires ";
+    assert!(stdout.contains(want), "{want}: {stdout}");
+    assert!(
+        stdout.contains(", SANs DNS:a.test, DNS:www.a.test)"),
+        "{stdout}"
+    );
+
     let missing = dir.join("missing.key");
     let cases = [
         (

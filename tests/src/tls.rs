@@ -65,13 +65,7 @@ impl TestCa {
         let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("params");
         p.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().expect("key");
-        let cert = p.signed_by(&key, &self.issuer).expect("sign");
-        Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
+        self.sign(p)
     }
 
     /// A client certificate (extended key usage `clientAuth`) with the subject `CN=<cn>`,
@@ -81,6 +75,11 @@ impl TestCa {
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.not_after = rcgen::date_time_ymd(2040, 1, 1);
+        self.sign(p)
+    }
+
+    /// Signs `p` for a new key.
+    fn sign(&self, p: CertificateParams) -> Issued {
         let key = KeyPair::generate().expect("key");
         let cert = p.signed_by(&key, &self.issuer).expect("sign");
         Issued {
