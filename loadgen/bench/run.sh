@@ -744,8 +744,9 @@ PY
 
 # The regression guard (smoke mode, CI): teeproxy against itself in this run. Requests per
 # CPU-second mirroring to a fast shadow, and with a black-holed shadow, over the plain
-# figure; the floors sit at about half of what the full benchmark measures (0.5-0.6 and
-# 0.9-1.0), so only a gross change trips them, whatever the machine's speed.
+# figure. The floors sit well below what runs measure (0.4-0.8 and 0.75-1.25 in 2 s smoke
+# rows, whose plain row alone can swing the ratios by a quarter), so only a gross change,
+# worse than halving, trips them, whatever the machine's speed.
 if [ "$SMOKE" = 1 ]; then
   python3 - "$ROWS" <<'PY'
 import sys
@@ -753,7 +754,7 @@ rows = {r[0]: r for r in (l.rstrip("\n").split("\t") for l in open(sys.argv[1]) 
 per_cpu = lambda s: float(rows[s][8])
 plain = per_cpu("plain")
 failed = False
-for scenario, floor in [("fast-shadow", 0.25), ("shadow-204", 0.25), ("blackholed-shadow", 0.45)]:
+for scenario, floor in [("fast-shadow", 0.2), ("shadow-204", 0.2), ("blackholed-shadow", 0.35)]:
     ratio = per_cpu(scenario) / plain
     ok = ratio >= floor
     failed |= not ok
