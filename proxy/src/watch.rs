@@ -34,17 +34,7 @@ impl Drop for ConfigWatch {
 /// it; SIGHUP still works).
 pub fn watch_config(path: &Path, reloads: mpsc::Sender<Reload>) -> notify::Result<ConfigWatch> {
     let path = path.to_path_buf();
-    let names = names(&path);
-    let (tx, rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // A full channel already holds a reason to look.
-        if event.is_ok_and(|e| relevant(&e, &names)) {
-            let _ = tx.try_send(());
-        }
-    })?;
-    for dir in directories(&path) {
-        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    }
+    let (watcher, rx) = watch_dirs(std::slice::from_ref(&path))?;
     let seen = std::fs::read(&path).ok();
     let task = tokio::spawn(follow(path, seen, rx, reloads));
     Ok(ConfigWatch {
@@ -60,24 +50,7 @@ pub(crate) fn watch_files(
     paths: &[PathBuf],
     on_change: impl Fn() + Send + 'static,
 ) -> notify::Result<ConfigWatch> {
-    let names: Vec<PathBuf> = paths.iter().flat_map(|p| names(p)).collect();
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| relevant(&e, &names)) {
-            let _ = tx.try_send(());
-        }
-    })?;
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for p in paths {
-        for d in directories(p) {
-            if !dirs.contains(&d) {
-                dirs.push(d);
-            }
-        }
-    }
-    for dir in &dirs {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    }
+    let (watcher, mut rx) = watch_dirs(paths)?;
     let paths = paths.to_vec();
     let read =
         move || -> Vec<Option<Vec<u8>>> { paths.iter().map(|p| std::fs::read(p).ok()).collect() };
@@ -102,6 +75,33 @@ pub(crate) fn watch_files(
         _watcher: watcher,
         task,
     })
+}
+
+/// A watcher on the directories of `paths`; `rx` gets a signal when an event may have
+/// changed one of the files.
+fn watch_dirs(
+    paths: &[PathBuf],
+) -> notify::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+    let names: Vec<PathBuf> = paths.iter().flat_map(|p| names(p)).collect();
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // A full channel already holds a reason to look.
+        if event.is_ok_and(|e| relevant(&e, &names)) {
+            let _ = tx.try_send(());
+        }
+    })?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        for d in directories(p) {
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    Ok((watcher, rx))
 }
 
 /// Whether an event can have changed the file: a change (not a read: reading the file

@@ -68,6 +68,15 @@ fn answering_upstream() -> (
     (addr, count)
 }
 
+/// Runs `teeproxy check --config <path>`.
+fn check(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    bin()
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run teeproxy check")
+}
+
 #[test]
 fn check_accepts_every_shipped_config() {
     let mut files = Vec::new();
@@ -87,11 +96,7 @@ fn check_accepts_every_shipped_config() {
         } else {
             file.clone()
         };
-        let out = bin()
-            .args(["check", "--config"])
-            .arg(&checked)
-            .output()
-            .expect("run teeproxy check");
+        let out = check(&checked);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -131,11 +136,7 @@ fn bad_config_exits_64_naming_file_place_and_key() {
 #[test]
 fn check_loads_upstream_tls_files_reports_the_client_certificate_and_names_a_bad_file() {
     // The shipped example: its CA and client certificate load; the subject and expiry show.
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(config_dir().join("examples/upstream-tls.yaml"))
-        .output()
-        .expect("run teeproxy check");
+    let out = check(config_dir().join("examples/upstream-tls.yaml"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -156,11 +157,7 @@ fn check_loads_upstream_tls_files_reports_the_client_certificate_and_names_a_bad
         "tls-missing.yaml",
         "listeners: [{ name: a, address: \"127.0.0.1:0\" }]\nclusters:\n  p: { endpoints: [\"https://127.0.0.1:1\"], tls: { ca: no-such-ca.pem } }\nroutes:\n  - { name: r, primary: p }\n",
     );
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let missing = path.with_file_name("no-such-ca.pem");
@@ -174,11 +171,7 @@ fn check_loads_upstream_tls_files_reports_the_client_certificate_and_names_a_bad
         "tls-insecure.yaml",
         "listeners: [{ name: a, address: \"127.0.0.1:0\" }]\nclusters:\n  p: { endpoints: [\"https://127.0.0.1:1\"], tls: { insecure_skip_verify: true } }\nroutes:\n  - { name: r, primary: p }\n",
     );
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("tls NOT VERIFIED"));
     assert!(
@@ -217,11 +210,7 @@ fn check_json_prints_the_typed_config_with_defaults_and_secrets_redacted() {
 #[test]
 fn unknown_key_and_missing_file_exit_64() {
     let path = write_temp("typo.yaml", "listeners: []\nclustrs: {}\n");
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&path);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("clustrs"));
 
@@ -851,7 +840,7 @@ fn check_reports_tls_certificates_and_exits_64_naming_the_file_and_key_of_a_bad_
         )
     };
     let ok = write_temp("tls-ok.yaml", &config(&a_cert, &a_key));
-    let out = bin().args(["check", "--config"]).arg(&ok).output().unwrap();
+    let out = check(&ok);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -876,11 +865,7 @@ fn check_reports_tls_certificates_and_exits_64_naming_the_file_and_key_of_a_bad_
             k = a_key.display()
         ),
     );
-    let out = bin()
-        .args(["check", "--config"])
-        .arg(&upstream)
-        .output()
-        .unwrap();
+    let out = check(&upstream);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     let want = "(subject CN=a.test, expires ";
