@@ -617,6 +617,11 @@ instr_case() { # instr_case BIN SHADOW -> instructions per request on stdout
   callgrind_control -d "$PROXY_PID" >/dev/null
   r1=$(requests_total)
   stop "$PROXY_PID"
+  # TEEPROXY_CALLGRIND_KEEP=DIR keeps the profiles for callgrind_annotate (--inclusive=yes).
+  if [ -n "${TEEPROXY_CALLGRIND_KEEP:-}" ]; then
+    mkdir -p "$TEEPROXY_CALLGRIND_KEEP"
+    for f in "$WORK"/cg.out*; do cp "$f" "$TEEPROXY_CALLGRIND_KEEP/$(basename "$bin").$2.$(basename "$f")"; done
+  fi
   python3 - "$WORK" "$((r1 - r0))" <<'PY'
 import glob, sys
 total = 0
