@@ -5,6 +5,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ForwardedMode;
@@ -206,11 +207,25 @@ pub(crate) fn detached_value(v: &HeaderValue) -> HeaderValue {
     d
 }
 
-/// `headers` with every value in its own allocation (see `detached_value`).
+/// `headers` with its values copied out of whatever buffer they were parsed from (see
+/// `detached_value`), all into one allocation of their own: the map's structure is cloned
+/// (no rehashing) and each value becomes a slice of that one copy.
 pub(crate) fn detached(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        out.append(name.clone(), detached_value(value));
+    let mut all = BytesMut::with_capacity(headers.values().map(HeaderValue::len).sum());
+    for v in headers.values() {
+        all.extend_from_slice(v.as_bytes());
+    }
+    let all = all.freeze();
+    let mut out = headers.clone();
+    let mut at = 0;
+    // `values` and `values_mut` walk the entries in the same order.
+    for v in out.values_mut() {
+        let end = at + v.len();
+        let mut d = HeaderValue::from_maybe_shared(all.slice(at..end))
+            .unwrap_or_else(|_| detached_value(v));
+        d.set_sensitive(v.is_sensitive());
+        *v = d;
+        at = end;
     }
     out
 }
@@ -233,6 +248,43 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn detached_copies_every_value_out_of_the_parsed_buffer() {
+        let buf = bytes::Bytes::from_static(b"text/plainabcsecret");
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONTENT_TYPE,
+            HeaderValue::from_maybe_shared(buf.slice(0..10)).unwrap(),
+        );
+        h.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(buf.slice(10..13)).unwrap(),
+        );
+        h.append("x-a", HeaderValue::from_static("second"));
+        let mut secret = HeaderValue::from_maybe_shared(buf.slice(13..19)).unwrap();
+        secret.set_sensitive(true);
+        h.append(header::AUTHORIZATION, secret);
+        let d = detached(&h);
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        assert_eq!(d.len(), 4);
+        for ((n1, v1), (n2, v2)) in h.iter().zip(d.iter()) {
+            assert_eq!((n1, v1.as_bytes()), (n2, v2.as_bytes()));
+            assert_eq!(v1.is_sensitive(), v2.is_sensitive(), "{n1}");
+            assert!(
+                !range.contains(&(v2.as_bytes().as_ptr() as usize)),
+                "{n1} still points into the parsed buffer"
+            );
+        }
+        assert!(d[header::AUTHORIZATION].is_sensitive());
+        let a: Vec<_> = d
+            .get_all("x-a")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(a, ["abc", "second"]);
+        assert!(detached(&HeaderMap::new()).is_empty());
     }
 
     fn names(h: &HeaderMap) -> Vec<String> {

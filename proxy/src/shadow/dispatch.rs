@@ -7,7 +7,10 @@
 //! deadline: the queue stops taking copies, what is queued is sent until the deadline, what
 //! is left is counted `shutdown`, and copies still in flight end as `aborted`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -19,6 +22,9 @@ use super::queue::{Circuit, ShadowJob, ShadowQueue};
 use crate::config::ClusterConfig;
 use crate::metrics::{DropReason, Leg, Metrics, ShadowClusterMetrics};
 use crate::upstream::{Cluster, Resolve};
+
+/// At most this many queued copies are taken in a row without yielding to the runtime.
+const BATCH: u32 = 32;
 
 /// The drain deadline every dispatcher watches: `None` while running.
 type DrainWatch = watch::Receiver<Option<Instant>>;
@@ -85,6 +91,7 @@ impl Dispatcher {
     pub(crate) async fn run(mut self, mut drain: DrainWatch) {
         let mut tasks = JoinSet::new();
         let mut deadline = *drain.borrow_and_update();
+        let mut in_a_row = 0;
         if deadline.is_some() {
             self.rx.close();
         }
@@ -96,32 +103,54 @@ impl Dispatcher {
                     tracing::error!(shadow = %self.exchanger.name, "shadow task panicked; the primary is unaffected");
                 }
             }
-            let next = tokio::select! {
-                _ = sleep_until(deadline) => break,
-                _ = &mut self.retired, if deadline.is_none() => {
-                    deadline = Some(Instant::now() + self.retire_within);
-                    continue;
+            // A copy already queued is taken without the select below (its futures cost
+            // more than the copy's hand-off), at most `BATCH` in a row: then the select's
+            // `recv` spends the task's budget and lets the worker run other tasks.
+            let queued =
+                if in_a_row < BATCH && deadline.is_none() && !drain.has_changed().unwrap_or(true) {
+                    if self.retired_now() {
+                        deadline = Some(Instant::now() + self.retire_within);
+                        None
+                    } else {
+                        self.rx.try_recv().ok()
+                    }
+                } else {
+                    None
+                };
+            in_a_row = if queued.is_some() { in_a_row + 1 } else { 0 };
+            let next = if queued.is_some() {
+                queued
+            } else {
+                tokio::select! {
+                    _ = sleep_until(deadline) => break,
+                    _ = &mut self.retired, if deadline.is_none() => {
+                        deadline = Some(Instant::now() + self.retire_within);
+                        continue;
+                    }
+                    changed = drain.changed(), if deadline.is_none() => {
+                        deadline = self.draining(changed, &drain);
+                        continue;
+                    }
+                    job = self.rx.recv() => job,
                 }
-                changed = drain.changed(), if deadline.is_none() => {
-                    deadline = self.draining(changed, &drain);
-                    continue;
-                }
-                job = self.rx.recv() => job,
             };
             // `None`: every sender is gone and the queue is empty.
             let Some(job) = next else { break };
             self.metrics.queue_depth.dec();
-            let permit = loop {
-                tokio::select! {
-                    p = self.in_flight.clone().acquire_owned() => break p.ok(),
-                    _ = &mut self.retired, if deadline.is_none() => {
-                        deadline = Some(Instant::now() + self.retire_within);
+            let permit = match self.in_flight.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => loop {
+                    tokio::select! {
+                        p = self.in_flight.clone().acquire_owned() => break p.ok(),
+                        _ = &mut self.retired, if deadline.is_none() => {
+                            deadline = Some(Instant::now() + self.retire_within);
+                        }
+                        changed = drain.changed(), if deadline.is_none() => {
+                            deadline = self.draining(changed, &drain);
+                        }
+                        _ = sleep_until(deadline) => break None,
                     }
-                    changed = drain.changed(), if deadline.is_none() => {
-                        deadline = self.draining(changed, &drain);
-                    }
-                    _ = sleep_until(deadline) => break None,
-                }
+                },
             };
             let Some(permit) = permit else {
                 job.spec.dropped(DropReason::shutdown, &job.path);
@@ -144,6 +173,14 @@ impl Dispatcher {
         })
         .await;
         tasks.shutdown().await;
+    }
+
+    /// Whether the queue has been retired, without waiting: polled with a no-op waker (the
+    /// select in `run` registers the real one while `deadline` is unset; once this is true,
+    /// `run` sets it and never polls `retired` again).
+    fn retired_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(&mut self.retired).poll(&mut cx).is_ready()
     }
 
     /// The drain deadline once it is set (now, if its sender is gone); closes the queue.

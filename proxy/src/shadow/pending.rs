@@ -56,13 +56,13 @@ pub(crate) struct Plan {
 struct Halves {
     body: Option<Captured>,
     primary: Option<PrimaryOutcome>,
+    /// Taken by whichever half comes second, which builds the jobs from it.
+    plan: Option<Plan>,
 }
 
-// The small variant exists only in unit tests; boxing the plan would cost every mirrored
-// request an allocation.
-#[allow(clippy::large_enum_variant)]
+/// Where the meeting's result goes: the plan's jobs (the plan waits in `Halves`).
 enum Target {
-    Plan(Plan),
+    Plan,
     #[cfg(test)]
     Record(Arc<Mutex<Option<Captured>>>),
 }
@@ -93,8 +93,11 @@ impl Pending {
             .max();
         Pending {
             max_body,
-            halves: Mutex::new(Halves::default()),
-            target: Target::Plan(plan),
+            halves: Mutex::new(Halves {
+                plan: Some(plan),
+                ..Halves::default()
+            }),
+            target: Target::Plan,
             primary_body: compare_max.map(|max| (watch::channel(None).0, max)),
         }
     }
@@ -132,11 +135,11 @@ impl Pending {
             let mut h = self.halves.lock().unwrap_or_else(PoisonError::into_inner);
             deposit(&mut h);
             match (h.body.is_some(), h.primary.is_some()) {
-                (true, true) => h.body.take().zip(h.primary.take()),
+                (true, true) => h.body.take().zip(h.primary.take()).zip(h.plan.take()),
                 _ => None,
             }
         };
-        if let (Some((body, primary)), Target::Plan(plan)) = (both, &self.target) {
+        if let (Some(((body, primary), plan)), Target::Plan) = (both, &self.target) {
             let primary_body = self.primary_body.as_ref().map(|(tx, _)| tx.subscribe());
             offer(plan, body, primary, primary_body);
         }
@@ -148,9 +151,9 @@ impl Pending {
 /// (`body_too_large`), a queue with no room now (`queue_full`, before the copy is built),
 /// the rate cap (`rate_limited`: only copies that got this far take a token), the queue
 /// and its byte budget (`queue_full`, `shutdown`). The access log shows what became of
-/// copy 1.
+/// copy 1. The last copy built takes the plan's headers; the others get clones.
 fn offer(
-    plan: &Plan,
+    plan: Plan,
     body: Captured,
     mut primary: PrimaryOutcome,
     primary_body: Option<PrimaryBodyWatch>,
@@ -172,20 +175,22 @@ fn offer(
                 });
             (chunks, trailers, len)
         }
-        Captured::TooLarge => return drop_all(plan, DropReason::body_too_large),
-        Captured::Incomplete => return drop_all(plan, DropReason::body_incomplete),
+        Captured::TooLarge => return drop_all(&plan, DropReason::body_too_large),
+        Captured::Incomplete => return drop_all(&plan, DropReason::body_incomplete),
     };
     if primary.error == Some(CANCELLED) {
         // The client reset the stream or left before the answer: not a request the
         // service completed, and mirroring it would turn a reset flood into shadow load.
-        return drop_all(plan, DropReason::cancelled);
+        return drop_all(&plan, DropReason::cancelled);
     }
     let decided = |i: usize, decision: Result<(), DropReason>| {
         if let Some(t) = &plan.trace {
             t.decided(i, decision);
         }
     };
-    let slots = pair_slots(plan);
+    let slots = pair_slots(&plan);
+    let mut headers = Some(plan.headers);
+    let last = plan.targets.len().saturating_sub(1);
     for (i, (target, copies)) in plan.targets.iter().enumerate() {
         if target.queue.circuit_open() {
             target
@@ -208,11 +213,16 @@ fn offer(
                 target.spec.dropped(DropReason::queue_full, &plan.path);
                 Err(DropReason::queue_full)
             } else if target.rate_allows() {
+                let base = if i == last && copy == *copies {
+                    headers.take()
+                } else {
+                    headers.clone()
+                };
                 let job = ShadowJob {
                     spec: target.spec.clone(),
                     method: plan.method.clone(),
                     path_and_query: plan.path_and_query.clone(),
-                    headers: target.shadow_headers(&plan.headers, copy),
+                    headers: target.shadow_headers(base.unwrap_or_default(), copy),
                     host: plan.host.clone(),
                     request_id: plan.request_id.clone(),
                     body: chunks.clone(),

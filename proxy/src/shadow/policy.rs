@@ -210,8 +210,8 @@ impl ShadowPolicy {
     /// tag, the copy index when amplified, and the trace context of a child span: the same
     /// trace id and flags with a new parent id, `teeproxy=shadow-<cluster>` first in
     /// `tracestate`. A malformed `traceparent` (and its `tracestate`) is not passed on.
-    pub(crate) fn shadow_headers(&self, base: &HeaderMap, copy: u8) -> HeaderMap {
-        let mut h = base.clone();
+    pub(crate) fn shadow_headers(&self, base: HeaderMap, copy: u8) -> HeaderMap {
+        let mut h = base;
         h.remove(header::EXPECT);
         h.remove(header::HOST);
         for name in &self.remove {
