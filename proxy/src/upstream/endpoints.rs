@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::pool::{H1Pool, Transport};
 use super::tls::{Alpn, Connector, TlsClient};
 use crate::config::{ClusterConfig, Endpoint, Http2Config, Protocol};
 use crate::metrics::EndpointGauge;
@@ -117,7 +118,7 @@ impl EndpointState {
 /// `B`), `probe` for health checks (their own connections).
 pub(crate) struct Member<B> {
     pub(crate) state: EndpointState,
-    pub(super) client: Client<Connector, B>,
+    pub(super) client: Transport<B>,
     pub(super) probe: Client<Connector, Empty<Bytes>>,
     /// Which configured endpoint this member comes from.
     pub(super) origin: usize,
@@ -203,10 +204,18 @@ impl ClientSettings {
         B::Data: Send,
     {
         let connector = self.connector(&endpoint, addr);
-        let client = self
-            .builder()
-            .pool_max_idle_per_host(self.max_idle)
-            .build(connector.clone());
+        let client = match self.protocol {
+            Protocol::Http1 => Transport::Http1(Arc::new(H1Pool::new(
+                connector.clone(),
+                self.max_idle,
+                self.idle_timeout,
+            ))),
+            Protocol::H2c | Protocol::H2 | Protocol::Auto => Transport::Pooled(Box::new(
+                self.builder()
+                    .pool_max_idle_per_host(self.max_idle)
+                    .build(connector.clone()),
+            )),
+        };
         let probe = self.builder().pool_max_idle_per_host(1).build(connector);
         Member {
             state: EndpointState::with_addr(endpoint, addr, gauge),

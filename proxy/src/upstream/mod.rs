@@ -14,6 +14,7 @@ use crate::metrics::{ClusterMetrics, TlsFailure, UpstreamErrorKind};
 
 mod discovery;
 mod endpoints;
+mod pool;
 pub(crate) mod resolve;
 pub(crate) mod tls;
 
