@@ -42,6 +42,14 @@
 #                                   quiet machine, so a change of a few percent shows (the
 #                                   requests per CPU-second of --ab move by up to 15 % from
 #                                   round to round here). Kernel time is not in it.
+#   loadgen/bench/run.sh --workers  teeproxy only: one runtime worker pinned to CPU 0 (load
+#                                   and upstreams on CPU 1) against two workers on both
+#                                   CPUs (load and upstreams sharing them), plain and
+#                                   mirroring to a fast shadow, 3 interleaved rounds of 10 s:
+#                                   throughput and requests per CPU-second of the proxy, and
+#                                   the two-worker figure over the one-worker one (a lock or
+#                                   a shared counter that serialised the workers would lower
+#                                   requests per CPU-second at two workers)
 #   loadgen/bench/run.sh --h2c      teeproxy only: a fast shadow spoken to over HTTP/1.1
 #                                   (`protocol: http1`) and over h2c (`protocol: h2c`), 3
 #                                   interleaved rounds of 10 s each, GET and POST 64 KiB;
@@ -59,6 +67,7 @@ COMPARE_ONLY=0
 H2C_ONLY=0
 TLS_ONLY=0
 PROFILE_ONLY=0
+WORKERS_ONLY=0
 AB_BIN=""
 INSTR_ONLY=0
 INSTR_BIN=""
@@ -69,6 +78,7 @@ INSTR_BIN=""
 [ "${1:-}" = "--h2c" ] && AMPLIFY_ONLY=1 && H2C_ONLY=1
 [ "${1:-}" = "--tls" ] && TLS_ONLY=1
 [ "${1:-}" = "--profile" ] && PROFILE_ONLY=1 && AMPLIFY_ONLY=1
+[ "${1:-}" = "--workers" ] && WORKERS_ONLY=1 && AMPLIFY_ONLY=1
 if [ "${1:-}" = "--ab" ]; then
   AB_BIN=$(realpath "${2:?--ab needs the other teeproxy binary}")
   [ -x "$AB_BIN" ] || { echo "--ab: $AB_BIN is not an executable" >&2; exit 2; }
@@ -78,8 +88,10 @@ if [ "${1:-}" = "--instructions" ]; then
   INSTR_ONLY=1; AMPLIFY_ONLY=1
   [ -n "${2:-}" ] && INSTR_BIN=$(realpath "$2")
 fi
-# The teeproxy binary started (the --ab rounds switch it).
+# The teeproxy binary started (the --ab rounds switch it), and its runtime workers (the
+# --workers rounds switch them).
 TEE_BIN=""
+TEE_WORKERS=1
 # TLS on the proxies' listener (the --tls rounds): the certificate and key files.
 TLS=0
 # Options of the shadow cluster in teeproxy's config (the --h2c rounds set `protocol`).
@@ -298,7 +310,7 @@ start_proxy() { # start_proxy KIND SHADOW_PORT [SHADOW_OPTIONS] -> PROXY_PID
   case "$1" in
     teeproxy)
       write_teeproxy "$2" "${3:-}"
-      TEEPROXY_WORKERS=1 start $PROXY_CPU "${TEE_BIN:-$BIN/teeproxy}" --config "$WORK/tee.yaml" 2>"$WORK/teeproxy.log" ;;
+      TEEPROXY_WORKERS=$TEE_WORKERS start $PROXY_CPU "${TEE_BIN:-$BIN/teeproxy}" --config "$WORK/tee.yaml" 2>"$WORK/teeproxy.log" ;;
     nginx)
       write_nginx "$2"
       mkdir -p "$WORK/nginx-body" "$WORK/nginx-proxy"
@@ -408,7 +420,13 @@ if [ "$COMPARE_ONLY" = 1 ]; then
     run_case "fast-shadow-compare-json-all-differ-$round" teeproxy fast GET 0 "compare: { body: json }"
   done
 elif [ "$H2C_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; h2c_cases
-elif [ "$AMPLIFY_ONLY" = 1 ]; then PROXIES=""; DUR=10s; WARM=2s; amplify_cases; fi
+elif [ "$AMPLIFY_ONLY" = 1 ]; then
+  PROXIES=""; DUR=10s; WARM=2s
+  # The tool modes (--profile, --ab, --instructions, --workers) run their own cases only.
+  if [ "$PROFILE_ONLY" = 0 ] && [ -z "$AB_BIN" ] && [ "$INSTR_ONLY" = 0 ] && [ "$WORKERS_ONLY" = 0 ]; then
+    amplify_cases
+  fi
+fi
 # HTTPS: one round is every scenario for every proxy; rounds interleave so that the shared
 # machine's noise falls on all alike. h2load and openssl s_time are the clients (third-party
 # and the same for all three); CPU is the proxy's own, from /proc.
@@ -576,6 +594,36 @@ PY
   echo '```'
   echo
 }
+if [ "$WORKERS_ONLY" = 1 ]; then
+  PINNED_PROXY=$PROXY_CPU; PINNED_LOAD=$LOAD_CPU
+  for round in 1 2 3; do
+    for w in 1 2; do
+      TEE_WORKERS=$w
+      if [ "$w" = 1 ]; then PROXY_CPU=$PINNED_PROXY; LOAD_CPU=$PINNED_LOAD; else PROXY_CPU=""; LOAD_CPU=""; fi
+      run_case "plain-w$w-r$round" teeproxy none GET 0
+      run_case "fast-shadow-w$w-r$round" teeproxy fast GET 0
+    done
+  done
+  TEE_WORKERS=1; PROXY_CPU=$PINNED_PROXY; LOAD_CPU=$PINNED_LOAD
+  python3 - "$ROWS" <<'PY'
+import sys
+from statistics import mean
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print("| scenario | workers | req/s (rounds) | req per CPU-s (rounds) | proxy CPU s per 10 s |")
+print("|---|---:|---|---|---:|")
+fig = {}
+for base in ["plain", "fast-shadow"]:
+    for w in "12":
+        rs = [r for r in rows if r[0].startswith(f"{base}-w{w}-r")]
+        rps, per = [float(r[2]) for r in rs], [float(r[8]) for r in rs]
+        fig[(base, w)] = (mean(rps), mean(per))
+        print(f"| {base} | {w} | {mean(rps):.0f} ({', '.join(f'{x:.0f}' for x in rps)}) | {mean(per):.0f} ({', '.join(f'{x:.0f}' for x in per)}) | {mean(float(r[7]) for r in rs):.2f} |")
+for base in ["plain", "fast-shadow"]:
+    (r1, p1), (r2, p2) = fig[(base, "1")], fig[(base, "2")]
+    print(f"- {base}: two workers against one: throughput {r2 / r1:.2f}x, requests per CPU-second {p2 / p1:.2f}x")
+PY
+  exit 0
+fi
 if [ -n "$AB_BIN" ]; then
   DUR=10s; WARM=2s
   for round in 1 2 3; do
