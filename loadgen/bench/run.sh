@@ -36,7 +36,8 @@
 #                                   10 s: requests per CPU-second side by side, B/A
 #   loadgen/bench/run.sh --instructions [BIN]
 #                                   CPU instructions per request under valgrind's callgrind,
-#                                   plain and mirroring to a fast shadow (2000 requests each
+#                                   plain and mirroring to a fast shadow, one answering 204,
+#                                   a slow one and a black hole (2000 requests each
 #                                   at 500/s after a warm-up), for this build and, given,
 #                                   another teeproxy binary: the same count on a busy or a
 #                                   quiet machine, so a change of a few percent shows (the
@@ -685,8 +686,11 @@ if [ "$INSTR_ONLY" = 1 ]; then
   command -v valgrind >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
   echo "| scenario | binary | instructions per request | requests |"
   echo "|---|---|---:|---:|"
-  for shadow in none fast; do
-    scenario=plain; [ "$shadow" = fast ] && scenario=fast-shadow
+  for shadow in none fast nocontent slow blackhole; do
+    case $shadow in
+      none) scenario=plain ;; fast) scenario=fast-shadow ;; nocontent) scenario=shadow-204 ;;
+      slow) scenario=slow-shadow-200ms ;; blackhole) scenario=blackholed-shadow ;;
+    esac
     for bin in $INSTR_BIN "$BIN/teeproxy"; do
       label="this build"; [ "$bin" = "$INSTR_BIN" ] && label=$bin
       IFS=$'\t' read -r per n < <(instr_case "$bin" "$shadow")

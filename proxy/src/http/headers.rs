@@ -42,6 +42,12 @@ const PROTECTED: [&str; 6] = [
 /// Removes hop-by-hop headers: the fixed list and every header named in `Connection`
 /// (except the protected ones).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard names compare as
+    // numbers) instead of a hashed lookup per hop-by-hop name. `Connection` is one of
+    // them, so a message without any names no others either.
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(&header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };

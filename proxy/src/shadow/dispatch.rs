@@ -157,7 +157,13 @@ impl Dispatcher {
                 break;
             };
             job.spec.metrics.sent.inc();
-            tasks.spawn(exchange::send(self.exchanger.clone(), job, permit));
+            // Boxed: tokio moves a task's future whole as the task starts and ends, and
+            // the exchange's is large; a box moves as a pointer.
+            tasks.spawn(Box::pin(exchange::send(
+                self.exchanger.clone(),
+                job,
+                permit,
+            )));
         }
         // Drain deadline reached, or the queue closed and empty: count what is left, then
         // let the copies in flight finish, at most until the drain deadline (for a retired

@@ -273,13 +273,16 @@ where
 
 /// The URI to send to `ep` for a request whose target is `uri` (origin-form).
 pub(crate) fn upstream_uri(ep: &EndpointState, uri: &Uri) -> Uri {
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Uri::builder()
-        .scheme(ep.endpoint.scheme.clone())
-        .authority(ep.target.clone())
-        .path_and_query(pq)
-        .build()
-        .expect("scheme, authority and path were valid parts")
+    // From parts already parsed (clones of shared bytes), not from text parsed again.
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(ep.endpoint.scheme.clone());
+    parts.authority = Some(ep.target.clone());
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).expect("scheme, authority and path were valid parts")
 }
 
 /// Whether a client error came from the request body we were forwarding.
