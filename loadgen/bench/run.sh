@@ -34,12 +34,13 @@
 #                                   (A: say, a build of the commit before a change), plain
 #                                   and mirroring to a fast shadow, 3 interleaved rounds of
 #                                   10 s: requests per CPU-second side by side, B/A
-#   loadgen/bench/run.sh --instructions [BIN]
+#   loadgen/bench/run.sh --instructions [BIN...]
 #                                   CPU instructions per request under valgrind's callgrind,
 #                                   plain and mirroring to a fast shadow, one answering 204,
 #                                   a slow one and a black hole (2000 requests each
 #                                   at 500/s after a warm-up), for this build and, given,
-#                                   another teeproxy binary: the same count on a busy or a
+#                                   other teeproxy binaries (TEEPROXY_INSTR_SHADOWS="none
+#                                   fast" runs those scenarios only): the same count on a busy or a
 #                                   quiet machine, so a change of a few percent shows (the
 #                                   requests per CPU-second of --ab move by up to 15 % from
 #                                   round to round here). Kernel time is not in it.
@@ -71,7 +72,7 @@ PROFILE_ONLY=0
 WORKERS_ONLY=0
 AB_BIN=""
 INSTR_ONLY=0
-INSTR_BIN=""
+INSTR_BINS=()
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 [ "${1:-}" = "--amplify" ] && AMPLIFY_ONLY=1
 [ "${1:-}" = "--compare" ] && COMPARE_ONLY=1 && AMPLIFY_ONLY=1
@@ -87,7 +88,7 @@ if [ "${1:-}" = "--ab" ]; then
 fi
 if [ "${1:-}" = "--instructions" ]; then
   INSTR_ONLY=1; AMPLIFY_ONLY=1
-  [ -n "${2:-}" ] && INSTR_BIN=$(realpath "$2")
+  for b in "${@:2}"; do INSTR_BINS+=("$(realpath "$b")"); done
 fi
 # The teeproxy binary started (the --ab rounds switch it), and its runtime workers (the
 # --workers rounds switch them).
@@ -686,13 +687,13 @@ if [ "$INSTR_ONLY" = 1 ]; then
   command -v valgrind >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
   echo "| scenario | binary | instructions per request | requests |"
   echo "|---|---|---:|---:|"
-  for shadow in none fast nocontent slow blackhole; do
+  for shadow in ${TEEPROXY_INSTR_SHADOWS:-none fast nocontent slow blackhole}; do
     case $shadow in
       none) scenario=plain ;; fast) scenario=fast-shadow ;; nocontent) scenario=shadow-204 ;;
       slow) scenario=slow-shadow-200ms ;; blackhole) scenario=blackholed-shadow ;;
     esac
-    for bin in $INSTR_BIN "$BIN/teeproxy"; do
-      label="this build"; [ "$bin" = "$INSTR_BIN" ] && label=$bin
+    for bin in "${INSTR_BINS[@]}" "$BIN/teeproxy"; do
+      label="this build"; [ "$bin" = "$BIN/teeproxy" ] || label=$bin
       IFS=$'\t' read -r per n < <(instr_case "$bin" "$shadow")
       echo "| $scenario | $label | $per | $n |"
     done

@@ -319,7 +319,7 @@ fn header_rewrites(req: &Request<()>) {
     let before = req.headers();
     let host = request_host(req);
     let fwd = Forwarded {
-        client_ip: IpAddr::V4([10, 1, 2, 3].into()),
+        client_ip: http::HeaderValue::from_static("10.1.2.3"),
         proto: "http",
         host,
     };

@@ -64,6 +64,8 @@ fn mix() -> Vec<(Method, String, String)> {
 async fn record_run(dir: &Path) -> String {
     let primary = FakeUpstream::builder()
         .header("content-type", "application/json")
+        // Not a compared header: a recording keeps the primary's headers all the same.
+        .header("x-primary-only", "kept")
         .body(answer_body())
         .start()
         .await;
@@ -139,6 +141,14 @@ async fn a_recorded_run_has_one_redacted_line_per_exchange() {
         assert_eq!(line["primary"]["status"], 200);
         assert_eq!(line["primary"]["truncated"], false);
         assert!(line["primary"]["latency_ms"]["headers"].as_f64().is_some());
+        assert!(
+            line["primary"]["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p[0] == "x-primary-only" && p[1] == "kept"),
+            "{line}"
+        );
         assert_eq!(line["shadow_answer"]["outcome"], "ok");
         assert_eq!(line["shadow_answer"]["status"], 200);
         assert!(

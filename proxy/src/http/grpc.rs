@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
-pub(crate) const GRPC_STATUS: &str = "grpc-status";
-pub(crate) const GRPC_MESSAGE: &str = "grpc-message";
-pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// gRPC status `DEADLINE_EXCEEDED`.
 pub(crate) const DEADLINE_EXCEEDED: u8 = 4;
@@ -57,7 +57,7 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// The request's `grpc-timeout` (`1-8 digits` then `H M S m u n`); `None` when absent or
 /// malformed (a malformed one is ignored, as gRPC servers do).
 pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
+    let v = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -78,8 +78,8 @@ pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
 /// trailers-only answer); `None` when neither has a valid one.
 pub(crate) fn status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<u8> {
     trailers
-        .and_then(|t| t.get(GRPC_STATUS))
-        .or_else(|| headers.get(GRPC_STATUS))
+        .and_then(|t| t.get(&GRPC_STATUS))
+        .or_else(|| headers.get(&GRPC_STATUS))
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u8>().ok())
 }
@@ -89,9 +89,9 @@ pub(crate) fn message<'a>(
     headers: &'a HeaderMap,
     trailers: Option<&'a HeaderMap>,
 ) -> Option<&'a str> {
-    let in_trailers = trailers.is_some_and(|t| t.contains_key(GRPC_STATUS));
+    let in_trailers = trailers.is_some_and(|t| t.contains_key(&GRPC_STATUS));
     let map = if in_trailers { trailers? } else { headers };
-    map.get(GRPC_MESSAGE).and_then(|v| v.to_str().ok())
+    map.get(&GRPC_MESSAGE).and_then(|v| v.to_str().ok())
 }
 
 /// The name of a status code (`OK`, `NOT_FOUND`, ...); `OTHER` past the 17.
@@ -112,9 +112,9 @@ pub(crate) fn trailers_only<B>(code: u8, message: &str, body: B) -> Response<B> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    h.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    h.insert(&GRPC_STATUS, HeaderValue::from(u16::from(code)));
     if let Ok(m) = HeaderValue::from_str(&percent_encode(message)) {
-        h.insert(GRPC_MESSAGE, m);
+        h.insert(&GRPC_MESSAGE, m);
     }
     resp
 }

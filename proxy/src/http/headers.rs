@@ -2,7 +2,6 @@
 //! headers, `X-Forwarded-*`, and the request id.
 
 use std::hash::{BuildHasher, Hasher};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
@@ -83,7 +82,7 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, mode: Forwa
     headers.remove(header::EXPECT);
     join_cookies(headers);
 
-    let ip = fwd.client_ip.to_string();
+    let ip = &fwd.client_ip;
     let xff = match mode {
         ForwardedMode::Append => {
             let prior: Vec<&str> = headers
@@ -94,14 +93,15 @@ pub fn rewrite_request(headers: &mut HeaderMap, fwd: &Forwarded<'_>, mode: Forwa
                 .filter(|v| !v.is_empty())
                 .collect();
             if prior.is_empty() {
-                ip
+                Some(ip.clone())
             } else {
-                format!("{}, {ip}", prior.join(", "))
+                let ip = ip.to_str().unwrap_or_default();
+                HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))).ok()
             }
         }
-        ForwardedMode::Replace => ip,
+        ForwardedMode::Replace => Some(ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(
@@ -140,9 +140,10 @@ pub fn rewrite_response(headers: &mut HeaderMap) {
 /// What the proxy knows about the client side of a request.
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct Forwarded<'a> {
+    /// The client's address as text (`ConnInfo::peer_ip`).
     #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
-    pub client_ip: IpAddr,
-    /// `http` (or `https` once TLS listeners exist).
+    pub client_ip: HeaderValue,
+    /// `http`, or `https` on TLS listeners.
     #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
     pub proto: &'static str,
     /// The host the client asked for.
@@ -236,6 +237,18 @@ pub(crate) fn detached(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The values of `names` only, each copied out of the buffer it was parsed from (see
+/// `detached_value`), in their order within each name.
+pub(crate) fn detached_only(headers: &HeaderMap, names: &[HeaderName]) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in names {
+        for v in headers.get_all(name) {
+            out.append(name.clone(), detached_value(v));
+        }
+    }
+    out
+}
+
 fn is_sane_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
@@ -291,6 +304,40 @@ mod tests {
             .collect();
         assert_eq!(a, ["abc", "second"]);
         assert!(detached(&HeaderMap::new()).is_empty());
+    }
+
+    #[test]
+    fn detached_only_keeps_the_named_values_in_order_copied_out() {
+        let buf = bytes::Bytes::from_static(b"text/htmlonetwo");
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONTENT_TYPE,
+            HeaderValue::from_maybe_shared(buf.slice(0..9)).unwrap(),
+        );
+        h.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(buf.slice(9..12)).unwrap(),
+        );
+        h.append(
+            "x-a",
+            HeaderValue::from_maybe_shared(buf.slice(12..15)).unwrap(),
+        );
+        h.append("x-other", HeaderValue::from_static("dropped"));
+        let names = [
+            HeaderName::from_static("x-a"),
+            header::CONTENT_TYPE,
+            header::ETAG,
+        ];
+        let d = detached_only(&h, &names);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[header::CONTENT_TYPE], "text/html");
+        let a: Vec<_> = d.get_all("x-a").iter().collect();
+        assert_eq!(a, ["one", "two"]);
+        assert!(!d.contains_key("x-other") && !d.contains_key(header::ETAG));
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        for v in d.values() {
+            assert!(!range.contains(&(v.as_bytes().as_ptr() as usize)));
+        }
     }
 
     fn names(h: &HeaderMap) -> Vec<String> {
@@ -367,7 +414,7 @@ mod tests {
     #[test]
     fn request_rewrite_sets_forwarded_and_drops_framing() {
         let fwd = Forwarded {
-            client_ip: "10.1.2.3".parse().unwrap(),
+            client_ip: HeaderValue::from_static("10.1.2.3"),
             proto: "http",
             host: Some("api.example.com"),
         };

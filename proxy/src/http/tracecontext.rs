@@ -2,10 +2,10 @@
 //! header of a child span (same trace id and flags, a new parent id), a new one, and a
 //! `tracestate` with one entry put first. Random ids come from the caller.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub(crate) const TRACEPARENT: &str = "traceparent";
-pub(crate) const TRACESTATE: &str = "tracestate";
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// List members a `tracestate` may hold.
 const MAX_TRACESTATE_ENTRIES: usize = 32;
 
@@ -21,7 +21,7 @@ impl TraceParent {
     /// Parses the request's `traceparent`; `None` when it is absent, repeated or malformed.
     /// A version above `00` is read as `00` (its first four fields), as the spec asks.
     pub(crate) fn from_headers(headers: &HeaderMap) -> Option<TraceParent> {
-        let mut all = headers.get_all(TRACEPARENT).iter();
+        let mut all = headers.get_all(&TRACEPARENT).iter();
         match (all.next(), all.next()) {
             (Some(v), None) => TraceParent::parse(v.as_bytes()),
             _ => None,
@@ -95,7 +95,7 @@ pub(crate) fn tracestate_with(headers: &HeaderMap, key: &str, value: &str) -> He
     let mut out = format!("{key}={value}");
     let mut n = 1;
     let members = headers
-        .get_all(TRACESTATE)
+        .get_all(&TRACESTATE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -145,9 +145,9 @@ mod tests {
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
         assert_eq!(TraceParent::parse(later.as_bytes()).unwrap().flags, 1);
         let mut h = HeaderMap::new();
-        h.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        h.append(&TRACEPARENT, HeaderValue::from_static(VALID));
         assert!(TraceParent::from_headers(&h).is_some());
-        h.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        h.append(&TRACEPARENT, HeaderValue::from_static(VALID));
         assert_eq!(TraceParent::from_headers(&h), None, "repeated");
     }
 
@@ -169,15 +169,15 @@ mod tests {
             tracestate_with(&h, "teeproxy", "shadow-c"),
             "teeproxy=shadow-c"
         );
-        h.append(TRACESTATE, HeaderValue::from_static("a=1, teeproxy=old"));
-        h.append(TRACESTATE, HeaderValue::from_static("b=2"));
+        h.append(&TRACESTATE, HeaderValue::from_static("a=1, teeproxy=old"));
+        h.append(&TRACESTATE, HeaderValue::from_static("b=2"));
         assert_eq!(
             tracestate_with(&h, "teeproxy", "shadow-c"),
             "teeproxy=shadow-c,a=1,b=2"
         );
         let long: Vec<String> = (0..40).map(|i| format!("k{i}=v")).collect();
         let mut h = HeaderMap::new();
-        h.insert(TRACESTATE, HeaderValue::from_str(&long.join(",")).unwrap());
+        h.insert(&TRACESTATE, HeaderValue::from_str(&long.join(",")).unwrap());
         let v = tracestate_with(&h, "teeproxy", "x");
         let members: Vec<&str> = v.to_str().unwrap().split(',').collect();
         assert_eq!(members.len(), 32);

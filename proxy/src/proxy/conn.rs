@@ -4,12 +4,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
+
 use super::tunnel::Tunnels;
 
 /// The client connection of a request.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` carries it, written once per connection.
+    pub peer_ip: HeaderValue,
     /// `http`, or `https` for TLS listeners.
     pub proto: &'static str,
     /// The connection's WebSocket tunnels. They run as long as a clone of this handle is
@@ -27,6 +31,7 @@ impl ConnInfo {
     pub fn new(peer: SocketAddr, tunnel_idle: Duration) -> Self {
         ConnInfo {
             peer,
+            peer_ip: ip_value(peer),
             proto: "http",
             tunnels: Tunnels::default(),
             tunnel_idle,
@@ -40,5 +45,24 @@ impl ConnInfo {
         self.proto = "https";
         self.client_subject = client_subject;
         self
+    }
+}
+
+/// An address's text as a header value (always valid: digits, dots, hex and colons).
+fn ip_value(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_address_is_written_once_as_x_forwarded_for_carries_it() {
+        let v4 = ConnInfo::new("10.0.0.7:5000".parse().unwrap(), Duration::from_secs(1));
+        assert_eq!(v4.peer_ip, "10.0.0.7");
+        let v6 = ConnInfo::new("[2001:db8::1]:443".parse().unwrap(), Duration::from_secs(1));
+        assert_eq!(v6.peer_ip, "2001:db8::1");
+        assert_eq!(v6.clone().peer_ip, "2001:db8::1");
     }
 }

@@ -161,14 +161,15 @@ pub(crate) async fn forward(
         }
         _ => (None, None),
     };
-    if report.0.is_some() {
+    if let Some(pending) = &report.0 {
+        let headers = result
+            .as_ref()
+            .map(|r| pending.primary_headers(r.headers()))
+            .unwrap_or_default();
         report.done(PrimaryOutcome {
             status: result.as_ref().ok().map(|r| r.status()),
             error: result.as_ref().err().map(UpstreamError::kind_str),
-            headers: result
-                .as_ref()
-                .map(|r| headers::detached(r.headers()))
-                .unwrap_or_default(),
+            headers,
             to_headers: result.is_ok().then_some(elapsed),
             head_at: result.is_ok().then(|| sent + elapsed),
             paired: None,
@@ -179,7 +180,9 @@ pub(crate) async fn forward(
         upstream: result.is_ok().then_some(elapsed),
         result: result
             .map(|resp| {
-                let head_status = crate::http::grpc::status(resp.headers(), None);
+                let head_status = grpc
+                    .then(|| crate::http::grpc::status(resp.headers(), None))
+                    .flatten();
                 let mut resp = resp.map(|b| ResponseTee::new(b, sent, path, sink));
                 if grpc {
                     resp.body_mut().grpc_at_end(GrpcEnd {
@@ -268,16 +271,16 @@ fn prepare(
     let host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
     let (mut parts, body) = req.into_parts();
     let fwd = Forwarded {
-        client_ip: conn.peer.ip(),
+        client_ip: conn.peer_ip.clone(),
         proto: conn.proto,
         host: host.as_ref().and_then(|h| h.to_str().ok()),
     };
     headers::rewrite_request(&mut parts.headers, &fwd, snap.forwarded);
-    if snap.config.trace_context.generate && !parts.headers.contains_key(TRACEPARENT) {
+    if snap.config.trace_context.generate && !parts.headers.contains_key(&TRACEPARENT) {
         // A new trace, on the primary (and so, as its child, on every shadow).
         let trace_id = (u128::from(random_u64()) << 64) | u128::from(random_u64());
         let tp = TraceParent::new_root(trace_id, random_u64());
-        parts.headers.insert(TRACEPARENT, tp.to_header());
+        parts.headers.insert(&TRACEPARENT, tp.to_header());
     }
 
     let declared_len = body.size_hint().exact();

@@ -8,9 +8,10 @@
 //! tasks, never on the primary path.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{self, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +20,7 @@ use super::decode::{self, Decoded};
 
 mod grpc;
 use crate::config::{CompareBody, CompareConfig};
+use crate::http::grpc::{GRPC_MESSAGE, GRPC_STATUS};
 use crate::http::tracecontext::{TRACEPARENT, TRACESTATE};
 use crate::metrics::{CompareResult, SkipReason};
 pub(crate) use grpc::GrpcStatus;
@@ -371,6 +373,20 @@ pub(crate) struct Comparator {
     pub(crate) max_body: usize,
     /// What the policy changes on its copies.
     edited: EditedHeaders,
+    /// The primary's response headers a comparison reads: the listed ones, the coding
+    /// (to decode the body) and gRPC's status and message.
+    primary_names: Arc<[HeaderName]>,
+}
+
+/// The listed headers, `content-encoding`, `grpc-status` and `grpc-message`, once each.
+fn primary_names(listed: &[HeaderName]) -> Arc<[HeaderName]> {
+    let mut names = listed.to_vec();
+    for n in [&header::CONTENT_ENCODING, &GRPC_STATUS, &GRPC_MESSAGE] {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names.into()
 }
 
 /// What a kept example shows instead of a redacted value.
@@ -392,7 +408,13 @@ impl Comparator {
                 .collect(),
             max_body: c.max_body,
             edited: EditedHeaders::default(),
+            primary_names: primary_names(&c.headers),
         }
+    }
+
+    /// The primary's response headers this comparison reads (see `primary_names`).
+    pub(crate) fn primary_names(&self) -> &Arc<[HeaderName]> {
+        &self.primary_names
     }
 
     /// The same, knowing what the policy changes on its copies' requests.
@@ -460,10 +482,7 @@ impl Comparator {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         };
-        let trace = (
-            HeaderName::from_static(TRACEPARENT),
-            HeaderName::from_static(TRACESTATE),
-        );
+        let trace = (TRACEPARENT.clone(), TRACESTATE.clone());
         let primary_host = text(primary_host);
         if replaced(&HOST)
             && let (Some(p), Some(s)) = (&primary_host, text(sent.get(HOST)))
@@ -897,6 +916,31 @@ mod tests {
             ignore: ignore.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn the_primary_headers_kept_are_the_listed_the_coding_and_grpc_once_each() {
+        let names = |c: &Comparator| -> Vec<String> {
+            c.primary_names().iter().map(|n| n.to_string()).collect()
+        };
+        let default = Comparator::new(&CompareConfig::default());
+        assert_eq!(
+            names(&default),
+            [
+                "content-type",
+                "content-encoding",
+                "grpc-status",
+                "grpc-message"
+            ]
+        );
+        let listed = Comparator::new(&CompareConfig {
+            headers: vec![HeaderName::from_static("x-a"), header::CONTENT_ENCODING],
+            ..Default::default()
+        });
+        assert_eq!(
+            names(&listed),
+            ["x-a", "content-encoding", "grpc-status", "grpc-message"]
+        );
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use tokio::sync::watch;
 
@@ -15,6 +15,7 @@ use super::policy::ShadowPolicy;
 use super::queue::{CANCELLED, PrimaryBodySink, PrimaryBodyWatch, PrimaryOutcome, ShadowJob};
 use super::trace::Trace;
 use super::verdict::pair::{PairSlot, Pairing};
+use crate::http::headers;
 use crate::metrics::DropReason;
 use crate::stats::PathEntry;
 
@@ -74,6 +75,9 @@ pub(crate) struct Pending {
     target: Target,
     /// Filled by the primary's response tee when some target compares bodies.
     primary_body: Option<PrimaryBodySink>,
+    /// The primary's response headers the targets read; `None`: all of them (a target
+    /// records its exchanges).
+    primary_names: Option<Arc<[HeaderName]>>,
 }
 
 impl Pending {
@@ -91,6 +95,22 @@ impl Pending {
             .filter(|t| t.spec.compare.compares_body() || t.spec.recorder.is_some())
             .map(|t| t.spec.compare.max_body)
             .max();
+        let primary_names = match plan.targets.as_slice() {
+            t if t.iter().any(|(t, _)| t.spec.recorder.is_some()) => None,
+            [(t, _)] => Some(t.spec.compare.primary_names().clone()),
+            many => {
+                let mut names: Vec<HeaderName> = Vec::new();
+                for name in many
+                    .iter()
+                    .flat_map(|(t, _)| t.spec.compare.primary_names().iter())
+                {
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                }
+                Some(names.into())
+            }
+        };
         Pending {
             max_body,
             halves: Mutex::new(Halves {
@@ -99,6 +119,16 @@ impl Pending {
             }),
             target: Target::Plan,
             primary_body: compare_max.map(|max| (watch::channel(None).0, max)),
+            primary_names,
+        }
+    }
+
+    /// What the copies keep of the primary's response headers: those their comparisons
+    /// read (all of them when a target records), copied out of the connection's buffer.
+    pub(crate) fn primary_headers(&self, headers: &HeaderMap) -> HeaderMap {
+        match &self.primary_names {
+            Some(names) => headers::detached_only(headers, names),
+            None => headers::detached(headers),
         }
     }
 
@@ -292,6 +322,7 @@ pub(crate) mod tests {
             halves: Mutex::new(Halves::default()),
             target: Target::Record(slot.clone()),
             primary_body: None,
+            primary_names: None,
         };
         (Arc::new(m), slot)
     }

@@ -190,11 +190,7 @@ impl ShadowPolicy {
         tag_name: Option<&HeaderName>,
         copy_name: Option<&HeaderName>,
     ) -> EditedHeaders {
-        let mut replaced = vec![
-            header::HOST,
-            HeaderName::from_static(TRACEPARENT),
-            HeaderName::from_static(TRACESTATE),
-        ];
+        let mut replaced = vec![header::HOST, TRACEPARENT.clone(), TRACESTATE.clone()];
         replaced.extend(c.headers.set.iter().map(|(n, _)| n.clone()));
         let mut names = replaced.clone();
         names.push(header::EXPECT);
@@ -226,16 +222,16 @@ impl ShadowPolicy {
         if let Some(name) = &self.copy_tag {
             h.insert(name.clone(), HeaderValue::from(u16::from(copy)));
         }
-        if h.contains_key(TRACEPARENT) {
+        if h.contains_key(&TRACEPARENT) {
             match TraceParent::from_headers(&h) {
                 Some(tp) => {
                     let state = tracecontext::tracestate_with(&h, "teeproxy", &self.trace_value);
-                    h.insert(TRACEPARENT, tp.child(sample::random_u64()).to_header());
-                    h.insert(TRACESTATE, state);
+                    h.insert(&TRACEPARENT, tp.child(sample::random_u64()).to_header());
+                    h.insert(&TRACESTATE, state);
                 }
                 None => {
-                    h.remove(TRACEPARENT);
-                    h.remove(TRACESTATE);
+                    h.remove(&TRACEPARENT);
+                    h.remove(&TRACESTATE);
                 }
             }
         }
