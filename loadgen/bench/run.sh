@@ -40,8 +40,9 @@
 #                                   a slow one and a black hole (2000 requests each
 #                                   at 500/s after a warm-up), for this build and, given,
 #                                   other teeproxy binaries (TEEPROXY_INSTR_SHADOWS="none
-#                                   fast" runs those scenarios only): the same count on a busy or a
-#                                   quiet machine, so a change of a few percent shows (the
+#                                   fast" runs those scenarios only): the same count on a
+#                                   busy or a quiet machine, so a change of a few percent
+#                                   shows (the
 #                                   requests per CPU-second of --ab move by up to 15 % from
 #                                   round to round here). Kernel time is not in it.
 #   loadgen/bench/run.sh --workers  teeproxy only: one runtime worker pinned to CPU 0 (load

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::app::App;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 use crate::proxy::conn::ConnInfo;
 use crate::proxy::snapshot::{Shared, Snapshot};
 use crate::reload::Reload;
@@ -409,6 +409,49 @@ async fn a_full_queue_drops_at_once() {
         ),
         2.0
     );
+}
+
+/// Catches: a copy planned (its headers copied, its body kept) for a queue that is
+/// already full or a circuit already open when the request arrives, or a refusal there
+/// that is not counted (`offered = sent + dropped`).
+#[tokio::test]
+async fn a_full_queue_or_an_open_circuit_refuses_the_copy_when_the_request_arrives() {
+    let (snap, dispatchers, registry) = snapshot(", shadow_queue: 1", ", methods: any");
+    let mut rx = dispatchers.into_iter().next().unwrap().into_receiver();
+    let policy = &snap.routes[0].shadows[0];
+    let path = snap.routes[0].paths.entry("/x");
+    let parts = Request::post("/x").body(()).unwrap().into_parts().0;
+    assert_eq!(policy.admit(&parts, true, Some(1), &path), Ok(1));
+    let (p, _) = pending(&snap);
+    p.primary_done(answered(200));
+    p.body_done(complete(&["x"]));
+    assert_eq!(
+        policy.admit(&parts, true, Some(1), &path),
+        Err(DropReason::queue_full),
+        "the queue's one place is taken"
+    );
+    assert_eq!(dropped(&registry, "queue_full"), 1.0);
+    assert!(rx.try_recv().is_ok());
+    assert_eq!(
+        policy.admit(&parts, true, Some(1), &path),
+        Ok(1),
+        "room again"
+    );
+    for _ in 0..CIRCUIT_FAILURES {
+        policy.queue.circuit().connect_failed();
+    }
+    assert_eq!(
+        policy.admit(&parts, true, Some(1), &path),
+        Err(DropReason::circuit_open)
+    );
+    assert_eq!(dropped(&registry, "circuit_open"), 1.0);
+    let offered = metric(
+        &registry,
+        "teeproxy_shadow_offered_total{route=\"all\",shadow=\"candidate\"}",
+    );
+    // Four admissions and the one copy offered through the rendezvous (which counts
+    // nothing as offered: admission does).
+    assert_eq!(offered, 4.0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ impl ShadowPolicy {
             Some(DropReason::paused)
         } else {
             self.refusal(parts, mirrorable, body_len, true)
+                .or_else(|| self.no_room())
         };
         match refused {
             Some(reason) => {
@@ -143,12 +144,28 @@ impl ShadowPolicy {
         path: &PathEntry,
     ) -> Result<u8, DropReason> {
         self.spec.metrics.offered.inc();
-        match self.refusal(parts, mirrorable, body_len, false) {
+        match self
+            .refusal(parts, mirrorable, body_len, false)
+            .or_else(|| self.no_room())
+        {
             Some(reason) => {
                 self.spec.dropped(reason, path);
                 Err(reason)
             }
             None => Ok(1),
+        }
+    }
+
+    /// A copy the shadow cannot take now: its circuit is open, or its queue is full. Found
+    /// when the request arrives, before its headers are copied and its body is kept
+    /// (checked again when the copy is offered).
+    fn no_room(&self) -> Option<DropReason> {
+        if self.queue.circuit_open() {
+            Some(DropReason::circuit_open)
+        } else if self.queue.is_full() {
+            Some(DropReason::queue_full)
+        } else {
+            None
         }
     }
 
