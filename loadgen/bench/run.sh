@@ -44,7 +44,10 @@
 #                                   busy or a quiet machine, so a change of a few percent
 #                                   shows (the
 #                                   requests per CPU-second of --ab move by up to 15 % from
-#                                   round to round here). Kernel time is not in it.
+#                                   round to round here). Kernel time is not in it. When
+#                                   nginx is installed, it is counted the same way for the
+#                                   plain, fast-shadow and 204 scenarios (one process,
+#                                   `master_process off`), as the baseline in the same run.
 #   loadgen/bench/run.sh --workers  teeproxy only: one runtime worker pinned to CPU 0 (load
 #                                   and upstreams on CPU 1) against two workers on both
 #                                   CPUs (load and upstreams sharing them), plain and
@@ -651,29 +654,37 @@ for base in ["plain", "fast-shadow"]:
 PY
   exit 0
 fi
-instr_case() { # instr_case BIN SHADOW -> instructions per request on stdout
+instr_case() { # instr_case BIN|nginx SHADOW -> instructions per request on stdout
   local bin=$1 sport; sport=$(shadow_port "$2")
-  write_teeproxy "$sport"
-  TEEPROXY_WORKERS=1 start $PROXY_CPU valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$WORK/cg.out" "$bin" --config "$WORK/tee.yaml" 2>"$WORK/vg.log"
+  local cg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out")
+  if [ "$bin" = nginx ]; then
+    # One process (no master), so the worker's instructions are the process's.
+    write_nginx "$sport"
+    sed -i 's/^daemon off;$/daemon off;\nmaster_process off;/' "$WORK/nginx.conf"
+    mkdir -p "$WORK/nginx-body" "$WORK/nginx-proxy"
+    start $PROXY_CPU "${cg[@]}" nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" 2>"$WORK/vg.log"
+  else
+    write_teeproxy "$sport"
+    TEEPROXY_WORKERS=1 start $PROXY_CPU "${cg[@]}" "$bin" --config "$WORK/tee.yaml" 2>"$WORK/vg.log"
+  fi
   PROXY_PID=$LAST
   for _ in $(seq 1 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PROXY") 2>/dev/null && break; sleep 0.1; done
   local drive=("$BIN/loadgen" drive --url "http://127.0.0.1:$PROXY" --connections 8 --path /bench --timeout 10s --quiet --json)
   $LOAD_CPU "${drive[@]}" --rate 500 --duration 2s >/dev/null
-  local r0 r1; r0=$(requests_total)
   callgrind_control -i on "$PROXY_PID" >/dev/null
-  $LOAD_CPU "${drive[@]}" --rate 500 --duration 4s >/dev/null
+  # The window's requests: those the load generator completed in it.
+  local done
+  done=$($LOAD_CPU "${drive[@]}" --rate 500 --duration 4s | python3 -c 'import json, sys; print(json.load(sys.stdin)["completed"])')
   # Copies still on their way to the shadow belong to this window too.
   sleep 1
   callgrind_control -d "$PROXY_PID" >/dev/null
-  r1=$(requests_total)
   stop "$PROXY_PID"
   # TEEPROXY_CALLGRIND_KEEP=DIR keeps the profiles for callgrind_annotate (--inclusive=yes).
   if [ -n "${TEEPROXY_CALLGRIND_KEEP:-}" ]; then
     mkdir -p "$TEEPROXY_CALLGRIND_KEEP"
     for f in "$WORK"/cg.out*; do cp "$f" "$TEEPROXY_CALLGRIND_KEEP/$(basename "$bin").$2.$(basename "$f")"; done
   fi
-  python3 - "$WORK" "$((r1 - r0))" <<'PY'
+  python3 - "$WORK" "$done" <<'PY'
 import glob, sys
 total = 0
 for f in glob.glob(sys.argv[1] + "/cg.out*"):
@@ -693,7 +704,9 @@ if [ "$INSTR_ONLY" = 1 ]; then
       none) scenario=plain ;; fast) scenario=fast-shadow ;; nocontent) scenario=shadow-204 ;;
       slow) scenario=slow-shadow-200ms ;; blackhole) scenario=blackholed-shadow ;;
     esac
-    for bin in "${INSTR_BINS[@]}" "$BIN/teeproxy"; do
+    peers=()
+    case $shadow in none|fast|nocontent) command -v nginx >/dev/null 2>&1 && peers=(nginx) ;; esac
+    for bin in "${INSTR_BINS[@]}" "$BIN/teeproxy" "${peers[@]}"; do
       label="this build"; [ "$bin" = "$BIN/teeproxy" ] || label=$bin
       IFS=$'\t' read -r per n < <(instr_case "$bin" "$shadow")
       echo "| $scenario | $label | $per | $n |"
@@ -726,11 +739,17 @@ done
 # Added latency at p50, open loop at half of teeproxy's plain maximum.
 [ "$AMPLIFY_ONLY" = 1 ] && MAX=0 || MAX=$(awk -F'\t' '$1 == "plain" && $2 == "teeproxy" {print $3}' "$ROWS")
 HALF=$(( ${MAX:-2000} / 2 ))
-OPEN_DIRECT=""; OPEN_TEE=""
+# Direct and through teeproxy in turn, three times (once in smoke mode): the added p50 is
+# the median of the pairs, so one run's drift on this shared machine does not decide it.
+OPEN="$WORK/open.jsonl"; : >"$OPEN"
 if [ "$HALF" -gt 0 ]; then
-  OPEN_DIRECT=$($LOAD_CPU "$BIN/loadgen" drive --url "http://127.0.0.1:$UP" --rate $HALF --duration $DUR --path /bench --quiet --json)
   start_proxy teeproxy ""
-  OPEN_TEE=$($LOAD_CPU "$BIN/loadgen" drive --url "http://127.0.0.1:$PROXY" --rate $HALF --duration $DUR --path /bench --quiet --json)
+  for _ in $(seq 1 $([ "$SMOKE" = 1 ] && echo 1 || echo 3)); do
+    for port in $UP $PROXY; do
+      $LOAD_CPU "$BIN/loadgen" drive --url "http://127.0.0.1:$port" --rate $HALF --duration $DUR --path /bench --quiet --json >>"$OPEN"
+      echo >>"$OPEN"
+    done
+  done
   stop $PROXY_PID
 fi
 
@@ -748,8 +767,9 @@ if [ "$SMOKE" = 0 ] && [ "$AMPLIFY_ONLY" = 0 ]; then
   stop $PROXY_PID
 fi
 
-python3 - "$ROWS" "$OPEN_DIRECT" "$OPEN_TEE" "$HALF" "$RSS_SAMPLES" <<'PY'
+python3 - "$ROWS" "$OPEN" "$HALF" "$RSS_SAMPLES" <<'PY'
 import json, sys
+from statistics import median
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 print("| scenario | proxy | req/s | p50 ms | p99 ms | max ms | errors | proxy CPU s | req per CPU-s | peak RSS MiB | shadow got | drops |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -784,10 +804,12 @@ if "fast-shadow" in tee:
 if "blackholed-amplify-1" in tee and "blackholed-amplify-10" in tee:
     a, b = tee["blackholed-amplify-1"], tee["blackholed-amplify-10"]
     print(f"- teeproxy black-holed shadow, amplify 10 vs 1: throughput {float(b[2]) / float(a[2]):.2f}x ({b[2]} vs {a[2]} req/s), p99 {b[4]} vs {a[4]} ms, drops {b[11]} vs {a[11]}")
-if sys.argv[2] and sys.argv[3]:
-    d, t = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    added_us = (t["latency_ms"]["p50"] - d["latency_ms"]["p50"]) * 1000
-    print(f"- open loop at {sys.argv[4]} req/s (half of teeproxy's plain maximum): p50 direct {d['latency_ms']['p50']} ms, through teeproxy {t['latency_ms']['p50']} ms: added {added_us:.0f} us")
+runs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+pairs = list(zip(runs[0::2], runs[1::2]))
+if pairs:
+    added = [(t["latency_ms"]["p50"] - d["latency_ms"]["p50"]) * 1000 for d, t in pairs]
+    each = "; ".join(f"{d['latency_ms']['p50']} / {t['latency_ms']['p50']} ms" for d, t in pairs)
+    print(f"- open loop at {sys.argv[3]} req/s (half of teeproxy's plain maximum), p50 direct / through teeproxy, {len(pairs)} pair(s) in turn: {each}; added {median(added):.0f} us (median; each {', '.join(f'{a:.0f}' for a in added)})")
 for base in ["fast-shadow", "post-64KiB-shadow"]:
     per = {}
     for proto in ["http1", "h2c"]:
@@ -797,8 +819,8 @@ for base in ["fast-shadow", "post-64KiB-shadow"]:
     if len(per) == 2:
         mean = {p: sum(v) / len(v) for p, v in per.items()}
         print(f"- teeproxy {base}, shadow over h2c vs HTTP/1.1: req per CPU-s {mean['h2c']:.0f} vs {mean['http1']:.0f} (mean of {len(per['h2c'])} rounds), ratio {mean['h2c'] / mean['http1']:.2f}; rounds h2c {[round(x) for x in per['h2c']]}, http1 {[round(x) for x in per['http1']]}")
-if sys.argv[5].strip():
-    print(f"- teeproxy RSS (MiB) every 10 s over 60 s at full load with a black-holed shadow:{sys.argv[5]}")
+if sys.argv[4].strip():
+    print(f"- teeproxy RSS (MiB) every 10 s over 60 s at full load with a black-holed shadow:{sys.argv[4]}")
 PY
 
 # The regression guard (smoke mode, CI): teeproxy against itself in this run. Requests per

@@ -206,6 +206,7 @@ fn pending_copies(snap: &Snapshot, copies: u8) -> (Arc<Pending>, Arc<PathEntry>)
         request_id: http::HeaderValue::from_static("id-1"),
         path: path.clone(),
         trace: None,
+        route_primary_names: route.shadow_primary_names.clone(),
     });
     (Arc::new(p), path)
 }

@@ -329,6 +329,7 @@ fn prepare(
             request_id: headers::detached_value(request_id),
             path: path.clone(),
             trace: trace.clone(),
+            route_primary_names: route.shadow_primary_names.clone(),
         }))
     });
     let (body, body_sent) = IdleTimeout::with_end_signal(body, snap.body_timeout);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{HeaderName, Method};
 
 use super::body::PrimaryBody;
 use crate::config::{Config, ForwardedMode, RouteConfig};
@@ -20,7 +20,7 @@ use crate::shadow::compare::Comparator;
 use crate::shadow::control::Controls;
 use crate::shadow::dispatch::{Dispatcher, shadow_cluster};
 use crate::shadow::mismatches::MismatchGroups;
-use crate::shadow::policy::ShadowPolicy;
+use crate::shadow::policy::{ShadowPolicy, primary_names_of};
 use crate::shadow::record::CopySpec;
 use crate::shadow::verdict::pair::Pairing;
 use crate::stats::PathRegistry;
@@ -64,6 +64,9 @@ pub(crate) struct RouteState {
     pub(crate) primary: Arc<Cluster<PrimaryBody>>,
     /// Shadow policies, in config order.
     pub(crate) shadows: Vec<Arc<ShadowPolicy>>,
+    /// The primary's response headers the shadows' copies read, all policies together
+    /// (`None`: all of them, as one records its exchanges).
+    pub(crate) shadow_primary_names: Option<Arc<[HeaderName]>>,
     /// Path templates and their statistics (kept across a reload that leaves the route's
     /// name, templates, primary and shadows as they were).
     pub(crate) paths: Arc<PathRegistry>,
@@ -153,7 +156,7 @@ impl Snapshot {
                             r.verdict.window,
                         ))
                     });
-                let shadows = r
+                let shadows: Vec<_> = r
                     .shadows
                     .iter()
                     .enumerate()
@@ -201,6 +204,7 @@ impl Snapshot {
                 let state = RouteState {
                     name: r.name.clone(),
                     primary: primary.clone(),
+                    shadow_primary_names: primary_names_of(&shadows),
                     shadows,
                     paths,
                     paths_key: key,
@@ -307,6 +311,46 @@ mod tests {
         assert_eq!(two.shadows[1].spec.index, 1);
         // Routes copying to the same cluster share its queue.
         assert!(Arc::ptr_eq(&one.shadows[0].queue, &two.shadows[0].queue));
+    }
+
+    #[test]
+    fn a_route_knows_the_primary_headers_its_shadows_read_once_each_or_all_when_one_records() {
+        let names = |s: &Snapshot| -> Option<Vec<String>> {
+            let n = s.routes[0].shadow_primary_names.as_deref()?;
+            Some(n.iter().map(|n| n.to_string()).collect())
+        };
+        let (one, _) = snapshot(
+            "  - { name: one, primary: a, shadows: [{ cluster: b, compare: { headers: [etag] } }] }\n",
+        );
+        assert_eq!(
+            names(&one).unwrap(),
+            ["etag", "content-encoding", "grpc-status", "grpc-message"]
+        );
+        let (two, _) = snapshot(
+            "  - { name: one, primary: a, shadows: [{ cluster: b, compare: { headers: [etag, content-type] } }, { cluster: a, compare: { headers: [content-type, x-version] } }] }\n",
+        );
+        assert_eq!(
+            names(&two).unwrap(),
+            [
+                "etag",
+                "content-type",
+                "content-encoding",
+                "grpc-status",
+                "grpc-message",
+                "x-version"
+            ]
+        );
+        let file = std::env::temp_dir().join(format!(
+            "teeproxy-snapshot-names-{}.jsonl",
+            std::process::id()
+        ));
+        let (recording, _) = snapshot(&format!(
+            "  - {{ name: one, primary: a, shadows: [{{ cluster: b }}, {{ cluster: a, record: {{ path: \"{}\" }} }}] }}\n",
+            file.display()
+        ));
+        assert_eq!(names(&recording), None, "a recording shadow keeps them all");
+        drop(recording);
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

@@ -380,13 +380,22 @@ pub(crate) struct Comparator {
 
 /// The listed headers, `content-encoding`, `grpc-status` and `grpc-message`, once each.
 fn primary_names(listed: &[HeaderName]) -> Arc<[HeaderName]> {
-    let mut names = listed.to_vec();
-    for n in [&header::CONTENT_ENCODING, &GRPC_STATUS, &GRPC_MESSAGE] {
-        if !names.contains(n) {
-            names.push(n.clone());
+    names_once(
+        listed
+            .iter()
+            .chain([&header::CONTENT_ENCODING, &GRPC_STATUS, &GRPC_MESSAGE]),
+    )
+}
+
+/// `names` without repeats, in the order first seen.
+pub(crate) fn names_once<'a>(names: impl IntoIterator<Item = &'a HeaderName>) -> Arc<[HeaderName]> {
+    let mut once: Vec<HeaderName> = Vec::new();
+    for name in names {
+        if !once.contains(name) {
+            once.push(name.clone());
         }
     }
-    names.into()
+    once.into()
 }
 
 /// What a kept example shows instead of a redacted value.

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 use tokio::sync::watch;
 
-use super::policy::ShadowPolicy;
+use super::policy::{ShadowPolicy, primary_names_of};
 use super::queue::{CANCELLED, PrimaryBodySink, PrimaryBodyWatch, PrimaryOutcome, ShadowJob};
 use super::trace::Trace;
 use super::verdict::pair::{PairSlot, Pairing};
@@ -51,6 +51,9 @@ pub(crate) struct Plan {
     pub(crate) path: Arc<PathEntry>,
     /// Where the access log learns each copy's fate (only when the log is on).
     pub(crate) trace: Option<Arc<Trace>>,
+    /// The primary's response headers the route's shadows read, all of them together
+    /// (`None`: every header; see `policy::primary_names_of`), built with the route.
+    pub(crate) route_primary_names: Option<Arc<[HeaderName]>>,
 }
 
 #[derive(Default)]
@@ -95,21 +98,11 @@ impl Pending {
             .filter(|t| t.spec.compare.compares_body() || t.spec.recorder.is_some())
             .map(|t| t.spec.compare.max_body)
             .max();
+        // One target: the names it reads. Several: the route's union, built once with the
+        // route (a superset of what these targets read).
         let primary_names = match plan.targets.as_slice() {
-            t if t.iter().any(|(t, _)| t.spec.recorder.is_some()) => None,
-            [(t, _)] => Some(t.spec.compare.primary_names().clone()),
-            many => {
-                let mut names: Vec<HeaderName> = Vec::new();
-                for name in many
-                    .iter()
-                    .flat_map(|(t, _)| t.spec.compare.primary_names().iter())
-                {
-                    if !names.contains(name) {
-                        names.push(name.clone());
-                    }
-                }
-                Some(names.into())
-            }
+            [(t, _)] => primary_names_of(std::slice::from_ref(t)),
+            _ => plan.route_primary_names.clone(),
         };
         Pending {
             max_body,

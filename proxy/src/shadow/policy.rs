@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, request::Parts};
 
-use super::compare::EditedHeaders;
+use super::compare::{EditedHeaders, names_once};
 use super::control::ShadowControl;
 use super::queue::ShadowQueue;
 use super::rate::RateCap;
@@ -46,6 +46,21 @@ pub(crate) struct ShadowPolicy {
     rate: Option<RateCap>,
     /// `shadow-<cluster>`, this shadow's `tracestate` value.
     trace_value: String,
+}
+
+/// The primary's response headers that copies for `policies` read: the union of their
+/// comparisons' names; `None` (all of them) when one of them records its exchanges.
+pub(crate) fn primary_names_of(policies: &[Arc<ShadowPolicy>]) -> Option<Arc<[HeaderName]>> {
+    if policies.iter().any(|p| p.spec.recorder.is_some()) {
+        return None;
+    }
+    match policies {
+        [only] => Some(only.spec.compare.primary_names().clone()),
+        many => Some(names_once(
+            many.iter()
+                .flat_map(|p| p.spec.compare.primary_names().iter()),
+        )),
+    }
 }
 
 impl ShadowPolicy {
