@@ -47,6 +47,7 @@ pub(crate) struct Metrics {
     requests: Family<RouteStatusLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<ClusterErrorLabels, Counter>,
+    upstream_resent: Family<ClusterLabels, Counter>,
     upstream_requests: Family<ClusterLabels, Counter>,
     ejections: Family<ClusterLabels, Counter>,
     open_connections: Family<ListenerLabels, Gauge>,
@@ -84,6 +85,7 @@ impl Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             upstream_errors: Family::default(),
+            upstream_resent: Family::default(),
             upstream_requests: Family::default(),
             ejections: Family::default(),
             open_connections: Family::default(),
@@ -250,6 +252,11 @@ impl Metrics {
             "Upstream failures by cluster and kind (connect, timeout, protocol, tls)",
             m.upstream_errors.clone(),
         );
+        r.register(
+            "upstream_resent",
+            "Requests sent once more on a new connection: a pooled HTTP/1.1 connection idle at least 1 s closed under them before any answer (idempotent requests without a body only)",
+            m.upstream_resent.clone(),
+        );
         m.tls.register(r);
         r.register(
             "upstream_ejections",
@@ -344,6 +351,7 @@ impl Metrics {
         };
         ClusterMetrics {
             requests: self.upstream_requests.get_or_create_owned(&label),
+            resent: self.upstream_resent.get_or_create_owned(&label),
             ejections: self.ejections.get_or_create_owned(&label),
             connect_errors: err(UpstreamErrorKind::connect),
             timeout_errors: err(UpstreamErrorKind::timeout),
@@ -698,6 +706,8 @@ pub(crate) struct ShadowClusterMetrics {
 #[derive(Clone)]
 pub(crate) struct ClusterMetrics {
     pub(crate) requests: Counter,
+    /// Requests sent again after a pooled connection closed under them (see `pool`).
+    pub(crate) resent: Counter,
     pub(crate) ejections: Counter,
     connect_errors: Counter,
     timeout_errors: Counter,

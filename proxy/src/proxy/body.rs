@@ -21,6 +21,7 @@ use crate::idle::{BoxError, IdleTimeout};
 use crate::shadow::compare::BodySide;
 use crate::shadow::tee::TeeBody;
 use crate::stats::PathEntry;
+use crate::upstream::EmptyBody;
 
 /// A client's request body as the handler forwards it: hyper's, or any other body (boxed;
 /// for requests built in memory).
@@ -33,6 +34,12 @@ pub type ClientBody = http_body_util::Either<
 /// request without a body resent to another endpoint after a refused connection.
 pub(crate) type PrimaryBody =
     http_body_util::Either<TeeBody<IdleTimeout<ClientBody>>, http_body_util::Empty<Bytes>>;
+
+impl EmptyBody for PrimaryBody {
+    fn empty() -> Self {
+        http_body_util::Either::Right(http_body_util::Empty::new())
+    }
+}
 
 /// A request body `Proxy::handle` takes.
 pub trait RequestBody: Body<Data = Bytes> + Send + Unpin + 'static {

@@ -28,7 +28,7 @@ use crate::http::host::strip_port;
 use crate::metrics::{CompareResult, GaugeGuard, ShadowOutcome, SkipReason};
 use crate::stats::PathEntry;
 use crate::stats::pairs::{LegObs, Observation};
-use crate::upstream::{Cluster, EndpointState, UpstreamError, upstream_uri};
+use crate::upstream::{Cluster, EmptyBody, EndpointState, UpstreamError, upstream_uri};
 
 /// Shadow response bodies are read up to this much (so the connection can be reused);
 /// a longer body is abandoned and its connection closed.
@@ -73,6 +73,12 @@ impl ShadowBody {
         {
             let _ = e.set(Instant::now());
         }
+    }
+}
+
+impl EmptyBody for ShadowBody {
+    fn empty() -> Self {
+        ShadowBody::new(Vec::new(), None, 0)
     }
 }
 

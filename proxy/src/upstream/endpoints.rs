@@ -14,6 +14,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 
 use super::pool::{H1Pool, Transport};
 use super::tls::{Alpn, Connector, TlsClient};
@@ -141,10 +142,12 @@ pub(super) struct ClientSettings {
     pub(super) tls: TlsClient,
     pub(super) protocol: Protocol,
     pub(super) http2: Http2Config,
+    /// Counts the HTTP/1.1 pool's resends.
+    pub(super) resent: Counter,
 }
 
 impl ClientSettings {
-    pub(super) fn of(cluster: &str, c: &ClusterConfig) -> Self {
+    pub(super) fn of(cluster: &str, c: &ClusterConfig, resent: Counter) -> Self {
         ClientSettings {
             connect_timeout: c.connect_timeout,
             idle_timeout: c.idle_timeout,
@@ -152,6 +155,7 @@ impl ClientSettings {
             tls: TlsClient::new(cluster, c.tls.as_ref()),
             protocol: c.protocol,
             http2: c.http2,
+            resent,
         }
     }
 
@@ -209,6 +213,7 @@ impl ClientSettings {
                 connector.clone(),
                 self.max_idle,
                 self.idle_timeout,
+                self.resent.clone(),
             ))),
             Protocol::H2c | Protocol::H2 | Protocol::Auto => Transport::Pooled(Box::new(
                 self.builder()

@@ -20,6 +20,7 @@ pub(crate) mod tls;
 
 use endpoints::{ClientSettings, EndpointSet};
 pub(crate) use endpoints::{EndpointState, Member};
+pub(crate) use pool::EmptyBody;
 pub use resolve::{Lookup, Resolve, SystemResolver};
 
 /// Why an upstream call failed.
@@ -89,7 +90,7 @@ pub(crate) struct Cluster<B = Incoming> {
 
 impl<B> Cluster<B>
 where
-    B: http_body::Body + Send + 'static + Unpin,
+    B: http_body::Body + EmptyBody + Send + 'static + Unpin,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -102,7 +103,7 @@ where
         if c.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
             tracing::warn!(cluster = name, leg = ?metrics.leg, "tls.insecure_skip_verify: the upstream's certificate is not verified");
         }
-        let settings = ClientSettings::of(name, c);
+        let settings = ClientSettings::of(name, c, metrics.resent.clone());
         let members = c
             .endpoints
             .iter()

@@ -11,20 +11,45 @@
 //! connection closed before sending any of it, keeps at most `max_idle` connections, and
 //! closes connections idle longer than `idle_timeout` (checked at checkout and by a sweep
 //! every `idle_timeout`, a task that ends with the pool).
+//!
+//! Unlike it, it also sends once more a request written into a pooled connection that the
+//! upstream had just closed (the keep-alive race: an upstream closes a connection idle past
+//! its own keep-alive timeout, 2 s for gunicorn, 5 s for Node.js, as the pool takes it
+//! again): hyper reports it as an incomplete message, before any answer. Only an
+//! idempotent request without a body is sent again, as nginx does, and only from a
+//! connection idle at least `RESEND_AFTER` (its head is kept for that, so a connection in
+//! steady use costs nothing); it is counted in `teeproxy_upstream_resent_total`.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
+use prometheus_client::metrics::counter::Counter;
 use tower_service::Service;
 
 use super::tls::Connector;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pooled connection idle at least this long may be closing as it is taken: an idempotent
+/// request without a body sent on it keeps its head, to be sent once more if so.
+pub(crate) const RESEND_AFTER: Duration = Duration::from_secs(1);
+
+/// A request body of which the pool can make an empty one, to send a bodiless request once
+/// more.
+pub(crate) trait EmptyBody {
+    fn empty() -> Self;
+}
+
+impl EmptyBody for http_body_util::Empty<bytes::Bytes> {
+    fn empty() -> Self {
+        http_body_util::Empty::new()
+    }
+}
 
 /// An endpoint's client for requests: this pool for HTTP/1.1, hyper-util's pooled client
 /// where HTTP/2 may be spoken (`h2c`, `h2`, `auto`).
@@ -35,7 +60,7 @@ pub(crate) enum Transport<B> {
 
 impl<B> Transport<B>
 where
-    B: http_body::Body + Send + Unpin + 'static,
+    B: http_body::Body + EmptyBody + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -105,23 +130,51 @@ pub(crate) struct H1Pool<B> {
     idle_timeout: Duration,
     /// Whether the sweep task runs (started with the first connection).
     sweeping: std::sync::atomic::AtomicBool,
+    /// `RESEND_AFTER` (shorter in tests).
+    resend_after: Duration,
+    resent: Counter,
 }
 
 impl<B> H1Pool<B> {
-    pub(crate) fn new(connector: Connector, max_idle: usize, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        connector: Connector,
+        max_idle: usize,
+        idle_timeout: Duration,
+        resent: Counter,
+    ) -> Self {
         H1Pool {
             connector,
             idle: Mutex::new(Vec::new()),
             max_idle,
             idle_timeout,
             sweeping: std::sync::atomic::AtomicBool::new(false),
+            resend_after: RESEND_AFTER,
+            resent,
         }
     }
 }
 
+/// An idempotent method (RFC 9110, 9.2.2): sending it twice means what sending it once does.
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The head of `req`, to send it once more with an empty body.
+fn head_of<B>(req: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
 impl<B> H1Pool<B>
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + EmptyBody + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
@@ -139,17 +192,28 @@ where
             req.headers_mut().insert(header::HOST, v);
         }
         *req.uri_mut() = origin_form(&uri);
-        if let Some(mut tx) = self.checkout() {
+        if let Some((mut tx, idle_for)) = self.checkout() {
+            let head = (idle_for >= self.resend_after
+                && idempotent(req.method())
+                && req.body().is_end_stream())
+            .then(|| head_of(&req));
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     self.put(tx);
                     return Ok(resp);
                 }
-                // Closed before any of the request was written: once more, on a new
-                // connection.
-                Err(mut e) => match e.take_message() {
-                    Some(again) => req = again,
-                    None => return Err(ClientError::Send(e.into_error())),
+                Err(mut e) => match (e.take_message(), head) {
+                    // Closed before any of the request was written: once more, on a new
+                    // connection.
+                    (Some(again), _) => req = again,
+                    // Written into a connection the upstream had closed, no answer: once
+                    // more, on a new connection, when it can be.
+                    (None, Some(head)) if e.error().is_incomplete_message() => {
+                        tracing::debug!(uri = %head.uri(), "pooled connection closed under the request; sending it once more");
+                        self.resent.inc();
+                        req = head.map(|()| B::empty());
+                    }
+                    (None, _) => return Err(ClientError::Send(e.into_error())),
                 },
             }
         }
@@ -160,18 +224,20 @@ where
         Ok(resp)
     }
 
-    /// The most recently used connection that is ready; closed and expired ones are
-    /// dropped on the way, busy ones (a response body still being read) stay.
-    fn checkout(&self) -> Option<http1::SendRequest<B>> {
+    /// The most recently used connection that is ready, and how long it was idle; closed
+    /// and expired ones are dropped on the way, busy ones (a response body still being
+    /// read) stay.
+    fn checkout(&self) -> Option<(http1::SendRequest<B>, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let c = &idle[i];
-            if c.tx.is_closed() || c.since.elapsed() > self.idle_timeout {
+            let idle_for = c.since.elapsed();
+            if c.tx.is_closed() || idle_for > self.idle_timeout {
                 idle.swap_remove(i);
             } else if c.tx.is_ready() {
-                return Some(idle.swap_remove(i).tx);
+                return Some((idle.swap_remove(i).tx, idle_for));
             }
         }
         None
@@ -311,10 +377,14 @@ mod tests {
     }
 
     fn pool(max_idle: usize, idle_timeout: Duration) -> Arc<H1Pool<Empty<Bytes>>> {
+        Arc::new(bare_pool(max_idle, idle_timeout))
+    }
+
+    fn bare_pool(max_idle: usize, idle_timeout: Duration) -> H1Pool<Empty<Bytes>> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let connector = TlsClient::new("t", None).connector(http, None, Alpn::Http1);
-        Arc::new(H1Pool::new(connector, max_idle, idle_timeout))
+        H1Pool::new(connector, max_idle, idle_timeout, Counter::default())
     }
 
     async fn get(p: &Arc<H1Pool<Empty<Bytes>>>, uri: &str, host: Option<&str>) -> String {
@@ -379,6 +449,107 @@ mod tests {
             3,
             "a new connection each time"
         );
+    }
+
+    /// An HTTP/1.1 upstream on a plain thread for the keep-alive race: it answers one
+    /// request per connection with the connection's number, and keeps the first
+    /// connection open until told to close it, then says it has. Two connections at most.
+    fn closing_upstream() -> (
+        std::net::SocketAddr,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+    ) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (close, closing) = std::sync::mpsc::channel::<()>();
+        let (closed, gone) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            for (n, s) in l.incoming().enumerate().take(2) {
+                let Ok(mut s) = s else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let body = format!("connection {}", n + 1);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes());
+                if n == 0 {
+                    let _ = closing.recv();
+                    drop(s);
+                    let _ = closed.send(());
+                }
+            }
+        });
+        (addr, close, gone)
+    }
+
+    /// The keep-alive race, made certain: the upstream closes the pooled connection while
+    /// the runtime's only thread waits (blocking) for it, so the pool's connection task
+    /// cannot see the close before the next request takes that connection. hyper writes
+    /// the request into it and reads the close: an incomplete message, no answer.
+    async fn race(p: &Arc<H1Pool<Empty<Bytes>>>, method: Method) -> Result<String, ClientError> {
+        let (addr, close, gone) = closing_upstream();
+        let uri = format!("http://{addr}/x");
+        assert_eq!(get(p, &uri, None).await, "connection 1");
+        let ready = || {
+            let idle = p.idle.lock().unwrap();
+            idle.iter()
+                .filter(|c| !c.tx.is_closed() && c.tx.is_ready())
+                .count()
+        };
+        eventually("the first connection ready in the pool", || ready() == 1).await;
+        close.send(()).unwrap();
+        // Blocking, on the runtime's only thread: no task runs until the close is done.
+        gone.recv().unwrap();
+        assert_eq!(ready(), 1, "the pool has not seen the close yet");
+        let req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .body(Empty::new())
+            .unwrap();
+        let resp = p.request(req).await?;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_get_written_into_a_connection_the_upstream_just_closed_goes_once_more() {
+        let mut p = bare_pool(8, Duration::from_secs(90));
+        p.resend_after = Duration::ZERO;
+        let p = Arc::new(p);
+        assert_eq!(
+            race(&p, Method::GET).await.unwrap(),
+            "connection 2",
+            "sent again on a new connection, without an error"
+        );
+        assert_eq!(p.resent.get(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_post_or_a_recently_used_connection_is_not_sent_again() {
+        // A POST may have been acted on: never sent twice.
+        let mut p = bare_pool(8, Duration::from_secs(90));
+        p.resend_after = Duration::ZERO;
+        let p = Arc::new(p);
+        let e = race(&p, Method::POST).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Send(h) if h.is_incomplete_message()),
+            "{e:?}"
+        );
+        assert_eq!(p.resent.get(), 0);
+        // A GET on a connection used less than `RESEND_AFTER` ago: its head was not kept.
+        let p = pool(8, Duration::from_secs(90));
+        let e = race(&p, Method::GET).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Send(h) if h.is_incomplete_message()),
+            "{e:?}"
+        );
+        assert_eq!(p.resent.get(), 0);
     }
 
     #[tokio::test]
