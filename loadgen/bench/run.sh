@@ -672,9 +672,10 @@ instr_case() { # instr_case BIN|nginx SHADOW -> instructions per request on stdo
   local drive=("$BIN/loadgen" drive --url "http://127.0.0.1:$PROXY" --connections 8 --path /bench --timeout 10s --quiet --json)
   $LOAD_CPU "${drive[@]}" --rate 500 --duration 2s >/dev/null
   callgrind_control -i on "$PROXY_PID" >/dev/null
-  # The window's requests: those the load generator completed in it.
-  local done
-  done=$($LOAD_CPU "${drive[@]}" --rate 500 --duration 4s | python3 -c 'import json, sys; print(json.load(sys.stdin)["completed"])')
+  # The window's requests: those the load generator completed in it (answered, whatever
+  # the status).
+  local completed
+  completed=$($LOAD_CPU "${drive[@]}" --rate 500 --duration 4s | python3 -c 'import json, sys; print(json.load(sys.stdin)["completed"])')
   # Copies still on their way to the shadow belong to this window too.
   sleep 1
   callgrind_control -d "$PROXY_PID" >/dev/null
@@ -684,7 +685,7 @@ instr_case() { # instr_case BIN|nginx SHADOW -> instructions per request on stdo
     mkdir -p "$TEEPROXY_CALLGRIND_KEEP"
     for f in "$WORK"/cg.out*; do cp "$f" "$TEEPROXY_CALLGRIND_KEEP/$(basename "$bin").$2.$(basename "$f")"; done
   fi
-  python3 - "$WORK" "$done" <<'PY'
+  python3 - "$WORK" "$completed" <<'PY'
 import glob, sys
 total = 0
 for f in glob.glob(sys.argv[1] + "/cg.out*"):

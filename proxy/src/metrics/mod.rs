@@ -254,7 +254,7 @@ impl Metrics {
         );
         r.register(
             "upstream_resent",
-            "Requests sent once more on a new connection: a pooled HTTP/1.1 connection idle at least 1 s closed under them before any answer (idempotent requests without a body only)",
+            "Requests sent once more on a new connection: a pooled HTTP/1.1 connection the upstream had just closed, before a complete response head (safe requests without a body only)",
             m.upstream_resent.clone(),
         );
         m.tls.register(r);

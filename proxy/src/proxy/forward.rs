@@ -94,8 +94,10 @@ pub(crate) async fn forward(
     }
     let sink = pending.as_ref().and_then(|m| m.primary_body_sink());
     let mut report = PrimaryReport(pending);
-    // A refused connection means nothing was sent: a request without a body may go to the
-    // next endpoint (the refusing one was just ejected).
+    // A refused connection means nothing was sent on it: a request without a body may go
+    // to the next endpoint (the refusing one was just ejected). (A safe request the pool
+    // already sent once more after the keep-alive race, whose new connection was then
+    // refused, may so reach the upstream a third time: it asks for no change.)
     let attempts = cluster.endpoint_count().min(MAX_CONNECT_ATTEMPTS);
     let resend =
         (attempts > 1 && upstream_req.body().is_end_stream()).then(|| head_of(&upstream_req));

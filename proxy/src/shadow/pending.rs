@@ -99,10 +99,13 @@ impl Pending {
             .map(|t| t.spec.compare.max_body)
             .max();
         // One target: the names it reads. Several: the route's union, built once with the
-        // route (a superset of what these targets read).
+        // route (a superset of what these targets read); if the route has none as one of
+        // its policies records, the union of these targets (which may not include it).
         let primary_names = match plan.targets.as_slice() {
             [(t, _)] => primary_names_of(std::slice::from_ref(t)),
-            _ => plan.route_primary_names.clone(),
+            many => plan.route_primary_names.clone().or_else(|| {
+                primary_names_of(&many.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>())
+            }),
         };
         Pending {
             max_body,

@@ -15,10 +15,14 @@
 //! Unlike it, it also sends once more a request written into a pooled connection that the
 //! upstream had just closed (the keep-alive race: an upstream closes a connection idle past
 //! its own keep-alive timeout, 2 s for gunicorn, 5 s for Node.js, as the pool takes it
-//! again): hyper reports it as an incomplete message, before any answer. Only an
-//! idempotent request without a body is sent again, as nginx does, and only from a
-//! connection idle at least `RESEND_AFTER` (its head is kept for that, so a connection in
-//! steady use costs nothing); it is counted in `teeproxy_upstream_resent_total`.
+//! again). hyper reports a clean close as an incomplete message, a reset as an I/O error,
+//! in either case before a complete response head. Only a safe request (`GET`, `HEAD`,
+//! `OPTIONS`, `TRACE`) without a body is sent again; only from a connection whose previous
+//! response head came at least `RESEND_AFTER` before (its head is kept for that, so a
+//! connection in steady use costs nothing); and only when the close came within
+//! `RESEND_WITHIN` of the send (an upstream that took the request and died working on it
+//! fails later, and is not sent it again). It is counted in
+//! `teeproxy_upstream_resent_total`.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -35,9 +39,13 @@ use super::tls::Connector;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A pooled connection idle at least this long may be closing as it is taken: an idempotent
+/// A pooled connection idle at least this long may be closing as it is taken: a safe
 /// request without a body sent on it keeps its head, to be sent once more if so.
 pub(crate) const RESEND_AFTER: Duration = Duration::from_secs(1);
+
+/// The keep-alive race fails at once: a close later than this after the send is an
+/// upstream that may have worked on the request, and it is not sent again.
+pub(crate) const RESEND_WITHIN: Duration = Duration::from_millis(100);
 
 /// A request body of which the pool can make an empty one, to send a bodiless request once
 /// more.
@@ -154,12 +162,36 @@ impl<B> H1Pool<B> {
     }
 }
 
-/// An idempotent method (RFC 9110, 9.2.2): sending it twice means what sending it once does.
-fn idempotent(m: &Method) -> bool {
+/// A safe method (RFC 9110, 9.2.1): it asks for no change, so it can be sent twice. (`PUT`
+/// and `DELETE` are idempotent but not safe: a second one may answer otherwise than the
+/// first, a 404 after a delete, so they are not.)
+fn safe(m: &Method) -> bool {
     matches!(
         *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
+}
+
+/// Whether `e` is the connection closing under the request before a complete response
+/// head: a clean close (an incomplete message) or a reset or broken pipe on its socket.
+fn closed_under(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The head of `req`, to send it once more with an empty body.
@@ -193,10 +225,10 @@ where
         }
         *req.uri_mut() = origin_form(&uri);
         if let Some((mut tx, idle_for)) = self.checkout() {
-            let head = (idle_for >= self.resend_after
-                && idempotent(req.method())
-                && req.body().is_end_stream())
-            .then(|| head_of(&req));
+            let head =
+                (idle_for >= self.resend_after && safe(req.method()) && req.body().is_end_stream())
+                    .then(|| head_of(&req));
+            let sent = Instant::now();
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     self.put(tx);
@@ -206,9 +238,11 @@ where
                     // Closed before any of the request was written: once more, on a new
                     // connection.
                     (Some(again), _) => req = again,
-                    // Written into a connection the upstream had closed, no answer: once
-                    // more, on a new connection, when it can be.
-                    (None, Some(head)) if e.error().is_incomplete_message() => {
+                    // Written into a connection the upstream had just closed: once more, on
+                    // a new connection, when it can be.
+                    (None, Some(head))
+                        if sent.elapsed() < RESEND_WITHIN && closed_under(e.error()) =>
+                    {
                         tracing::debug!(uri = %head.uri(), "pooled connection closed under the request; sending it once more");
                         self.resent.inc();
                         req = head.map(|()| B::empty());
@@ -451,15 +485,37 @@ mod tests {
         );
     }
 
+    /// How the keep-alive race's upstream ends its first connection when told to.
+    #[derive(Clone, Copy)]
+    enum Close {
+        /// At once, cleanly (FIN).
+        Clean,
+        /// At once, with a reset (RST: `SO_LINGER` 0).
+        Reset,
+        /// Not yet: it takes the next request, works on it 200 ms, and closes cleanly
+        /// without an answer.
+        Late,
+    }
+
     /// An HTTP/1.1 upstream on a plain thread for the keep-alive race: it answers one
     /// request per connection with the connection's number, and keeps the first
-    /// connection open until told to close it, then says it has. Two connections at most.
-    fn closing_upstream() -> (
+    /// connection open until told to end it (`how`), then says it has. Two connections at
+    /// most.
+    fn closing_upstream(
+        how: Close,
+    ) -> (
         std::net::SocketAddr,
         std::sync::mpsc::Sender<()>,
         std::sync::mpsc::Receiver<()>,
     ) {
         use std::io::{Read, Write};
+        fn read_head(s: &mut std::net::TcpStream) {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+        }
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (close, closing) = std::sync::mpsc::channel::<()>();
@@ -467,33 +523,53 @@ mod tests {
         std::thread::spawn(move || {
             for (n, s) in l.incoming().enumerate().take(2) {
                 let Ok(mut s) = s else { return };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
+                read_head(&mut s);
                 let body = format!("connection {}", n + 1);
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = s.write_all(answer.as_bytes());
-                if n == 0 {
-                    let _ = closing.recv();
-                    drop(s);
-                    let _ = closed.send(());
+                if n > 0 {
+                    continue;
                 }
+                let _ = closing.recv();
+                match how {
+                    Close::Clean => drop(s),
+                    Close::Reset => {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_io()
+                            .build()
+                            .unwrap();
+                        let _in = rt.enter();
+                        s.set_nonblocking(true).unwrap();
+                        let s = tokio::net::TcpStream::from_std(s).unwrap();
+                        s.set_zero_linger().unwrap();
+                        drop(s);
+                    }
+                    Close::Late => {
+                        let _ = closed.send(());
+                        read_head(&mut s);
+                        std::thread::sleep(Duration::from_millis(200));
+                        return;
+                    }
+                }
+                let _ = closed.send(());
             }
         });
         (addr, close, gone)
     }
 
-    /// The keep-alive race, made certain: the upstream closes the pooled connection while
+    /// The keep-alive race, made certain: the upstream ends the pooled connection while
     /// the runtime's only thread waits (blocking) for it, so the pool's connection task
     /// cannot see the close before the next request takes that connection. hyper writes
-    /// the request into it and reads the close: an incomplete message, no answer.
-    async fn race(p: &Arc<H1Pool<Empty<Bytes>>>, method: Method) -> Result<String, ClientError> {
-        let (addr, close, gone) = closing_upstream();
+    /// the request into it and then finds it closed, before any answer.
+    async fn race(
+        p: &Arc<H1Pool<Empty<Bytes>>>,
+        how: Close,
+        method: Method,
+    ) -> Result<String, ClientError> {
+        let (addr, close, gone) = closing_upstream(how);
         let uri = format!("http://{addr}/x");
         assert_eq!(get(p, &uri, None).await, "connection 1");
         let ready = || {
@@ -517,38 +593,46 @@ mod tests {
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_get_written_into_a_connection_the_upstream_just_closed_goes_once_more() {
+    /// A pool that keeps the head of every safe request without a body.
+    fn resending_pool() -> Arc<H1Pool<Empty<Bytes>>> {
         let mut p = bare_pool(8, Duration::from_secs(90));
         p.resend_after = Duration::ZERO;
-        let p = Arc::new(p);
-        assert_eq!(
-            race(&p, Method::GET).await.unwrap(),
-            "connection 2",
-            "sent again on a new connection, without an error"
-        );
-        assert_eq!(p.resent.get(), 1);
+        Arc::new(p)
+    }
+
+    fn closed_unanswered(e: &ClientError) -> bool {
+        matches!(e, ClientError::Send(h) if closed_under(h))
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_post_or_a_recently_used_connection_is_not_sent_again() {
+    async fn a_get_written_into_a_connection_the_upstream_just_closed_goes_once_more() {
+        for how in [Close::Clean, Close::Reset] {
+            let p = resending_pool();
+            assert_eq!(
+                race(&p, how, Method::GET).await.unwrap(),
+                "connection 2",
+                "sent again on a new connection, without an error"
+            );
+            assert_eq!(p.resent.get(), 1);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_post_a_late_close_or_a_recently_used_connection_is_not_sent_again() {
         // A POST may have been acted on: never sent twice.
-        let mut p = bare_pool(8, Duration::from_secs(90));
-        p.resend_after = Duration::ZERO;
-        let p = Arc::new(p);
-        let e = race(&p, Method::POST).await.unwrap_err();
-        assert!(
-            matches!(&e, ClientError::Send(h) if h.is_incomplete_message()),
-            "{e:?}"
-        );
+        let p = resending_pool();
+        let e = race(&p, Close::Clean, Method::POST).await.unwrap_err();
+        assert!(closed_unanswered(&e), "{e:?}");
+        assert_eq!(p.resent.get(), 0);
+        // An upstream that took the GET and closed 200 ms later may have worked on it.
+        let p = resending_pool();
+        let e = race(&p, Close::Late, Method::GET).await.unwrap_err();
+        assert!(closed_unanswered(&e), "{e:?}");
         assert_eq!(p.resent.get(), 0);
         // A GET on a connection used less than `RESEND_AFTER` ago: its head was not kept.
         let p = pool(8, Duration::from_secs(90));
-        let e = race(&p, Method::GET).await.unwrap_err();
-        assert!(
-            matches!(&e, ClientError::Send(h) if h.is_incomplete_message()),
-            "{e:?}"
-        );
+        let e = race(&p, Close::Clean, Method::GET).await.unwrap_err();
+        assert!(closed_unanswered(&e), "{e:?}");
         assert_eq!(p.resent.get(), 0);
     }
 
