@@ -35,7 +35,7 @@ use crate::shadow::tee::TeeBody;
 use crate::shadow::trace::Trace;
 use crate::shadow::verdict::pair::Pairing;
 use crate::stats::PathEntry;
-use crate::upstream::{EndpointState, UpstreamError, upstream_uri};
+use crate::upstream::{EmptyBody, EndpointState, UpstreamError, head_of, upstream_uri};
 
 /// Endpoints tried at most for a request without a body whose connections are refused.
 pub(crate) const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -201,19 +201,9 @@ pub(crate) async fn forward(
     }
 }
 
-/// The head of a request without a body, kept to resend it elsewhere.
-fn head_of(req: &Request<PrimaryBody>) -> Request<()> {
-    let mut head = Request::new(());
-    *head.method_mut() = req.method().clone();
-    *head.uri_mut() = req.uri().clone();
-    *head.version_mut() = req.version();
-    *head.headers_mut() = req.headers().clone();
-    head
-}
-
 /// `head` addressed to endpoint `ep` instead, with an empty body.
 fn resend_to(head: &Request<()>, ep: &EndpointState, host_mode: HostMode) -> Request<PrimaryBody> {
-    let mut req = Request::new(Either::Right(http_body_util::Empty::new()));
+    let mut req = Request::new(PrimaryBody::empty());
     *req.method_mut() = head.method().clone();
     *req.uri_mut() = upstream_uri(ep, head.uri());
     *req.version_mut() = head.version();

@@ -20,7 +20,7 @@ pub(crate) mod tls;
 
 use endpoints::{ClientSettings, EndpointSet};
 pub(crate) use endpoints::{EndpointState, Member};
-pub(crate) use pool::EmptyBody;
+pub(crate) use pool::{EmptyBody, head_of};
 pub use resolve::{Lookup, Resolve, SystemResolver};
 
 /// Why an upstream call failed.

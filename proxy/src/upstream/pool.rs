@@ -194,8 +194,9 @@ fn closed_under(e: &hyper::Error) -> bool {
     false
 }
 
-/// The head of `req`, to send it once more with an empty body.
-fn head_of<B>(req: &Request<B>) -> Request<()> {
+/// The head of `req` (a request without a body), kept to send it once more, here or to
+/// another endpoint.
+pub(crate) fn head_of<B>(req: &Request<B>) -> Request<()> {
     let mut head = Request::new(());
     *head.method_mut() = req.method().clone();
     *head.uri_mut() = req.uri().clone();
